@@ -1,0 +1,22 @@
+//! The TradeBaas supervision tree: the root supervisor and the six actors it supervises.
+//!
+//! ```text
+//! supervisor ──┬── alert
+//!              ├── state-persister
+//!              ├── fail-safe
+//!              ├── heartbeat
+//!              ├── broker-connection
+//!              └── strategy
+//! ```
+//! Actors talk only by messages and find each other by registry name ([`names::Names`]). Pure
+//! logic (backoff, restart policy, protocol codec, reconnect state, health rules, lifecycle) lives
+//! in plain modules without actors or I/O. Nothing here knows about HTTP.
+
+pub mod backoff;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
+pub mod metrics;
+pub mod mode;
+pub mod names;
+pub mod secret;
+pub mod supervisor;

@@ -1,0 +1,2 @@
+//! The root supervisor.
+pub mod policy;

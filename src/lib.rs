@@ -1,0 +1,1 @@
+//! The TradeBaas daemon shell: CLI, configuration, HTTP, shutdown, logging and the paper exchange.

@@ -13,7 +13,7 @@
 //! in plain modules without actors or I/O. Nothing here knows about HTTP.
 
 pub mod backoff;
-#[cfg(feature = "test-hooks")]
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
 pub mod metrics;
 pub mod mode;

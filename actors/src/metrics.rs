@@ -34,7 +34,6 @@ pub struct Metrics {
     pub health_check_duration: Histogram,
     /// Strategies the strategy actor runs.
     pub strategies_active: IntGauge,
-    build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -128,7 +127,6 @@ impl Metrics {
             actor_restarts,
             health_check_duration,
             strategies_active,
-            build_info,
         })
     }
 

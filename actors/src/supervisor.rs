@@ -1,2 +1,615 @@
-//! The root supervisor.
+//! The root supervisor: starts the six children in order, restarts them under their policies,
+//! escalates when a child restarts too often, and stops them in reverse order.
+//!
+//! Written on ractor's own supervision events rather than the `ractor-supervisor` crate (see
+//! `docs/adr/0001-own-supervisor.md`): we need reverse-order graceful stops, an escalation hook,
+//! status by RPC and `tracing` reports, none of which that crate offers.
+//!
+//! Every start, exit, restart and escalation is one `tracing` event with the fields `supervisor`,
+//! `child`, `event`, `reason`, `restart_count` and `next_delay_ms`.
+//!
+//! Escalation (a child past its restart intensity) does **not** stop the process: the child is
+//! left stopped, the escalation hook raises a CRITICAL alert, latches the fail-safe into SHUTDOWN
+//! and asks the persister to flush, and `/health` reports the child `escalated` (unhealthy) until
+//! an operator restarts the service. Everything that could open a position fails closed without
+//! the escalated child, so staying up is safe and keeps exits, health and metrics available.
+
 pub mod policy;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::names::{ChildName, Names};
+use policy::{ChildPolicy, Decision, ExitKind, RestartHistory, RestartType, SupervisionStrategy};
+
+/// A boxed future that spawns one child linked to the supervisor.
+pub type StartFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
+
+/// Builds and spawns a child: `(registry name, supervisor cell)`. Called again for every restart,
+/// so it must rebuild the child's arguments from configuration each time.
+pub type StartFn = Arc<dyn Fn(String, ActorCell) -> StartFuture + Send + Sync>;
+
+/// Called once when a child exceeds its restart intensity.
+pub type EscalationHook = Arc<dyn Fn(Escalation) + Send + Sync>;
+
+/// What the escalation hook is told.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    /// The child that restarted too often.
+    pub child: ChildName,
+    /// Its last failure.
+    pub reason: String,
+    /// Restarts inside the intensity window, including the refused one.
+    pub restarts_in_window: u32,
+    /// The window.
+    pub within: Duration,
+}
+
+/// One supervised child: its name, policy and how to start it.
+pub struct ChildSpec {
+    pub name: ChildName,
+    pub policy: ChildPolicy,
+    pub start: StartFn,
+}
+
+/// What the root supervisor is spawned with.
+pub struct SupervisorArgs {
+    pub names: Names,
+    pub strategy: SupervisionStrategy,
+    /// In start order.
+    pub children: Vec<ChildSpec>,
+    pub metrics: Metrics,
+    pub on_escalation: EscalationHook,
+}
+
+/// Messages of the root supervisor.
+pub enum SupervisorMsg {
+    /// Report every child's state.
+    Status(RpcReplyPort<SupervisorStatus>),
+    /// Liveness: answered at once.
+    Ping(RpcReplyPort<()>),
+    /// Stop these children gracefully, one after another in the given order; from then on no
+    /// child is restarted (this is the shutdown path).
+    StopChildren(Vec<ChildName>, RpcReplyPort<Vec<StopReport>>),
+    /// Internal: a restart whose backoff has elapsed.
+    Restart { child: ChildName, generation: u64 },
+}
+
+/// A child's lifecycle as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Running.
+    Running,
+    /// Exited; a restart is scheduled.
+    Restarting,
+    /// Stopped because an earlier sibling failed (rest_for_one); restarts with it.
+    WaitingForSibling,
+    /// Exited and its restart type says not to restart.
+    Stopped,
+    /// Restarted too often; left stopped until an operator acts.
+    Escalated,
+    /// Stopped by the shutdown path.
+    ShutDown,
+}
+
+/// A child's last failure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureReport {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// One child in [`SupervisorStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChildReport {
+    pub name: ChildName,
+    pub state: ChildState,
+    pub restart_type: RestartType,
+    /// Restarts since the daemon started.
+    pub restarts: u64,
+    pub last_failure: Option<FailureReport>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Time left before a scheduled restart.
+    pub next_restart_in_ms: Option<u64>,
+}
+
+/// The supervisor's answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SupervisorStatus {
+    pub strategy: SupervisionStrategy,
+    pub shutting_down: bool,
+    /// In start order.
+    pub children: Vec<ChildReport>,
+}
+
+impl SupervisorStatus {
+    /// One child's report.
+    pub fn child(&self, name: ChildName) -> Option<&ChildReport> {
+        self.children.iter().find(|c| c.name == name)
+    }
+}
+
+/// How one child stopped during shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StopReport {
+    pub child: ChildName,
+    /// `stopped`, `killed` (did not stop within its shutdown timeout) or `not_running`.
+    pub outcome: &'static str,
+    pub duration_ms: u64,
+}
+
+/// The root supervisor actor.
+pub struct RootSupervisor;
+
+struct Child {
+    spec: ChildSpec,
+    cell: Option<ActorCell>,
+    /// Bumped on every start and deliberate stop; a scheduled restart carries it.
+    generation: u64,
+    history: RestartHistory,
+    restarts: u64,
+    state: ChildState,
+    started_at: Option<DateTime<Utc>>,
+    last_failure: Option<FailureReport>,
+    restart_due: Option<Instant>,
+}
+
+/// The supervisor's state: the child table.
+pub struct SupervisorState {
+    names: Names,
+    label: String,
+    strategy: SupervisionStrategy,
+    children: Vec<Child>,
+    by_id: HashMap<ActorId, usize>,
+    metrics: Metrics,
+    on_escalation: EscalationHook,
+    shutting_down: bool,
+}
+
+/// One supervisor report: the six fields every event carries.
+fn report(
+    level: tracing::Level,
+    supervisor: &str,
+    child: ChildName,
+    event: &str,
+    reason: &str,
+    restart_count: u64,
+    next_delay: Duration,
+) {
+    let next_delay_ms = u64::try_from(next_delay.as_millis()).unwrap_or(u64::MAX);
+    let child = child.as_str();
+    match level {
+        tracing::Level::ERROR => error!(
+            supervisor,
+            child, event, reason, restart_count, next_delay_ms, "supervisor: {child} {event}"
+        ),
+        tracing::Level::WARN => warn!(
+            supervisor,
+            child, event, reason, restart_count, next_delay_ms, "supervisor: {child} {event}"
+        ),
+        _ => info!(
+            supervisor,
+            child, event, reason, restart_count, next_delay_ms, "supervisor: {child} {event}"
+        ),
+    }
+}
+
+impl SupervisorState {
+    fn index(&self, name: ChildName) -> Option<usize> {
+        self.children.iter().position(|c| c.spec.name == name)
+    }
+
+    /// Spawns child `idx`; a spawn error counts as an abnormal exit.
+    async fn start(&mut self, idx: usize, myself: &ActorRef<SupervisorMsg>, restarted: bool) {
+        let name = self.children[idx].spec.name;
+        let start = Arc::clone(&self.children[idx].spec.start);
+        match start(self.names.of(name), myself.get_cell()).await {
+            Ok(cell) => {
+                let child = &mut self.children[idx];
+                child.generation += 1;
+                child.state = ChildState::Running;
+                child.started_at = Some(Utc::now());
+                child.restart_due = None;
+                self.by_id.insert(cell.get_id(), idx);
+                child.cell = Some(cell);
+                let event = if restarted { "restarted" } else { "started" };
+                report(
+                    tracing::Level::INFO,
+                    &self.label,
+                    name,
+                    event,
+                    "",
+                    child.restarts,
+                    Duration::ZERO,
+                );
+            }
+            Err(err) => {
+                let reason = format!("start failed: {err}");
+                report(
+                    tracing::Level::ERROR,
+                    &self.label,
+                    name,
+                    "start_failed",
+                    &reason,
+                    self.children[idx].restarts,
+                    Duration::ZERO,
+                );
+                self.children[idx].cell = None;
+                Box::pin(self.on_exit(idx, ExitKind::Abnormal, reason, myself)).await;
+            }
+        }
+    }
+
+    /// Applies the restart policy to an exit of child `idx`.
+    async fn on_exit(
+        &mut self,
+        idx: usize,
+        kind: ExitKind,
+        reason: String,
+        myself: &ActorRef<SupervisorMsg>,
+    ) {
+        if kind == ExitKind::Abnormal {
+            self.children[idx].last_failure = Some(FailureReport {
+                reason: reason.clone(),
+                at: Utc::now(),
+            });
+        }
+        let now = Instant::now();
+        let child = &mut self.children[idx];
+        let name = child.spec.name;
+        let policy = child.spec.policy;
+        match child.history.decide(&policy, kind, now, fastrand::f64()) {
+            Decision::Leave => {
+                child.state = ChildState::Stopped;
+                report(
+                    tracing::Level::INFO,
+                    &self.label,
+                    name,
+                    "not_restarted",
+                    &format!("restart type {:?} after {kind:?} exit", policy.restart),
+                    child.restarts,
+                    Duration::ZERO,
+                );
+            }
+            Decision::Escalate { restarts_in_window } => {
+                child.state = ChildState::Escalated;
+                child.generation += 1;
+                let msg = format!(
+                    "{restarts_in_window} restarts within {} exceed max_restarts {}; last failure: {reason}",
+                    humantime_serde::re::humantime::format_duration(policy.within),
+                    policy.max_restarts
+                );
+                report(
+                    tracing::Level::ERROR,
+                    &self.label,
+                    name,
+                    "escalated",
+                    &msg,
+                    child.restarts,
+                    Duration::ZERO,
+                );
+                (self.on_escalation)(Escalation {
+                    child: name,
+                    reason,
+                    restarts_in_window,
+                    within: policy.within,
+                });
+            }
+            Decision::Restart { delay, .. } => {
+                child.restarts += 1;
+                child.generation += 1;
+                child.state = ChildState::Restarting;
+                child.restart_due = Some(now + delay);
+                let generation = child.generation;
+                let restarts = child.restarts;
+                self.metrics
+                    .actor_restarts
+                    .with_label_values(&[name.as_str()])
+                    .inc();
+                report(
+                    tracing::Level::WARN,
+                    &self.label,
+                    name,
+                    "restart_scheduled",
+                    &reason,
+                    restarts,
+                    delay,
+                );
+                if self.strategy == SupervisionStrategy::RestForOne {
+                    self.stop_later_siblings(idx).await;
+                }
+                myself.send_after(delay, move || SupervisorMsg::Restart {
+                    child: name,
+                    generation,
+                });
+            }
+        }
+    }
+
+    /// rest_for_one: stops every running child started after `idx`, last first.
+    async fn stop_later_siblings(&mut self, idx: usize) {
+        for j in (idx + 1..self.children.len()).rev() {
+            let Some(cell) = self.children[j].cell.take() else {
+                continue;
+            };
+            self.by_id.remove(&cell.get_id());
+            let child = &mut self.children[j];
+            child.generation += 1;
+            child.state = if child.spec.policy.restart == RestartType::Temporary {
+                ChildState::Stopped
+            } else {
+                ChildState::WaitingForSibling
+            };
+            let name = child.spec.name;
+            let timeout = child.spec.policy.shutdown_timeout;
+            stop_child(&cell, timeout).await;
+            report(
+                tracing::Level::WARN,
+                &self.label,
+                name,
+                "stopped_for_sibling",
+                &format!("rest_for_one: {} failed", self.children[idx].spec.name),
+                self.children[j].restarts,
+                Duration::ZERO,
+            );
+        }
+    }
+
+    fn status(&self) -> SupervisorStatus {
+        let now = Instant::now();
+        SupervisorStatus {
+            strategy: self.strategy,
+            shutting_down: self.shutting_down,
+            children: self
+                .children
+                .iter()
+                .map(|c| ChildReport {
+                    name: c.spec.name,
+                    state: c.state,
+                    restart_type: c.spec.policy.restart,
+                    restarts: c.restarts,
+                    last_failure: c.last_failure.clone(),
+                    started_at: c.started_at,
+                    next_restart_in_ms: c.restart_due.map(|due| {
+                        u64::try_from(due.saturating_duration_since(now).as_millis())
+                            .unwrap_or(u64::MAX)
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Stops a child gracefully within `timeout`, then kills it. Returns whether it had to be killed.
+async fn stop_child(cell: &ActorCell, timeout: Duration) -> bool {
+    match cell
+        .stop_and_wait(Some("shutdown".to_string()), Some(timeout))
+        .await
+    {
+        Ok(()) => false,
+        Err(_) => {
+            // A wedged child: kill it; a second timeout bounds even that.
+            let _ = cell.kill_and_wait(Some(timeout)).await;
+            true
+        }
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let label = myself.get_name().unwrap_or_else(|| args.names.supervisor());
+        Ok(SupervisorState {
+            label,
+            names: args.names,
+            strategy: args.strategy,
+            children: args
+                .children
+                .into_iter()
+                .map(|spec| Child {
+                    spec,
+                    cell: None,
+                    generation: 0,
+                    history: RestartHistory::default(),
+                    restarts: 0,
+                    state: ChildState::Restarting,
+                    started_at: None,
+                    last_failure: None,
+                    restart_due: None,
+                })
+                .collect(),
+            by_id: HashMap::new(),
+            metrics: args.metrics,
+            on_escalation: args.on_escalation,
+            shutting_down: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for idx in 0..state.children.len() {
+            state.start(idx, &myself, false).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+            SupervisorMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Restart { child, generation } => {
+                let Some(idx) = state.index(child) else {
+                    return Ok(());
+                };
+                let c = &state.children[idx];
+                if state.shutting_down
+                    || c.generation != generation
+                    || c.state != ChildState::Restarting
+                {
+                    return Ok(());
+                }
+                state.start(idx, &myself, true).await;
+                if state.strategy == SupervisionStrategy::RestForOne {
+                    for j in idx + 1..state.children.len() {
+                        if state.children[j].state == ChildState::WaitingForSibling {
+                            state.start(j, &myself, true).await;
+                        }
+                    }
+                }
+            }
+            SupervisorMsg::StopChildren(which, reply) => {
+                state.shutting_down = true;
+                let mut reports = Vec::with_capacity(which.len());
+                for name in which {
+                    let Some(idx) = state.index(name) else {
+                        continue;
+                    };
+                    let started = Instant::now();
+                    let child = &mut state.children[idx];
+                    child.generation += 1;
+                    child.restart_due = None;
+                    let outcome = match child.cell.take() {
+                        Some(cell) => {
+                            state.by_id.remove(&cell.get_id());
+                            child.state = ChildState::ShutDown;
+                            let timeout = child.spec.policy.shutdown_timeout;
+                            if stop_child(&cell, timeout).await {
+                                "killed"
+                            } else {
+                                "stopped"
+                            }
+                        }
+                        None => {
+                            if child.state != ChildState::Escalated {
+                                child.state = ChildState::ShutDown;
+                            }
+                            "not_running"
+                        }
+                    };
+                    let elapsed = started.elapsed();
+                    report(
+                        tracing::Level::INFO,
+                        &state.label,
+                        name,
+                        "shut_down",
+                        outcome,
+                        state.children[idx].restarts,
+                        Duration::ZERO,
+                    );
+                    reports.push(StopReport {
+                        child: name,
+                        outcome,
+                        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+                let _ = reply.send(reports);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, kind, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, ExitKind::Abnormal, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => match reason.as_deref() {
+                // ractor reports kill() this way; only the supervisor kills, so it is abnormal.
+                Some("killed") => (cell, ExitKind::Abnormal, "killed".to_string()),
+                _ => (cell, ExitKind::Normal, reason.unwrap_or_default()),
+            },
+            _ => return Ok(()),
+        };
+        // Events from an instance we already replaced or stopped on purpose are stale.
+        let Some(idx) = state.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let child = &mut state.children[idx];
+        child.cell = None;
+        let name = child.spec.name;
+        let restarts = child.restarts;
+        if state.shutting_down {
+            child.state = ChildState::ShutDown;
+            report(
+                tracing::Level::INFO,
+                &state.label,
+                name,
+                "exited",
+                &reason,
+                restarts,
+                Duration::ZERO,
+            );
+            return Ok(());
+        }
+        let (level, event) = match kind {
+            ExitKind::Normal => (tracing::Level::INFO, "exited"),
+            ExitKind::Abnormal => (tracing::Level::ERROR, "failed"),
+        };
+        report(
+            level,
+            &state.label,
+            name,
+            event,
+            &reason,
+            restarts,
+            Duration::ZERO,
+        );
+        state.on_exit(idx, kind, reason, &myself).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // If the shutdown path did not stop them already, stop the rest in reverse order so no
+        // child is killed by ractor's parent-stop (which skips their post_stop).
+        state.shutting_down = true;
+        for child in state.children.iter_mut().rev() {
+            if let Some(cell) = child.cell.take() {
+                stop_child(&cell, child.spec.policy.shutdown_timeout).await;
+                child.state = ChildState::ShutDown;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

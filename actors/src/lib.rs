@@ -20,3 +20,7 @@ pub mod mode;
 pub mod names;
 pub mod secret;
 pub mod supervisor;
+pub mod broker;
+pub mod strategy;
+pub mod persister;
+pub mod store;

@@ -1,0 +1,803 @@
+//! The `broker-connection` actor: one WebSocket session to Deribit (or the paper exchange).
+//!
+//! It connects, authenticates (when credentials are configured), sets the heartbeat, subscribes,
+//! forwards ticker data to the `strategy` actor, and reconnects on close, error or silence with
+//! the backoff and circuit breaker of [`reconnect`]. Connecting runs in a task that reports back
+//! by message, so the actor answers `Status` while the network is slow. Other actors send
+//! requests through [`BrokerMsg::Request`]; the answer comes from a task, never blocking the actor.
+//!
+//! Credentials live in a [`Secret`] and are never logged or reported.
+
+pub mod protocol;
+pub mod reconnect;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::names::{ChildName, Names};
+use crate::secret::Secret;
+use crate::strategy::StrategyMsg;
+use protocol::redact_url;
+use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
+use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `paper` (start the embedded paper exchange and connect to it) or a `ws://`/`wss://` URL.
+    pub url: String,
+    /// Channels to subscribe to after every (re)connect.
+    pub channels: Vec<String>,
+    /// `public/set_heartbeat` interval; silence for twice this long is a dead connection.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// TCP + TLS + WebSocket handshake limit.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Per-request answer limit.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Larger incoming messages close the session.
+    pub max_message_bytes: usize,
+    /// Refuse to start without credentials in the environment (testnet, production).
+    pub require_credentials: bool,
+    /// Environment variable holding the client id.
+    pub client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Backoff and circuit breaker.
+    pub reconnect: ReconnectPolicy,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "paper".into(),
+            channels: vec!["ticker.BTC-PERPETUAL.100ms".into()],
+            heartbeat_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_message_bytes: 16 << 20,
+            require_credentials: false,
+            client_id_env: "DERIBIT_CLIENT_ID".into(),
+            client_secret_env: "DERIBIT_CLIENT_SECRET".into(),
+            reconnect: ReconnectPolicy::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url != "paper"
+            && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
+        {
+            return Err(format!(
+                "url must be \"paper\" or a ws:// or wss:// URL, not {:?}",
+                redact_url(&self.url)
+            ));
+        }
+        if self.channels.is_empty() {
+            return Err("channels must name at least one channel".into());
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err("heartbeat_interval must be at least 100ms (Deribit accepts ≥ 10s)".into());
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.max_message_bytes < 1024 {
+            return Err("max_message_bytes must be at least 1024".into());
+        }
+        self.reconnect
+            .validate()
+            .map_err(|e| format!("reconnect.{e}"))
+    }
+}
+
+/// API credentials (`client_credentials` grant).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// What the broker actor is spawned with.
+#[derive(Clone)]
+pub struct BrokerArgs {
+    pub names: Names,
+    pub config: BrokerConfig,
+    /// The resolved URL (`paper` already replaced by the embedded exchange's address).
+    pub url: String,
+    pub credentials: Option<Credentials>,
+    pub metrics: Metrics,
+}
+
+/// Messages of the broker actor.
+pub enum BrokerMsg {
+    /// Report connection facts.
+    Status(RpcReplyPort<BrokerStatus>),
+    /// Liveness.
+    Ping(RpcReplyPort<()>),
+    /// Send a JSON-RPC request on the current session.
+    Request {
+        method: String,
+        params: Value,
+        reply: RpcReplyPort<Result<Value, RequestError>>,
+    },
+    /// Internal: time for connection attempt `generation`.
+    Connect { generation: u64 },
+    /// Internal: the outcome of connection attempt `conn`.
+    Established {
+        conn: u64,
+        result: Result<Established, ConnectError>,
+    },
+    /// Internal: something happened on session `conn`.
+    Session { conn: u64, event: SessionEvent },
+    /// Internal: periodic silence and burst check.
+    Check,
+    /// Internal: refresh the access token of session `conn`.
+    RefreshAuth { conn: u64 },
+    /// Test-only misbehaviour.
+    #[cfg(any(test, feature = "test-hooks"))]
+    Hook(crate::hooks::TestHook),
+}
+
+/// A session that finished its handshake.
+pub struct Established {
+    session: Session,
+    auth: Option<AuthTokens>,
+    subscribed: Vec<String>,
+    missing: Vec<String>,
+    took: Duration,
+}
+
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("session", &self.session.id())
+            .field("subscribed", &self.subscribed)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AuthTokens {
+    refresh_token: Secret,
+    expires_in: Duration,
+}
+
+#[derive(Deserialize)]
+struct AuthResult {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The connection as the broker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// The first connection is being made.
+    Connecting,
+    /// Connected and subscribed.
+    Connected,
+    /// Lost; waiting for or making a reconnect attempt.
+    Reconnecting,
+    /// Too many failures: waiting out the circuit breaker.
+    CircuitOpen,
+}
+
+/// The broker's answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerStatus {
+    pub state: LinkState,
+    /// Without credentials or query.
+    pub url: String,
+    pub authenticated: bool,
+    pub connected_since: Option<DateTime<Utc>>,
+    /// How long the broker has been without a session (None while connected).
+    pub disconnected_for_ms: Option<u64>,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub last_market_data_at: Option<DateTime<Utc>>,
+    /// Age of the newest market data, or time since start when none has arrived.
+    pub market_data_age_ms: u64,
+    pub reconnect_attempts: u64,
+    pub consecutive_failures: u32,
+    pub circuit_breaker: &'static str,
+    pub circuit_open_remaining_ms: Option<u64>,
+    /// Time until the next connection attempt, while waiting for one.
+    pub next_attempt_in_ms: Option<u64>,
+    pub subscriptions: Vec<String>,
+    pub missing_subscriptions: Vec<String>,
+    pub market_data_messages: u64,
+    pub malformed_frames: u64,
+    pub test_requests_answered: u64,
+    pub last_error: Option<String>,
+}
+
+/// The broker actor.
+pub struct BrokerActor;
+
+enum Link {
+    /// Attempt `conn` is under way.
+    Connecting { conn: u64, _task: AbortOnDrop },
+    /// A live session.
+    Connected {
+        session: Session,
+        since: Instant,
+        since_wall: DateTime<Utc>,
+    },
+    /// Waiting for attempt `generation`.
+    Waiting { until: Instant, generation: u64 },
+    /// Stopping.
+    Closed,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The broker's state (rebuilt from its arguments on every restart).
+pub struct BrokerState {
+    args: BrokerArgs,
+    safe_url: String,
+    reconnector: Reconnector,
+    link: Link,
+    ever_connected: bool,
+    next_conn: u64,
+    generation: u64,
+    started: Instant,
+    disconnected_since: Option<Instant>,
+    last_market_data: Option<(Instant, DateTime<Utc>)>,
+    auth: Option<AuthTokens>,
+    subscriptions: Vec<String>,
+    missing: Vec<String>,
+    reconnect_attempts: u64,
+    market_data_messages: u64,
+    malformed_frames: u64,
+    malformed_burst: Option<(Instant, u64)>,
+    test_requests_before: u64,
+    last_error: Option<String>,
+    _check: AbortOnDrop,
+}
+
+const MALFORMED_QUIET: Duration = Duration::from_secs(10);
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn wall(at: Instant) -> DateTime<Utc> {
+    let ago = chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
+    Utc::now() - ago
+}
+
+/// The `interval` param of `public/set_heartbeat`: whole seconds when possible.
+fn heartbeat_param(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        json!(d.as_secs())
+    } else {
+        json!(d.as_secs_f64())
+    }
+}
+
+async fn establish(
+    conn: u64,
+    url: String,
+    config: BrokerConfig,
+    credentials: Option<Credentials>,
+    sink: EventSink,
+) -> Result<Established, ConnectError> {
+    let started = Instant::now();
+    let session_config = SessionConfig {
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.request_timeout,
+        max_message_bytes: config.max_message_bytes,
+    };
+    let session = Session::connect(conn, &url, session_config, sink).await?;
+    let h = session.handle();
+    let auth = match &credentials {
+        Some(c) => {
+            let result: AuthResult = h
+                .call(
+                    "public/auth",
+                    json!({
+                        "grant_type": "client_credentials",
+                        "client_id": c.client_id,
+                        "client_secret": c.client_secret.expose(),
+                    }),
+                )
+                .await
+                .map_err(|source| ConnectError::Handshake {
+                    step: "public/auth",
+                    source,
+                })?;
+            if result.access_token.is_empty() {
+                return Err(ConnectError::Handshake {
+                    step: "public/auth",
+                    source: RequestError::Unexpected {
+                        method: "public/auth".into(),
+                        reason: "empty access token".into(),
+                    },
+                });
+            }
+            Some(AuthTokens {
+                refresh_token: Secret::new(result.refresh_token.unwrap_or_default()),
+                expires_in: Duration::from_secs(result.expires_in.unwrap_or(0)),
+            })
+        }
+        None => None,
+    };
+    h.call::<Value>(
+        "public/set_heartbeat",
+        json!({ "interval": heartbeat_param(config.heartbeat_interval) }),
+    )
+    .await
+    .map_err(|source| ConnectError::Handshake {
+        step: "public/set_heartbeat",
+        source,
+    })?;
+    let method = if auth.is_some() {
+        "private/subscribe"
+    } else {
+        "public/subscribe"
+    };
+    let subscribed: Vec<String> = h
+        .call(method, json!({ "channels": config.channels }))
+        .await
+        .map_err(|source| ConnectError::Handshake {
+            step: "subscribe",
+            source,
+        })?;
+    let missing = config
+        .channels
+        .iter()
+        .filter(|c| !subscribed.contains(c))
+        .cloned()
+        .collect();
+    Ok(Established {
+        session,
+        auth,
+        subscribed,
+        missing,
+        took: started.elapsed(),
+    })
+}
+
+impl BrokerState {
+    fn connected_session(&self) -> Option<&Session> {
+        match &self.link {
+            Link::Connected { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    fn current_conn(&self) -> Option<u64> {
+        match &self.link {
+            Link::Connected { session, .. } => Some(session.id()),
+            Link::Connecting { conn, .. } => Some(*conn),
+            _ => None,
+        }
+    }
+
+    fn start_attempt(&mut self, myself: &ActorRef<BrokerMsg>) {
+        let now = Instant::now();
+        self.reconnector.on_attempt(now);
+        if self.ever_connected || self.reconnector.consecutive_failures() > 0 {
+            self.reconnect_attempts += 1;
+            self.args.metrics.reconnect_attempts.inc();
+        }
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        let sink: EventSink = {
+            let me = myself.clone();
+            Arc::new(move |event| me.send_message(BrokerMsg::Session { conn, event }).is_ok())
+        };
+        let me = myself.clone();
+        let url = self.args.url.clone();
+        let config = self.args.config.clone();
+        let credentials = self.args.credentials.clone();
+        let task = tokio::spawn(async move {
+            let result = establish(conn, url, config, credentials, sink).await;
+            let _ = me.send_message(BrokerMsg::Established { conn, result });
+        });
+        debug!(conn, url = %self.safe_url, "connecting to the exchange");
+        self.link = Link::Connecting {
+            conn,
+            _task: AbortOnDrop(task),
+        };
+    }
+
+    fn schedule(&mut self, myself: &ActorRef<BrokerMsg>, next: Next) {
+        self.generation += 1;
+        let generation = self.generation;
+        let delay = next.delay();
+        self.link = Link::Waiting {
+            until: Instant::now() + delay,
+            generation,
+        };
+        myself.send_after(delay, move || BrokerMsg::Connect { generation });
+    }
+
+    fn session_lost(&mut self, myself: &ActorRef<BrokerMsg>, reason: String) {
+        let conn = self.current_conn().unwrap_or_default();
+        let next = self.reconnector.on_session_lost(fastrand::f64());
+        self.disconnected_since = Some(Instant::now());
+        self.auth = None;
+        warn!(
+            actor = "broker-connection",
+            conn,
+            reason = %reason,
+            next_attempt_ms = ms(next.delay()),
+            "exchange session lost; reconnecting"
+        );
+        self.last_error = Some(reason);
+        self.schedule(myself, next);
+    }
+
+    fn on_malformed(&mut self, reason: &str) {
+        self.malformed_frames += 1;
+        self.args.metrics.malformed_frames.inc();
+        match &mut self.malformed_burst {
+            Some((last, suppressed)) => {
+                *last = Instant::now();
+                *suppressed += 1;
+            }
+            None => {
+                warn!(
+                    actor = "broker-connection",
+                    reason,
+                    "malformed frame from the exchange (dropped; further ones in this burst are counted, not logged)"
+                );
+                self.malformed_burst = Some((Instant::now(), 0));
+            }
+        }
+    }
+
+    fn status(&self) -> BrokerStatus {
+        let now = Instant::now();
+        let (state, connected_since) = match &self.link {
+            Link::Connected { since_wall, .. } => (LinkState::Connected, Some(*since_wall)),
+            _ if matches!(self.reconnector.breaker(), Breaker::Open { .. }) => {
+                (LinkState::CircuitOpen, None)
+            }
+            _ if self.ever_connected || self.reconnector.consecutive_failures() > 0 => {
+                (LinkState::Reconnecting, None)
+            }
+            _ => (LinkState::Connecting, None),
+        };
+        let session = self.connected_session();
+        let market_data_age = self
+            .last_market_data
+            .map_or(now - self.started, |(at, _)| now - at);
+        BrokerStatus {
+            state,
+            url: self.safe_url.clone(),
+            authenticated: self.auth.is_some() && session.is_some(),
+            connected_since,
+            disconnected_for_ms: match session {
+                Some(_) => None,
+                None => Some(ms(now
+                    - self.disconnected_since.unwrap_or(self.started))),
+            },
+            last_message_at: session.map(|s| wall(s.last_frame_at())),
+            last_market_data_at: self.last_market_data.map(|(_, w)| w),
+            market_data_age_ms: ms(market_data_age),
+            reconnect_attempts: self.reconnect_attempts,
+            consecutive_failures: self.reconnector.consecutive_failures(),
+            circuit_breaker: self.reconnector.breaker().name(),
+            circuit_open_remaining_ms: match self.reconnector.breaker() {
+                Breaker::Open { until } => Some(ms(until.saturating_duration_since(now))),
+                _ => None,
+            },
+            next_attempt_in_ms: match &self.link {
+                Link::Waiting { until, .. } => Some(ms(until.saturating_duration_since(now))),
+                _ => None,
+            },
+            subscriptions: self.subscriptions.clone(),
+            missing_subscriptions: self.missing.clone(),
+            market_data_messages: self.market_data_messages,
+            malformed_frames: self.malformed_frames,
+            test_requests_answered: self.test_requests_before
+                + session.map_or(0, Session::test_requests_answered),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+impl Actor for BrokerActor {
+    type Msg = BrokerMsg;
+    type State = BrokerState;
+    type Arguments = BrokerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let every = (args.config.heartbeat_interval / 4)
+            .clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let check = myself.send_interval(every, || BrokerMsg::Check);
+        let safe_url = redact_url(&args.url);
+        Ok(BrokerState {
+            reconnector: Reconnector::new(args.config.reconnect),
+            safe_url,
+            args,
+            link: Link::Closed,
+            ever_connected: false,
+            next_conn: 0,
+            generation: 0,
+            started: Instant::now(),
+            disconnected_since: None,
+            last_market_data: None,
+            auth: None,
+            subscriptions: Vec::new(),
+            missing: Vec::new(),
+            reconnect_attempts: 0,
+            market_data_messages: 0,
+            malformed_frames: 0,
+            malformed_burst: None,
+            test_requests_before: 0,
+            last_error: None,
+            _check: AbortOnDrop(check),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.start_attempt(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BrokerMsg::Session { conn, event } => {
+                if state.current_conn() != Some(conn) {
+                    return Ok(());
+                }
+                match event {
+                    SessionEvent::Ticker(ticker) => {
+                        state.last_market_data = Some((Instant::now(), Utc::now()));
+                        state.market_data_messages += 1;
+                        state.args.metrics.market_data_messages.inc();
+                        if let Some(strategy) =
+                            state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
+                        {
+                            let _ = strategy.send_message(StrategyMsg::Ticker(ticker));
+                        }
+                    }
+                    SessionEvent::Subscription { channel, .. } => {
+                        debug!(channel, "notification without a consumer");
+                    }
+                    SessionEvent::Malformed { reason } => state.on_malformed(&reason),
+                    SessionEvent::Closed { reason } => {
+                        if let Some(s) = state.connected_session() {
+                            state.test_requests_before += s.test_requests_answered();
+                            state.session_lost(&myself, reason);
+                        }
+                        // A session still in its handshake fails through `Established`.
+                    }
+                }
+            }
+            BrokerMsg::Established { conn, result } => {
+                if !matches!(&state.link, Link::Connecting { conn: c, .. } if *c == conn) {
+                    return Ok(()); // stale attempt; dropping it closes its session
+                }
+                match result {
+                    Ok(est) => {
+                        state.reconnector.on_connected();
+                        let reconnected = state.ever_connected;
+                        state.ever_connected = true;
+                        state.disconnected_since = None;
+                        state.last_error = None;
+                        if !est.missing.is_empty() {
+                            warn!(
+                                actor = "broker-connection",
+                                missing = ?est.missing,
+                                "the exchange did not subscribe every configured channel"
+                            );
+                        }
+                        info!(
+                            actor = "broker-connection",
+                            conn,
+                            url = %state.safe_url,
+                            authenticated = est.auth.is_some(),
+                            channels = ?est.subscribed,
+                            handshake_ms = ms(est.took),
+                            "{}",
+                            if reconnected { "reconnected and resubscribed" } else { "connected and subscribed" }
+                        );
+                        if let Some(auth) = &est.auth
+                            && !auth.expires_in.is_zero()
+                            && !auth.refresh_token.expose().is_empty()
+                        {
+                            // Refresh at 80 % of the token's life.
+                            myself.send_after(auth.expires_in.mul_f64(0.8), move || {
+                                BrokerMsg::RefreshAuth { conn }
+                            });
+                        }
+                        state.auth = est.auth;
+                        state.subscriptions = est.subscribed;
+                        state.missing = est.missing;
+                        state.link = Link::Connected {
+                            session: est.session,
+                            since: Instant::now(),
+                            since_wall: Utc::now(),
+                        };
+                    }
+                    Err(err) => {
+                        let next = state
+                            .reconnector
+                            .on_attempt_failed(Instant::now(), fastrand::f64());
+                        let failures = state.reconnector.consecutive_failures();
+                        match next {
+                            Next::RetryIn(d) => warn!(
+                                actor = "broker-connection",
+                                conn,
+                                error = %err,
+                                consecutive_failures = failures,
+                                next_attempt_ms = ms(d),
+                                "connection attempt failed"
+                            ),
+                            Next::CircuitOpen(d) => error!(
+                                actor = "broker-connection",
+                                conn,
+                                error = %err,
+                                consecutive_failures = failures,
+                                next_attempt_ms = ms(d),
+                                "circuit breaker open: no connection attempts until it half-opens"
+                            ),
+                        }
+                        if state.disconnected_since.is_none() {
+                            state.disconnected_since = Some(state.started);
+                        }
+                        state.last_error = Some(err.to_string());
+                        state.schedule(&myself, next);
+                    }
+                }
+            }
+            BrokerMsg::Connect { generation } => {
+                if matches!(&state.link, Link::Waiting { generation: g, .. } if *g == generation)
+                {
+                    state.start_attempt(&myself);
+                }
+            }
+            BrokerMsg::Check => {
+                if let Link::Connected { session, since, .. } = &state.link {
+                    let silent = session.last_frame_at().elapsed();
+                    let limit = state.args.config.heartbeat_interval * 2;
+                    if silent > limit && since.elapsed() > limit {
+                        state.test_requests_before += session.test_requests_answered();
+                        session.close();
+                        state.session_lost(
+                            &myself,
+                            format!(
+                                "no message for {} ms (limit {} ms)",
+                                ms(silent),
+                                ms(limit)
+                            ),
+                        );
+                    }
+                }
+                if let Some((last, suppressed)) = state.malformed_burst
+                    && last.elapsed() > MALFORMED_QUIET
+                {
+                    if suppressed > 0 {
+                        warn!(
+                            actor = "broker-connection",
+                            suppressed, "malformed-frame burst ended"
+                        );
+                    }
+                    state.malformed_burst = None;
+                }
+            }
+            BrokerMsg::RefreshAuth { conn } => {
+                let Some(session) = state.connected_session() else {
+                    return Ok(());
+                };
+                let Some(auth) = &state.auth else {
+                    return Ok(());
+                };
+                if session.id() != conn {
+                    return Ok(());
+                }
+                let h = session.handle();
+                let refresh = auth.refresh_token.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let outcome = h
+                        .call::<AuthResult>(
+                            "public/auth",
+                            json!({"grant_type": "refresh_token", "refresh_token": refresh.expose()}),
+                        )
+                        .await;
+                    match outcome {
+                        Ok(r) => {
+                            let next = Duration::from_secs(r.expires_in.unwrap_or(0)).mul_f64(0.8);
+                            if !next.is_zero() {
+                                me.send_after(next, move || BrokerMsg::RefreshAuth { conn });
+                            }
+                        }
+                        Err(e) => warn!(
+                            actor = "broker-connection",
+                            error = %e,
+                            "token refresh failed; the session re-authenticates on its next reconnect"
+                        ),
+                    }
+                });
+            }
+            BrokerMsg::Request {
+                method,
+                params,
+                reply,
+            } => match state.connected_session() {
+                Some(session) => {
+                    let h = session.handle();
+                    tokio::spawn(async move {
+                        let result = h.request(&method, params).await.and_then(|raw| {
+                            serde_json::from_str(raw.get()).map_err(|e| RequestError::Unexpected {
+                                method: method.clone(),
+                                reason: e.to_string(),
+                            })
+                        });
+                        let _ = reply.send(result);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(RequestError::NotConnected));
+                }
+            },
+            BrokerMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+            BrokerMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(any(test, feature = "test-hooks"))]
+            BrokerMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Link::Connected { session, .. } = std::mem::replace(&mut state.link, Link::Closed) {
+            session.close_gracefully(Duration::from_millis(500)).await;
+            info!(actor = "broker-connection", "exchange session closed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,371 @@
+//! Deribit JSON-RPC 2.0 framing: encoding requests and decoding what the exchange sends.
+//!
+//! Decoding is lenient: unknown fields are ignored, optional fields may be missing or `null`,
+//! and anything that does not fit is a [`DecodeError`], never a panic. Pure functions only.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// A JSON-RPC error object from the exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("exchange error {code}: {message}")]
+pub struct RpcError {
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Encodes a request frame. `params` must be a JSON object (named params only).
+pub fn encode_request(id: u64, method: &str, params: &Value) -> String {
+    #[derive(Serialize)]
+    struct Request<'a> {
+        jsonrpc: &'static str,
+        id: u64,
+        method: &'a str,
+        params: &'a Value,
+    }
+    let empty = Value::Object(serde_json::Map::new());
+    let params = if params.is_null() { &empty } else { params };
+    // Serializing a `Value` into a string cannot fail.
+    serde_json::to_string(&Request {
+        jsonrpc: "2.0",
+        id,
+        method,
+        params,
+    })
+    .unwrap_or_default()
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not JSON-RPC: {0}")]
+    Json(String),
+    #[error("neither a response nor a notification")]
+    Shape,
+    #[error("notification {method:?} without usable params: {reason}")]
+    Params { method: String, reason: String },
+    #[error("ticker on {channel:?} does not decode: {reason}")]
+    Ticker { channel: String, reason: String },
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// The answer to request `id`.
+    Response {
+        id: u64,
+        result: Result<Box<RawValue>, RpcError>,
+    },
+    /// A response whose id is not one of ours (a string, or absent).
+    UnmatchedResponse,
+    /// A ticker notification.
+    Ticker(Ticker),
+    /// Another subscription notification (order updates, books, …).
+    Subscription { channel: String, data: Box<RawValue> },
+    /// The exchange asks us to prove we are alive (`public/test` must follow).
+    TestRequest,
+    /// A plain heartbeat.
+    Heartbeat,
+    /// A notification method we do not know; ignored.
+    Other { method: String },
+}
+
+/// The fields of a ticker the runtime uses; everything else is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ticker {
+    pub instrument_name: String,
+    /// Exchange time, ms since the epoch.
+    pub timestamp: i64,
+    pub mark_price: f64,
+    #[serde(default)]
+    pub last_price: Option<f64>,
+    #[serde(default)]
+    pub index_price: Option<f64>,
+    /// `null` when that side of the book is empty.
+    #[serde(default)]
+    pub best_bid_price: Option<f64>,
+    #[serde(default)]
+    pub best_ask_price: Option<f64>,
+    #[serde(default)]
+    pub best_bid_amount: Option<f64>,
+    #[serde(default)]
+    pub best_ask_amount: Option<f64>,
+    /// open, settlement, delivered, inactive, locked, halted, … (an open set).
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+#[derive(Deserialize)]
+struct SubscriptionParams<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct HeartbeatParams<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// Decodes one text frame.
+pub fn decode(text: &str) -> Result<Incoming, DecodeError> {
+    let env: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if let Some(method) = env.method {
+        return decode_notification(&method, env.params);
+    }
+    let id = match env.id {
+        Some(raw) => raw.get().parse::<u64>().ok(),
+        None => None,
+    };
+    let Some(id) = id else {
+        return if env.result.is_some() || env.error.is_some() {
+            Ok(Incoming::UnmatchedResponse)
+        } else {
+            Err(DecodeError::Shape)
+        };
+    };
+    let result = match (env.error, env.result) {
+        (Some(err), _) => Err(err),
+        (None, Some(raw)) => Ok(raw.to_owned()),
+        (None, None) => return Err(DecodeError::Shape),
+    };
+    Ok(Incoming::Response { id, result })
+}
+
+fn decode_notification(method: &str, params: Option<&RawValue>) -> Result<Incoming, DecodeError> {
+    let params_err = |reason: String| DecodeError::Params {
+        method: method.to_string(),
+        reason,
+    };
+    match method {
+        "subscription" => {
+            let raw = params.ok_or_else(|| params_err("missing params".into()))?;
+            let p: SubscriptionParams<'_> =
+                serde_json::from_str(raw.get()).map_err(|e| params_err(e.to_string()))?;
+            if p.channel.starts_with("ticker.") {
+                let ticker: Ticker =
+                    serde_json::from_str(p.data.get()).map_err(|e| DecodeError::Ticker {
+                        channel: p.channel.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(Incoming::Ticker(ticker))
+            } else {
+                Ok(Incoming::Subscription {
+                    channel: p.channel.into_owned(),
+                    data: p.data.to_owned(),
+                })
+            }
+        }
+        "heartbeat" => {
+            let raw = params.ok_or_else(|| params_err("missing params".into()))?;
+            let p: HeartbeatParams<'_> =
+                serde_json::from_str(raw.get()).map_err(|e| params_err(e.to_string()))?;
+            Ok(if p.kind == "test_request" {
+                Incoming::TestRequest
+            } else {
+                Incoming::Heartbeat
+            })
+        }
+        other => Ok(Incoming::Other {
+            method: other.to_string(),
+        }),
+    }
+}
+
+/// How the runtime should react to an exchange error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Try again later with backoff (rate limits, maintenance, overload).
+    Retryable,
+    /// The request itself is wrong; retrying cannot help.
+    Fatal,
+    /// The session is not (or no longer) authorized: re-authenticate once.
+    Auth,
+}
+
+impl RpcError {
+    /// Classifies the error by code (Deribit's table in the protocol reference).
+    pub fn class(&self) -> ErrorClass {
+        match self.code {
+            10028 | 10040 | 10047 | 10066 | 11051 | 13028 => ErrorClass::Retryable,
+            10000 | 13009 => ErrorClass::Auth,
+            _ => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// A URL with credentials and query removed, safe to show in status and logs.
+pub fn redact_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or_default();
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => without_query.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICKER: &str = r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.BTC-PERPETUAL.raw","data":{"timestamp":1597244851057,"stats":{"volume_usd":404775400.0,"volume":35574.05167122,"price_change":0.493,"low":11131.5,"high":11632.5},"state":"open","settlement_price":11452.62,"open_interest":117979530,"min_price":11443.06,"max_price":11791.58,"mark_price":11617.8,"last_price":11618.0,"instrument_name":"BTC-PERPETUAL","index_price":11609.61,"funding_8h":0.00001212,"estimated_delivery_price":11609.61,"current_funding":0.00020545,"best_bid_price":11618.0,"best_bid_amount":7460.0,"best_ask_price":11618.5,"best_ask_amount":497870.0}}}"#;
+
+    #[test]
+    fn decodes_the_real_ticker_capture() {
+        let Incoming::Ticker(t) = decode(TICKER).unwrap() else {
+            panic!("not a ticker")
+        };
+        assert_eq!(t.instrument_name, "BTC-PERPETUAL");
+        assert_eq!(t.timestamp, 1597244851057);
+        assert_eq!(t.mark_price, 11617.8);
+        assert_eq!(t.best_ask_price, Some(11618.5));
+        assert_eq!(t.state.as_deref(), Some("open"));
+    }
+
+    #[test]
+    fn empty_book_side_is_null() {
+        let frame = r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.X.100ms","data":{"instrument_name":"X","timestamp":1,"mark_price":1.5,"best_bid_price":null,"new_field":{"a":[1]}}}}"#;
+        let Incoming::Ticker(t) = decode(frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.best_bid_price, None);
+    }
+
+    #[test]
+    fn decodes_responses_and_errors() {
+        let ok = decode(r#"{"jsonrpc":"2.0","id":42,"result":1550147385946,"testnet":false,"usIn":1,"usOut":2,"usDiff":1}"#).unwrap();
+        let Incoming::Response { id, result } = ok else {
+            panic!()
+        };
+        assert_eq!(id, 42);
+        assert_eq!(result.unwrap().get(), "1550147385946");
+
+        let err = decode(r#"{"jsonrpc":"2.0","id":17,"error":{"message":"unauthorized","code":13009},"testnet":true}"#).unwrap();
+        let Incoming::Response { id: 17, result } = err else {
+            panic!()
+        };
+        let e = result.unwrap_err();
+        assert_eq!(e.code, 13009);
+        assert_eq!(e.class(), ErrorClass::Auth);
+    }
+
+    #[test]
+    fn string_ids_are_not_ours() {
+        assert!(matches!(
+            decode(r#"{"jsonrpc":"2.0","id":"abc","result":"ok"}"#).unwrap(),
+            Incoming::UnmatchedResponse
+        ));
+    }
+
+    #[test]
+    fn heartbeats() {
+        assert!(matches!(
+            decode(r#"{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}"#)
+                .unwrap(),
+            Incoming::TestRequest
+        ));
+        assert!(matches!(
+            decode(r#"{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}"#)
+                .unwrap(),
+            Incoming::Heartbeat
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for frame in [
+            "",
+            "not json",
+            "[1,2,3]",
+            "{}",
+            r#"{"method":"subscription"}"#,
+            r#"{"method":"subscription","params":{"channel":"ticker.X.raw","data":{"mark_price":"high"}}}"#,
+            r#"{"method":"heartbeat","params":7}"#,
+            r#"{"id":1}"#,
+            "\u{0}\u{1}\u{2}",
+        ] {
+            assert!(decode(frame).is_err(), "{frame:?} decoded");
+        }
+    }
+
+    #[test]
+    fn encodes_named_params() {
+        let frame = encode_request(7, "public/get_time", &Value::Null);
+        assert_eq!(
+            frame,
+            r#"{"jsonrpc":"2.0","id":7,"method":"public/get_time","params":{}}"#
+        );
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let e = |code| RpcError {
+            code,
+            message: String::new(),
+            data: None,
+        };
+        for code in [10028, 10040, 10047, 10066, 11051, 13028] {
+            assert_eq!(e(code).class(), ErrorClass::Retryable, "{code}");
+        }
+        for code in [10002, 10009, 10043, -32602, 11029] {
+            assert_eq!(e(code).class(), ErrorClass::Fatal, "{code}");
+        }
+        assert_eq!(e(13009).class(), ErrorClass::Auth);
+    }
+
+    #[test]
+    fn redacts_credentials_and_query() {
+        assert_eq!(
+            redact_url("wss://user:pw@test.deribit.com/ws/api/v2?token=abc"),
+            "wss://test.deribit.com/ws/api/v2"
+        );
+        assert_eq!(redact_url("ws://127.0.0.1:9/ws"), "ws://127.0.0.1:9/ws");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(s in "\\PC*") {
+            let _ = decode(&s);
+        }
+
+        #[test]
+        fn decode_never_panics_on_near_json(
+            id in proptest::option::of(proptest::num::i64::ANY),
+            method in proptest::option::of("(subscription|heartbeat|[a-z/]{0,12})"),
+            channel in "(ticker\\.[A-Z-]{0,8}\\.raw|user\\.orders\\..{0,5}|.{0,6})",
+            price in proptest::num::f64::ANY,
+        ) {
+            let frame = serde_json::json!({
+                "jsonrpc": "2.0", "id": id, "method": method,
+                "params": {"channel": channel, "data": {"instrument_name": "X", "timestamp": 1, "mark_price": price}},
+            });
+            let _ = decode(&frame.to_string());
+        }
+    }
+}

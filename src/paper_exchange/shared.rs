@@ -18,8 +18,9 @@ use super::market::{InstrumentSpec, TickerData};
 use super::protocol::{RpcError, notification_frame};
 use super::stats::StatsCounters;
 
-/// Ticks buffered per connection before a slow reader starts skipping them.
-const TICK_CHANNEL_CAPACITY: usize = 16_384;
+/// Ticks buffered per connection before a slow reader starts skipping them (about 80 ms at
+/// 50,000 ticks/s; seconds at ordinary rates).
+const TICK_CHANNEL_CAPACITY: usize = 4_096;
 /// Account events buffered per connection.
 const USER_CHANNEL_CAPACITY: usize = 4_096;
 

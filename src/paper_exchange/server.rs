@@ -72,20 +72,32 @@ pub(crate) async fn run_market(shared: Arc<Shared>) {
         let now = Instant::now();
         let elapsed = now.duration_since(last).as_secs_f64();
         last = now;
-        let mut any = false;
-        for (pending, count) in carry.iter_mut().zip(counts.iter_mut()) {
+        for pending in carry.iter_mut() {
             *pending = (*pending + elapsed * rate).min(max_backlog);
-            let whole = pending.floor();
-            *pending -= whole;
-            // `whole` is bounded by max_backlog, far below u32::MAX.
-            *count = whole as u32;
-            any |= *count > 0;
         }
-        if any {
+        // Generate in chunks and yield between them: one long synchronous batch would hold
+        // the engine lock and starve the connection tasks (and a client on the same runtime)
+        // that are meant to drain the ticks.
+        loop {
+            let mut any = false;
+            for (pending, count) in carry.iter_mut().zip(counts.iter_mut()) {
+                let whole = pending.floor().min(f64::from(CHUNK));
+                *pending -= whole;
+                // `whole` is at most CHUNK.
+                *count = whole as u32;
+                any |= *count > 0;
+            }
+            if !any {
+                break;
+            }
             shared.advance_market(&counts);
+            tokio::task::yield_now().await;
         }
     }
 }
+
+/// Most ticks per instrument generated under one engine lock.
+const CHUNK: u32 = 64;
 
 #[cfg(test)]
 mod tests {

@@ -584,6 +584,34 @@ async fn unanswered_test_request_closes_connection() {
 }
 
 #[tokio::test]
+async fn stall_suspends_missed_heartbeat_closing() {
+    let exchange = start(config()).await;
+    let mut client = Client::connect(&exchange).await;
+    client
+        .result("public/set_heartbeat", json!({"interval": 0.1}))
+        .await;
+    let first = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first["params"]["type"], "test_request");
+    // The answer is swallowed by a stall that ends before the next test_request is due: the
+    // exchange must ask again rather than blame the client.
+    exchange.faults().stall_for(Duration::from_millis(50));
+    client.send_request("public/test", json!({})).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        if let Some(frame) = client.recv(Duration::from_millis(50)).await
+            && frame["method"] == "heartbeat"
+        {
+            client.send_request("public/test", json!({})).await;
+        }
+    }
+    client.result("public/get_time", json!({})).await;
+    let stats = exchange.stats();
+    assert_eq!(stats.closed_for_missed_heartbeat, 0, "{stats:?}");
+    assert!(stats.test_requests_sent >= 3);
+    exchange.shutdown().await;
+}
+
+#[tokio::test]
 async fn heartbeat_below_minimum_is_invalid_params() {
     let exchange = start(PaperConfig::default()).await;
     let mut client = Client::connect(&exchange).await;

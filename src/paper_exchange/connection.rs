@@ -47,7 +47,8 @@ pub(crate) struct Session {
     pub subs: Subscriptions,
     heartbeat: Option<Duration>,
     next_heartbeat: Option<Instant>,
-    awaiting_test: bool,
+    /// When the outstanding test request was sent, if one is outstanding.
+    awaiting_test: Option<Instant>,
 }
 
 impl Session {
@@ -60,7 +61,7 @@ impl Session {
             subs: Subscriptions::new(shared),
             heartbeat: None,
             next_heartbeat: None,
-            awaiting_test: false,
+            awaiting_test: None,
         }
     }
 
@@ -69,13 +70,12 @@ impl Session {
     pub fn set_heartbeat(&mut self, interval: Option<Duration>) {
         self.heartbeat = interval;
         self.next_heartbeat = interval.map(|d| Instant::now() + d);
-        self.awaiting_test = false;
+        self.awaiting_test = None;
     }
 
     /// `public/test` arrived: an outstanding test request is answered.
     pub fn heartbeat_answered(&mut self, shared: &Shared) {
-        if self.awaiting_test {
-            self.awaiting_test = false;
+        if self.awaiting_test.take().is_some() {
             bump(&shared.stats.test_requests_answered, 1);
         }
     }
@@ -417,16 +417,19 @@ impl Connection {
         };
         if let Some(until) = self.stalled_until() {
             // Silent during a stall, and the client cannot be blamed for not answering.
-            self.session.awaiting_test = false;
+            self.session.awaiting_test = None;
             self.session.next_heartbeat = Some(until + interval);
             return Ok(());
         }
-        if self.session.awaiting_test {
-            bump(&self.shared.stats.closed_for_missed_heartbeat, 1);
-            info!("test_request unanswered; closing connection");
-            return Err(CloseReason::MissedHeartbeat);
+        if let Some(sent) = self.session.awaiting_test {
+            // An answer that arrived during a stall was swallowed: ask again instead.
+            if !self.shared.lock_faults().stalled_since(sent) {
+                bump(&self.shared.stats.closed_for_missed_heartbeat, 1);
+                info!("test_request unanswered; closing connection");
+                return Err(CloseReason::MissedHeartbeat);
+            }
         }
-        self.session.awaiting_test = true;
+        self.session.awaiting_test = Some(Instant::now());
         self.session.next_heartbeat = Some(Instant::now() + interval);
         bump(&self.shared.stats.test_requests_sent, 1);
         self.send_text(TEST_REQUEST_FRAME.to_owned()).await

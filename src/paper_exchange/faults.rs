@@ -33,6 +33,11 @@ impl FaultState {
         self.stall_until.filter(|until| now < *until)
     }
 
+    /// Whether a stall was in force at some point after `since` (it may have ended already).
+    pub fn stalled_since(&self, since: Instant) -> bool {
+        self.stall_until.is_some_and(|until| until > since)
+    }
+
     /// Consumes one injected error for `method`, if any is pending.
     pub fn take_injected(&mut self, method: &str) -> Option<RpcError> {
         let (error, times) = self.injected.get_mut(method)?;

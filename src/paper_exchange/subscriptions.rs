@@ -175,3 +175,84 @@ impl Drop for Subscriptions {
         self.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paper_exchange::auth::AuthState;
+    use crate::paper_exchange::config::PaperConfig;
+    use crate::paper_exchange::engine::Engine;
+    use crate::paper_exchange::market::{InstrumentSpec, MarketState};
+
+    fn shared() -> Arc<Shared> {
+        let markets = InstrumentSpec::BUILTIN
+            .iter()
+            .map(|spec| MarketState::new(spec, fastrand::Rng::with_seed(1)))
+            .collect();
+        Arc::new(Shared::new(
+            PaperConfig::default(),
+            Engine::new(markets, 1.0, 1.0),
+            AuthState::new(fastrand::Rng::with_seed(1)),
+        ))
+    }
+
+    #[test]
+    fn unknown_channels_are_left_out_and_duplicates_collapse() {
+        let mut subs = Subscriptions::new(shared());
+        let result = subs
+            .subscribe(
+                &[
+                    "ticker.BTC-PERPETUAL.100ms",
+                    "ticker.BTC-PERPETUAL.100ms",
+                    "ticker.BTC-PERPETUAL.1s",
+                    "book.BTC-PERPETUAL.100ms",
+                    "ticker.SOL-PERPETUAL.raw",
+                ],
+                false,
+                false,
+            )
+            .unwrap();
+        assert_eq!(result, vec!["ticker.BTC-PERPETUAL.100ms"]);
+    }
+
+    #[test]
+    fn raw_ticker_without_auth_fails_the_request() {
+        let mut subs = Subscriptions::new(shared());
+        let err = subs
+            .subscribe(
+                &["ticker.BTC-PERPETUAL.100ms", "ticker.ETH-PERPETUAL.raw"],
+                false,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, code::RAW_NEEDS_AUTH);
+        assert!(!subs.wants_ticks());
+    }
+
+    #[test]
+    fn user_channels_need_an_authenticated_private_subscribe() {
+        let mut subs = Subscriptions::new(shared());
+        let channels = ["user.orders.BTC-PERPETUAL.raw", "user.portfolio.btc"];
+        assert!(subs.subscribe(&channels, true, false).unwrap().is_empty());
+        assert!(subs.subscribe(&channels, false, true).unwrap().is_empty());
+        assert_eq!(subs.subscribe(&channels, true, true).unwrap().len(), 2);
+        assert!(subs.has_user_channel("user.portfolio.btc"));
+    }
+
+    #[test]
+    fn subscriber_counts_follow_unsubscribe_and_drop() {
+        let shared = shared();
+        let mut a = Subscriptions::new(Arc::clone(&shared));
+        let mut b = Subscriptions::new(Arc::clone(&shared));
+        a.subscribe(&["ticker.ETH-PERPETUAL.agg2"], false, false)
+            .unwrap();
+        b.subscribe(&["ticker.ETH-PERPETUAL.100ms"], false, false)
+            .unwrap();
+        assert!(shared.has_ticker_subscribers(1));
+        assert!(a.unsubscribe(&["ticker.ETH-PERPETUAL.agg2"]).is_empty());
+        assert!(shared.has_ticker_subscribers(1));
+        drop(b);
+        assert!(!shared.has_ticker_subscribers(1));
+        assert!(!shared.has_ticker_subscribers(0));
+    }
+}

@@ -51,6 +51,23 @@ impl Client {
         }
     }
 
+    /// A client with a small receive buffer (which also turns off autotuning), so the server
+    /// feels a slow reader within milliseconds instead of after megabytes of kernel buffers.
+    async fn connect_small_buffer(exchange: &PaperExchange) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let stream = socket.connect(exchange.local_addr()).await.unwrap();
+        let (ws, _) =
+            tokio_tungstenite::client_async(exchange.url(), MaybeTlsStream::Plain(stream))
+                .await
+                .unwrap();
+        Client {
+            ws,
+            next_id: 1,
+            pending: VecDeque::new(),
+        }
+    }
+
     async fn authed(exchange: &PaperExchange) -> Client {
         let mut client = Client::connect(exchange).await;
         let response = client
@@ -483,19 +500,7 @@ async fn lagging_connection_skips_ticks_without_slowing_others() {
     .await;
     let channels =
         json!({"channels": ["ticker.BTC-PERPETUAL.100ms", "ticker.ETH-PERPETUAL.100ms"]});
-    // A small receive buffer (which also turns off autotuning) so the server feels the slow
-    // reader within milliseconds instead of after filling megabytes of kernel buffers.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(exchange.local_addr()).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(exchange.url(), MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut slow = Client {
-        ws,
-        next_id: 1,
-        pending: VecDeque::new(),
-    };
+    let mut slow = Client::connect_small_buffer(&exchange).await;
     slow.result("public/subscribe", channels.clone()).await;
     let mut fast = Client::connect(&exchange).await;
     fast.result("public/subscribe", channels).await;
@@ -641,6 +646,35 @@ async fn drop_all_closes_every_connection() {
     // New connections are served again.
     let mut c = Client::connect(&exchange).await;
     c.result("public/get_time", json!({})).await;
+    exchange.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_all_closes_a_connection_blocked_on_a_reader_that_does_not_read() {
+    let exchange = start(PaperConfig {
+        ticks_per_second: 10_000.0,
+        ..config()
+    })
+    .await;
+    let mut client = Client::connect_small_buffer(&exchange).await;
+    client
+        .result(
+            "public/subscribe",
+            json!({"channels": ["ticker.BTC-PERPETUAL.100ms"]}),
+        )
+        .await;
+    // Stop reading until the server's writes to this client block.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(exchange.stats().active_connections, 1);
+    exchange.faults().drop_all();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while exchange.stats().active_connections > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a blocked connection ignored drop_all"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     exchange.shutdown().await;
 }
 

@@ -269,14 +269,19 @@ impl Connection {
 
     async fn write(&mut self, message: Message, flush: bool) -> Result<(), CloseReason> {
         let shutdown = self.shared.shutdown.clone();
-        let io = async {
+        let ws = &mut self.ws;
+        let drop_rx = &mut self.drop_rx;
+        let io = async move {
             if flush {
-                self.ws.send(message).await
+                ws.send(message).await
             } else {
-                self.ws.feed(message).await
+                ws.feed(message).await
             }
         };
+        // A write blocked by a slow reader must still obey drop_all and shutdown; a write that
+        // can complete does (so `paper/drop_all` is answered before the drop).
         tokio::select! {
+            biased;
             result = timeout(WRITE_TIMEOUT, io) => match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(err)) => {
@@ -289,14 +294,24 @@ impl Connection {
                 }
             },
             _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
+            _ = drop_rx.changed() => Err(CloseReason::DropAll),
         }
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        match timeout(WRITE_TIMEOUT, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(CloseReason::WriteFailed),
-            Err(_) => Err(CloseReason::SlowReader),
+        let shutdown = self.shared.shutdown.clone();
+        tokio::select! {
+            biased;
+            result = timeout(WRITE_TIMEOUT, self.ws.flush()) => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::WriteFailed),
+                Err(_) => {
+                    warn!("client reads too slowly; disconnecting");
+                    Err(CloseReason::SlowReader)
+                }
+            },
+            _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
+            _ = self.drop_rx.changed() => Err(CloseReason::DropAll),
         }
     }
 

@@ -12,7 +12,9 @@
 //! logic (backoff, restart policy, protocol codec, reconnect state, health rules, lifecycle) lives
 //! in plain modules without actors or I/O. Nothing here knows about HTTP.
 
+pub mod alert;
 pub mod backoff;
+pub mod failsafe;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
 pub mod metrics;

@@ -1,0 +1,868 @@
+//! The `fail-safe` actor: the owner of the trading mode and the last word on whether a new
+//! position may be opened.
+//!
+//! It fails closed. It starts in OBSERVE_ONLY with the stored mode not yet read, and refuses every
+//! entry until the mode stored by the `state-persister` (key `"mode"`) has been loaded and says
+//! AGGRESSIVE. A trigger latches SHUTDOWN, which survives restarts because it is stored; only an
+//! operator clears it, to OBSERVE_ONLY first.
+//!
+//! Every change is one `mode_changed` event plus the `"mode"` state write, committed through the
+//! persister. A change that restricts trading takes effect in memory at once and is stored after;
+//! a change to AGGRESSIVE takes effect only once it is stored. The actor never waits for the
+//! persister inside a handler: commits and loads are awaited in tasks that report back by message.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::concurrency::OneshotReceiver;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{error, info, warn};
+
+use crate::alert::{Alert, AlertMsg, Severity};
+use crate::mode::TradingMode;
+use crate::names::{ChildName, Names};
+use crate::persister::PersisterMsg;
+use crate::store::{Change, Committed, StoreError};
+
+/// The state key holding the mode.
+pub const MODE_KEY: &str = "mode";
+
+/// `[fail_safe]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailSafeConfig {
+    /// The mode used when the store holds none (first start).
+    pub initial_mode: TradingMode,
+    /// How long to wait for the persister's `Load` answer.
+    #[serde(with = "humantime_serde")]
+    pub load_timeout: Duration,
+    /// Load attempts before giving up (and staying in OBSERVE_ONLY, entries refused).
+    pub load_attempts: u32,
+    /// Pause between load attempts.
+    #[serde(with = "humantime_serde")]
+    pub load_retry_delay: Duration,
+    /// How long to wait for a mode change to be committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+}
+
+impl Default for FailSafeConfig {
+    fn default() -> Self {
+        Self {
+            initial_mode: TradingMode::ObserveOnly,
+            load_timeout: Duration::from_secs(2),
+            load_attempts: 5,
+            load_retry_delay: Duration::from_millis(500),
+            commit_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl FailSafeConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.initial_mode == TradingMode::Shutdown {
+            return Err(
+                "initial_mode must be AGGRESSIVE or OBSERVE_ONLY (SHUTDOWN is only entered by a trigger)"
+                    .into(),
+            );
+        }
+        for (name, d) in [
+            ("load_timeout", self.load_timeout),
+            ("commit_timeout", self.commit_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.load_attempts == 0 {
+            return Err("load_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the fail-safe is spawned with.
+#[derive(Clone)]
+pub struct FailSafeArgs {
+    pub names: Names,
+    pub config: FailSafeConfig,
+}
+
+/// A reply that comes once a change is stored (or storing it failed).
+pub type ChangeReply = RpcReplyPort<Result<(), String>>;
+
+/// Messages of the fail-safe.
+pub enum FailSafeMsg {
+    /// Report the mode and how it got there.
+    Status(RpcReplyPort<FailSafeStatus>),
+    /// Liveness.
+    Ping(RpcReplyPort<()>),
+    /// The current mode.
+    GetMode(RpcReplyPort<TradingMode>),
+    /// Fail-closed permission check before any entry: Ok only in AGGRESSIVE and once the stored
+    /// mode was loaded.
+    AllowEntry(RpcReplyPort<Result<(), String>>),
+    /// Switch to SHUTDOWN (latched). The reply comes after the change is committed to the store,
+    /// or with `Err(reason)` when the commit failed; the in-memory mode is SHUTDOWN regardless.
+    Trigger {
+        trigger: String,
+        reason: String,
+        reply: Option<ChangeReply>,
+    },
+    /// Operator or internal mode change. SHUTDOWN is cleared to OBSERVE_ONLY first; a change to
+    /// AGGRESSIVE takes effect once stored. Refused with a reason otherwise.
+    SetMode {
+        mode: TradingMode,
+        reason: String,
+        reply: ChangeReply,
+    },
+    /// Internal: ask the persister for the stored mode (attempts count from 1).
+    Load { attempt: u32 },
+    /// Internal: the persister's answer (the stored `"mode"` value, if any).
+    Loaded {
+        attempt: u32,
+        result: Result<Option<Value>, String>,
+    },
+    /// Internal: the commit of a change to AGGRESSIVE finished.
+    Loosened {
+        generation: u64,
+        to: TradingMode,
+        reason: String,
+        changed_at: DateTime<Utc>,
+        result: Result<(), String>,
+        reply: Option<ChangeReply>,
+    },
+    /// Test-only misbehaviour.
+    #[cfg(any(test, feature = "test-hooks"))]
+    Hook(crate::hooks::TestHook),
+}
+
+/// The fail-safe's answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailSafeStatus {
+    pub mode: TradingMode,
+    /// Whether the stored mode has been read (entries are refused until it has).
+    pub loaded: bool,
+    /// Why the mode is what it is.
+    pub reason: String,
+    pub changed_at: Option<DateTime<Utc>>,
+    /// Triggers since start.
+    pub triggers: u64,
+    pub last_trigger: Option<String>,
+}
+
+/// The `"mode"` state value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMode {
+    pub mode: TradingMode,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub changed_at: Option<DateTime<Utc>>,
+}
+
+/// The fail-safe actor.
+pub struct FailSafeActor;
+
+/// The fail-safe's state.
+pub struct FailSafeState {
+    args: FailSafeArgs,
+    mode: TradingMode,
+    loaded: bool,
+    /// A load is under way (false once loaded or given up).
+    loading: bool,
+    reason: String,
+    changed_at: Option<DateTime<Utc>>,
+    triggers: u64,
+    last_trigger: Option<String>,
+    /// Bumped on every in-memory change; a pending change to AGGRESSIVE applies only if unchanged.
+    generation: u64,
+}
+
+fn commit_outcome(
+    result: Result<
+        Result<Result<Committed, StoreError>, tokio::sync::oneshot::error::RecvError>,
+        tokio::time::error::Elapsed,
+    >,
+    timeout: Duration,
+) -> Result<(), String> {
+    match result {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
+        Err(_) => Err(format!(
+            "the state-persister did not confirm the commit within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+impl FailSafeState {
+    fn status(&self) -> FailSafeStatus {
+        FailSafeStatus {
+            mode: self.mode,
+            loaded: self.loaded,
+            reason: self.reason.clone(),
+            changed_at: self.changed_at,
+            triggers: self.triggers,
+            last_trigger: self.last_trigger.clone(),
+        }
+    }
+
+    fn allow_entry(&self) -> Result<(), String> {
+        if !self.loaded {
+            return Err(
+                "the stored trading mode has not been loaded yet; entries are refused".into(),
+            );
+        }
+        if !self.mode.allows_entries() {
+            return Err(format!(
+                "trading mode is {} ({}); entries are refused",
+                self.mode, self.reason
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands `change` to the persister in mailbox order; the receiver yields the commit result.
+    fn send_commit(
+        &self,
+        change: Change,
+    ) -> Result<OneshotReceiver<Result<Committed, StoreError>>, String> {
+        let persister = self
+            .args
+            .names
+            .lookup::<PersisterMsg>(ChildName::StatePersister)
+            .ok_or_else(|| "the state-persister is not running".to_string())?;
+        let (tx, rx) = ractor::concurrency::oneshot();
+        persister
+            .send_message(PersisterMsg::Commit {
+                change,
+                reply: Some(tx.into()),
+            })
+            .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+        Ok(rx)
+    }
+
+    fn mode_change(
+        from: TradingMode,
+        to: TradingMode,
+        reason: &str,
+        trigger: Option<&str>,
+        changed_at: DateTime<Utc>,
+    ) -> Change {
+        let mut event = json!({ "from": from, "to": to, "reason": reason });
+        if let Some(t) = trigger {
+            event["trigger"] = json!(t);
+        }
+        Change::event("mode_changed", event).set(
+            MODE_KEY,
+            json!({ "mode": to, "reason": reason, "changed_at": changed_at }),
+        )
+    }
+
+    /// A change that does not loosen trading: in memory at once, then stored.
+    fn restrict(
+        &mut self,
+        to: TradingMode,
+        reason: String,
+        trigger: Option<&str>,
+        reply: Option<ChangeReply>,
+    ) {
+        let from = self.mode;
+        let now = Utc::now();
+        self.mode = to;
+        self.changed_at = Some(now);
+        self.generation += 1;
+        if to == TradingMode::Shutdown {
+            error!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
+        } else {
+            warn!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
+        }
+        let change = Self::mode_change(from, to, &reason, trigger, now);
+        self.reason = reason;
+        self.store(change, reply);
+    }
+
+    /// Commits `change` and reports the outcome to `reply` (and the log on failure).
+    fn store(&self, change: Change, reply: Option<ChangeReply>) {
+        let timeout = self.args.config.commit_timeout;
+        match self.send_commit(change) {
+            Ok(rx) => {
+                tokio::spawn(async move {
+                    let result = commit_outcome(tokio::time::timeout(timeout, rx).await, timeout);
+                    if let Err(e) = &result {
+                        error!(actor = "fail-safe", error = %e, "mode change not stored; it holds in memory only until a restart");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                });
+            }
+            Err(e) => {
+                error!(actor = "fail-safe", error = %e, "mode change not stored; it holds in memory only until a restart");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// A change to AGGRESSIVE: stored first, applied when the commit is confirmed.
+    fn loosen(
+        &self,
+        myself: &ActorRef<FailSafeMsg>,
+        to: TradingMode,
+        reason: String,
+        reply: Option<ChangeReply>,
+    ) {
+        let changed_at = Utc::now();
+        let change = Self::mode_change(self.mode, to, &reason, None, changed_at);
+        match self.send_commit(change) {
+            Ok(rx) => {
+                let timeout = self.args.config.commit_timeout;
+                let generation = self.generation;
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let result = commit_outcome(tokio::time::timeout(timeout, rx).await, timeout);
+                    let _ = me.send_message(FailSafeMsg::Loosened {
+                        generation,
+                        to,
+                        reason,
+                        changed_at,
+                        result,
+                        reply,
+                    });
+                });
+            }
+            Err(e) => {
+                warn!(actor = "fail-safe", %to, error = %e, "mode change refused: it could not be stored");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(format!(
+                        "{to} not stored, mode stays {}: {e}",
+                        self.mode
+                    )));
+                }
+            }
+        }
+    }
+
+    fn set_mode(
+        &mut self,
+        myself: &ActorRef<FailSafeMsg>,
+        mode: TradingMode,
+        reason: String,
+        reply: ChangeReply,
+    ) {
+        if !self.loaded {
+            let mut why =
+                "the stored trading mode has not been loaded yet; try again shortly".to_string();
+            if !self.loading {
+                why.push_str(" (loading it again now)");
+                self.loading = true;
+                let _ = myself.send_message(FailSafeMsg::Load { attempt: 1 });
+            }
+            let _ = reply.send(Err(why));
+            return;
+        }
+        if mode == self.mode {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if self.mode == TradingMode::Shutdown && mode == TradingMode::Aggressive {
+            let _ = reply.send(Err(
+                "SHUTDOWN is cleared to OBSERVE_ONLY first, then to AGGRESSIVE".into(),
+            ));
+            return;
+        }
+        if mode.allows_entries() {
+            self.loosen(myself, mode, reason, Some(reply));
+        } else {
+            self.restrict(mode, reason, None, Some(reply));
+        }
+    }
+
+    fn trigger(&mut self, trigger: String, reason: String, reply: Option<ChangeReply>) {
+        self.triggers += 1;
+        self.last_trigger = Some(trigger.clone());
+        let previous = self.mode;
+        self.raise_alert(&trigger, &reason, previous);
+        if previous == TradingMode::Shutdown {
+            // Already latched: keep the first cause as the reason, but put this one on record.
+            error!(actor = "fail-safe", trigger = %trigger, reason = %reason, "fail-safe triggered again while in SHUTDOWN");
+            let change = Change::event(
+                "failsafe_triggered",
+                json!({ "trigger": trigger, "reason": reason, "mode": TradingMode::Shutdown }),
+            );
+            self.store(change, reply);
+        } else {
+            let text = format!("{trigger}: {reason}");
+            self.restrict(TradingMode::Shutdown, text, Some(&trigger), reply);
+        }
+    }
+
+    fn raise_alert(&self, trigger: &str, reason: &str, previous: TradingMode) {
+        let alert = Alert {
+            key: format!("failsafe:{trigger}"),
+            severity: Severity::Critical,
+            title: "Fail-safe triggered: trading is SHUTDOWN".into(),
+            message: format!("fail-safe trigger {trigger}: {reason}"),
+            root_cause: reason.to_string(),
+            recommended_action: "Find and fix the cause, then set the mode to OBSERVE_ONLY and, \
+                                 once satisfied, to AGGRESSIVE"
+                .into(),
+            metadata: json!({ "trigger": trigger, "previous_mode": previous }),
+        };
+        match self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
+            Some(a) => {
+                if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
+                    warn!(actor = "fail-safe", error = %e, "could not raise the fail-safe alert");
+                }
+            }
+            None => warn!(
+                actor = "fail-safe",
+                trigger, "alert actor not running; fail-safe alert only logged"
+            ),
+        }
+    }
+
+    fn start_load(&mut self, myself: &ActorRef<FailSafeMsg>, attempt: u32) {
+        self.loading = true;
+        let Some(persister) = self
+            .args
+            .names
+            .lookup::<PersisterMsg>(ChildName::StatePersister)
+        else {
+            let _ = myself.send_message(FailSafeMsg::Loaded {
+                attempt,
+                result: Err("the state-persister is not running".into()),
+            });
+            return;
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        if let Err(e) = persister.send_message(PersisterMsg::Load(tx.into())) {
+            let _ = myself.send_message(FailSafeMsg::Loaded {
+                attempt,
+                result: Err(format!("could not reach the state-persister: {e}")),
+            });
+            return;
+        }
+        let timeout = self.args.config.load_timeout;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(mut state))) => Ok(state.remove(MODE_KEY)),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(_)) => Err("the state-persister dropped the load".into()),
+                Err(_) => Err(format!(
+                    "the state-persister did not answer the load within {} ms",
+                    timeout.as_millis()
+                )),
+            };
+            let _ = me.send_message(FailSafeMsg::Loaded { attempt, result });
+        });
+    }
+
+    fn on_loaded(
+        &mut self,
+        myself: &ActorRef<FailSafeMsg>,
+        attempt: u32,
+        result: Result<Option<Value>, String>,
+    ) {
+        if self.loaded {
+            return;
+        }
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(e) => {
+                let attempts = self.args.config.load_attempts;
+                if attempt < attempts {
+                    warn!(actor = "fail-safe", attempt, attempts, error = %e, "could not load the stored trading mode; retrying");
+                    let next = attempt + 1;
+                    myself.send_after(self.args.config.load_retry_delay, move || {
+                        FailSafeMsg::Load { attempt: next }
+                    });
+                } else {
+                    self.loading = false;
+                    self.reason = format!("stored trading mode could not be loaded: {e}");
+                    error!(
+                        actor = "fail-safe",
+                        attempts,
+                        error = %e,
+                        mode = %self.mode,
+                        "giving up loading the stored trading mode; entries stay refused until an operator sets a mode or the fail-safe restarts"
+                    );
+                }
+                return;
+            }
+        };
+        self.loaded = true;
+        self.loading = false;
+        if self.mode == TradingMode::Shutdown {
+            // A trigger arrived before the load finished; it is newer and already stored.
+            info!(
+                actor = "fail-safe",
+                "stored trading mode loaded; keeping the SHUTDOWN triggered meanwhile"
+            );
+            return;
+        }
+        match stored.map(serde_json::from_value::<StoredMode>) {
+            Some(Ok(s)) => {
+                info!(actor = "fail-safe", mode = %s.mode, reason = %s.reason, "stored trading mode loaded");
+                if s.mode != self.mode {
+                    self.generation += 1;
+                }
+                self.mode = s.mode;
+                self.reason = s.reason;
+                self.changed_at = s.changed_at;
+            }
+            Some(Err(e)) => {
+                // Fail closed: an unreadable mode might have been SHUTDOWN.
+                let reason = format!("stored trading mode is unreadable ({e}); latched for safety");
+                self.raise_alert("unreadable_mode", &reason, self.mode);
+                self.restrict(TradingMode::Shutdown, reason, Some("unreadable_mode"), None);
+            }
+            None => {
+                let initial = self.args.config.initial_mode;
+                let reason = "initial mode from configuration (nothing stored)".to_string();
+                info!(actor = "fail-safe", mode = %initial, "no stored trading mode; using the configured initial mode");
+                if initial.allows_entries() {
+                    self.loosen(myself, initial, reason, None);
+                } else {
+                    self.restrict(initial, reason, None, None);
+                }
+            }
+        }
+    }
+}
+
+impl Actor for FailSafeActor {
+    type Msg = FailSafeMsg;
+    type State = FailSafeState;
+    type Arguments = FailSafeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // The load is a message to ourselves so that pre_start (which the supervisor awaits)
+        // stays fast; until it is answered the mode is OBSERVE_ONLY and entries are refused.
+        myself.send_message(FailSafeMsg::Load { attempt: 1 })?;
+        Ok(FailSafeState {
+            args,
+            mode: TradingMode::ObserveOnly,
+            loaded: false,
+            loading: true,
+            reason: "starting: the stored mode is not loaded yet".into(),
+            changed_at: None,
+            triggers: 0,
+            last_trigger: None,
+            generation: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FailSafeMsg::AllowEntry(reply) => {
+                let _ = reply.send(state.allow_entry());
+            }
+            FailSafeMsg::GetMode(reply) => {
+                let _ = reply.send(state.mode);
+            }
+            FailSafeMsg::Trigger {
+                trigger,
+                reason,
+                reply,
+            } => state.trigger(trigger, reason, reply),
+            FailSafeMsg::SetMode {
+                mode,
+                reason,
+                reply,
+            } => state.set_mode(&myself, mode, reason, reply),
+            FailSafeMsg::Load { attempt } => state.start_load(&myself, attempt),
+            FailSafeMsg::Loaded { attempt, result } => state.on_loaded(&myself, attempt, result),
+            FailSafeMsg::Loosened {
+                generation,
+                to,
+                reason,
+                changed_at,
+                result,
+                reply,
+            } => {
+                let outcome = match result {
+                    Err(e) => {
+                        warn!(actor = "fail-safe", %to, error = %e, "mode change refused: it could not be stored");
+                        Err(format!("{to} not stored, mode stays {}: {e}", state.mode))
+                    }
+                    Ok(()) if generation != state.generation => Err(format!(
+                        "the mode changed to {} while {to} was being stored; not applied",
+                        state.mode
+                    )),
+                    Ok(()) => {
+                        warn!(actor = "fail-safe", from = %state.mode, %to, reason = %reason, "trading mode changed");
+                        state.mode = to;
+                        state.reason = reason;
+                        state.changed_at = Some(changed_at);
+                        state.generation += 1;
+                        Ok(())
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            FailSafeMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+            FailSafeMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(any(test, feature = "test-hooks"))]
+            FailSafeMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::persister::{PersisterActor, PersisterArgs};
+    use ractor::call_t;
+
+    async fn spawn_persister(names: &Names, path: &Path) -> ActorRef<PersisterMsg> {
+        let (p, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs {
+                names: names.clone(),
+                path: path.to_path_buf(),
+                metrics: Metrics::new().unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+        p
+    }
+
+    async fn spawn(names: &Names, config: FailSafeConfig) -> ActorRef<FailSafeMsg> {
+        let (a, _) = Actor::spawn(
+            Some(names.of(ChildName::FailSafe)),
+            FailSafeActor,
+            FailSafeArgs {
+                names: names.clone(),
+                config,
+            },
+        )
+        .await
+        .unwrap();
+        a
+    }
+
+    /// Polls until the stored mode is loaded and `mode` is in effect (real time, ≤ 2 s).
+    async fn wait_for(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> FailSafeStatus {
+        for _ in 0..200 {
+            let s = call_t!(actor, FailSafeMsg::Status, 1000).unwrap();
+            if s.loaded && s.mode == mode {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fail-safe never reached a loaded {mode}");
+    }
+
+    async fn set(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> Result<(), String> {
+        call_t!(
+            actor,
+            |reply| FailSafeMsg::SetMode {
+                mode,
+                reason: "test".into(),
+                reply
+            },
+            2000
+        )
+        .unwrap()
+    }
+
+    async fn trigger(actor: &ActorRef<FailSafeMsg>, name: &str) -> Result<(), String> {
+        call_t!(
+            actor,
+            |reply| FailSafeMsg::Trigger {
+                trigger: name.into(),
+                reason: "test trigger".into(),
+                reply: Some(reply)
+            },
+            3000
+        )
+        .unwrap()
+    }
+
+    async fn allow(actor: &ActorRef<FailSafeMsg>) -> Result<(), String> {
+        call_t!(actor, FailSafeMsg::AllowEntry, 1000).unwrap()
+    }
+
+    fn aggressive() -> FailSafeConfig {
+        FailSafeConfig {
+            initial_mode: TradingMode::Aggressive,
+            ..FailSafeConfig::default()
+        }
+    }
+
+    #[test]
+    fn config_defaults_fail_closed_and_validate_names_the_field() {
+        let c = FailSafeConfig::default();
+        assert_eq!(c.initial_mode, TradingMode::ObserveOnly);
+        assert_eq!(c.load_timeout, Duration::from_secs(2));
+        assert_eq!(c.validate(), Ok(()));
+        let bad = FailSafeConfig {
+            initial_mode: TradingMode::Shutdown,
+            ..c.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("initial_mode"));
+        let parsed: FailSafeConfig =
+            serde_json::from_value(json!({"initial_mode": "AGGRESSIVE", "load_timeout": "1s"}))
+                .unwrap();
+        assert_eq!(parsed.initial_mode, TradingMode::Aggressive);
+        assert!(serde_json::from_value::<FailSafeConfig>(json!({"mode": "AGGRESSIVE"})).is_err());
+    }
+
+    #[tokio::test]
+    async fn stored_shutdown_is_latched_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-latch-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+
+        let fs = spawn(&names, aggressive()).await;
+        wait_for(&fs, TradingMode::Aggressive).await;
+        assert_eq!(allow(&fs).await, Ok(()));
+        assert_eq!(trigger(&fs, "test").await, Ok(()));
+        assert!(allow(&fs).await.is_err());
+        fs.stop_and_wait(None, None).await.unwrap();
+
+        // The new instance is configured for AGGRESSIVE, but the store says SHUTDOWN.
+        let fs = spawn(&names, aggressive()).await;
+        let s = wait_for(&fs, TradingMode::Shutdown).await;
+        assert!(s.reason.contains("test trigger"), "{}", s.reason);
+        assert_eq!(
+            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            TradingMode::Shutdown
+        );
+        assert!(allow(&fs).await.is_err());
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn entries_are_allowed_only_in_a_loaded_aggressive_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-allow-");
+        // No persister yet: nothing can be loaded.
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        let err = allow(&fs).await.unwrap_err();
+        assert!(err.contains("not been loaded"), "{err}");
+        fs.stop_and_wait(None, None).await.unwrap();
+
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        wait_for(&fs, TradingMode::ObserveOnly).await;
+        assert!(allow(&fs).await.unwrap_err().contains("OBSERVE_ONLY"));
+        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
+        assert_eq!(allow(&fs).await, Ok(()));
+        assert_eq!(trigger(&fs, "test").await, Ok(()));
+        assert!(allow(&fs).await.unwrap_err().contains("SHUTDOWN"));
+
+        // The initial mode and every change were stored.
+        call_t!(persister, PersisterMsg::Flush, 5000)
+            .unwrap()
+            .unwrap();
+        let stored = call_t!(persister, PersisterMsg::Load, 5000)
+            .unwrap()
+            .unwrap();
+        let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
+        assert_eq!(mode.mode, TradingMode::Shutdown);
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_cleared_only_through_observe_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-clear-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        wait_for(&fs, TradingMode::ObserveOnly).await;
+        assert_eq!(trigger(&fs, "test").await, Ok(()));
+        assert_eq!(trigger(&fs, "again").await, Ok(()));
+        let err = set(&fs, TradingMode::Aggressive).await.unwrap_err();
+        assert!(err.contains("OBSERVE_ONLY first"), "{err}");
+        assert_eq!(
+            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            TradingMode::Shutdown
+        );
+        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
+        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
+        let s = call_t!(fs, FailSafeMsg::Status, 1000).unwrap();
+        assert_eq!(s.mode, TradingMode::Aggressive);
+        assert_eq!(s.triggers, 2);
+        assert_eq!(s.last_trigger.as_deref(), Some("again"));
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_persister_leaves_observe_only_and_triggers_still_latch() {
+        tokio::time::pause();
+        let names = Names::with_prefix("fs-nopersist-");
+        let fs = spawn(&names, aggressive()).await;
+        // Every retry finds no persister; the paused clock runs through the delays.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let s = call_t!(fs, FailSafeMsg::Status, 1000).unwrap();
+        assert_eq!(s.mode, TradingMode::ObserveOnly);
+        assert!(!s.loaded);
+        assert!(s.reason.contains("could not be loaded"), "{}", s.reason);
+        assert!(allow(&fs).await.is_err());
+        assert!(set(&fs, TradingMode::Aggressive).await.is_err());
+        let err = trigger(&fs, "test").await.unwrap_err();
+        assert!(err.contains("not running"), "{err}");
+        assert_eq!(
+            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            TradingMode::Shutdown
+        );
+        fs.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trigger_raises_a_critical_alert() {
+        use crate::alert::{AlertActor, AlertArgs, AlertConfig};
+        let names = Names::with_prefix("fs-alert-");
+        let (alert, _) = Actor::spawn(
+            Some(names.of(ChildName::Alert)),
+            AlertActor,
+            AlertArgs {
+                names: names.clone(),
+                config: AlertConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        let _ = trigger(&fs, "heartbeat").await;
+        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(s.open_critical, 1);
+        assert_eq!(s.recent[0].key, "failsafe:heartbeat");
+        fs.stop_and_wait(None, None).await.unwrap();
+        alert.stop_and_wait(None, None).await.unwrap();
+    }
+}

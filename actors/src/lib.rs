@@ -15,6 +15,7 @@
 pub mod alert;
 pub mod backoff;
 pub mod failsafe;
+pub mod heartbeat;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
 pub mod metrics;

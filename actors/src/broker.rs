@@ -79,8 +79,7 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.url != "paper"
-            && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
+        if self.url != "paper" && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
         {
             return Err(format!(
                 "url must be \"paper\" or a ws:// or wss:// URL, not {:?}",
@@ -499,8 +498,7 @@ impl BrokerState {
             connected_since,
             disconnected_for_ms: match session {
                 Some(_) => None,
-                None => Some(ms(now
-                    - self.disconnected_since.unwrap_or(self.started))),
+                None => Some(ms(now - self.disconnected_since.unwrap_or(self.started))),
             },
             last_message_at: session.map(|s| wall(s.last_frame_at())),
             last_market_data_at: self.last_market_data.map(|(_, w)| w),
@@ -687,8 +685,7 @@ impl Actor for BrokerActor {
                 }
             }
             BrokerMsg::Connect { generation } => {
-                if matches!(&state.link, Link::Waiting { generation: g, .. } if *g == generation)
-                {
+                if matches!(&state.link, Link::Waiting { generation: g, .. } if *g == generation) {
                     state.start_attempt(&myself);
                 }
             }
@@ -701,11 +698,7 @@ impl Actor for BrokerActor {
                         session.close();
                         state.session_lost(
                             &myself,
-                            format!(
-                                "no message for {} ms (limit {} ms)",
-                                ms(silent),
-                                ms(limit)
-                            ),
+                            format!("no message for {} ms (limit {} ms)", ms(silent), ms(limit)),
                         );
                     }
                 }

@@ -14,6 +14,7 @@
 
 pub mod alert;
 pub mod backoff;
+pub mod broker;
 pub mod failsafe;
 pub mod heartbeat;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -21,9 +22,8 @@ pub mod hooks;
 pub mod metrics;
 pub mod mode;
 pub mod names;
-pub mod secret;
-pub mod supervisor;
-pub mod broker;
-pub mod strategy;
 pub mod persister;
+pub mod secret;
 pub mod store;
+pub mod strategy;
+pub mod supervisor;

@@ -117,10 +117,7 @@ fn run_db_thread(mut store: Store, jobs: mpsc::Receiver<Job>, actor: ActorRef<Pe
                 let started = Instant::now();
                 let result = store.commit(&change);
                 let outcome = WriteOutcome {
-                    result: result
-                        .as_ref()
-                        .map(|c| c.seq)
-                        .map_err(ToString::to_string),
+                    result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
                     took: started.elapsed(),
                 };
                 let _ = actor.send_message(PersisterMsg::Written(outcome));

@@ -117,7 +117,14 @@ pub struct EventRow {
 }
 
 /// The chain hash of an event.
-pub fn chain_hash(prev_hash: &str, seq: u64, event_id: &str, ts: &str, kind: &str, payload: &str) -> String {
+pub fn chain_hash(
+    prev_hash: &str,
+    seq: u64,
+    event_id: &str,
+    ts: &str,
+    kind: &str,
+    payload: &str,
+) -> String {
     let mut h = Sha256::new();
     for part in [prev_hash, &seq.to_string(), event_id, ts, kind, payload] {
         h.update(part.as_bytes());
@@ -282,7 +289,14 @@ impl Store {
         let ts = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let event_id = uuid::Uuid::now_v7().to_string();
         let payload = change.event.payload.to_string();
-        let hash = chain_hash(&last_hash, seq, &event_id, &ts, &change.event.kind, &payload);
+        let hash = chain_hash(
+            &last_hash,
+            seq,
+            &event_id,
+            &ts,
+            &change.event.kind,
+            &payload,
+        );
         for write in &change.state {
             match &write.value {
                 Some(v) => tx.execute(
@@ -393,22 +407,32 @@ mod tests {
         let (_dir, path) = temp();
         let mut store = Store::open(&path).unwrap();
         let c = store
-            .commit(&Change::event("mode.changed", json!({"mode": "OBSERVE_ONLY"})).set(
-                "mode",
-                json!({"mode": "OBSERVE_ONLY"}),
-            ))
+            .commit(
+                &Change::event("mode.changed", json!({"mode": "OBSERVE_ONLY"}))
+                    .set("mode", json!({"mode": "OBSERVE_ONLY"})),
+            )
             .unwrap();
         assert_eq!(c.seq, 1);
         drop(store);
         let store = Store::open(&path).unwrap();
         assert_eq!(store.last_seq(), 1);
-        assert_eq!(store.state().unwrap()["mode"], json!({"mode": "OBSERVE_ONLY"}));
+        assert_eq!(
+            store.state().unwrap()["mode"],
+            json!({"mode": "OBSERVE_ONLY"})
+        );
         let events = store.events(0, 10).unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].prev_hash, GENESIS_HASH);
         assert_eq!(
             events[0].hash,
-            chain_hash(GENESIS_HASH, 1, &events[0].event_id, &events[0].ts, "mode.changed", &events[0].payload)
+            chain_hash(
+                GENESIS_HASH,
+                1,
+                &events[0].event_id,
+                &events[0].ts,
+                "mode.changed",
+                &events[0].payload
+            )
         );
     }
 
@@ -417,7 +441,9 @@ mod tests {
         let (_dir, path) = temp();
         let mut store = Store::open(&path).unwrap();
         for i in 0..5 {
-            store.commit(&Change::event("test", json!({ "i": i }))).unwrap();
+            store
+                .commit(&Change::event("test", json!({ "i": i })))
+                .unwrap();
         }
         let events = store.events(0, 10).unwrap();
         for pair in events.windows(2) {
@@ -456,7 +482,11 @@ mod tests {
     #[test]
     fn a_file_that_is_not_a_database_is_reported_corrupt() {
         let (_dir, path) = temp();
-        std::fs::write(&path, b"this is not sqlite, just some bytes that are long enough to matter").unwrap();
+        std::fs::write(
+            &path,
+            b"this is not sqlite, just some bytes that are long enough to matter",
+        )
+        .unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }

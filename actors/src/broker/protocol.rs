@@ -67,7 +67,10 @@ pub enum Incoming {
     /// A ticker notification.
     Ticker(Ticker),
     /// Another subscription notification (order updates, books, …).
-    Subscription { channel: String, data: Box<RawValue> },
+    Subscription {
+        channel: String,
+        data: Box<RawValue>,
+    },
     /// The exchange asks us to prove we are alive (`public/test` must follow).
     TestRequest,
     /// A plain heartbeat.

@@ -40,7 +40,10 @@ pub enum SessionEvent {
     /// A ticker notification.
     Ticker(Ticker),
     /// Another subscription notification.
-    Subscription { channel: String, data: Box<RawValue> },
+    Subscription {
+        channel: String,
+        data: Box<RawValue>,
+    },
     /// A frame that could not be decoded (it is dropped; the session goes on).
     Malformed { reason: String },
     /// The session ended; sent exactly once unless the owner is gone.
@@ -102,7 +105,11 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// Sends a request and waits for its answer (bounded by the request timeout).
-    pub async fn request(&self, method: &str, params: Value) -> Result<Box<RawValue>, RequestError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<Box<RawValue>, RequestError> {
         self.request_with_timeout(method, params, self.request_timeout)
             .await
     }
@@ -188,10 +195,8 @@ impl Session {
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
         let safe_url = protocol::redact_url(url);
-        let connecting =
-            tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
-        let (ws, _response) = match tokio::time::timeout(config.connect_timeout, connecting).await
-        {
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
+        let (ws, _response) = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(ConnectError::Timeout {
                     url: safe_url,
@@ -276,7 +281,9 @@ impl Session {
                         },
                         Message::Close(frame) => {
                             break match frame {
-                                Some(f) => format!("closed by the exchange: {} {}", f.code, f.reason),
+                                Some(f) => {
+                                    format!("closed by the exchange: {} {}", f.code, f.reason)
+                                }
                                 None => "closed by the exchange".to_string(),
                             };
                         }

@@ -506,6 +506,11 @@ async fn stalled_exchange_is_detected_as_stale_and_reconnected() {
     let s = h.wait_for("reconnected", connected, WAIT).await;
     assert!(s.reconnect_attempts >= 1, "{s:#?}");
     assert!(h.exchange.stats().connections_accepted >= 2);
+    // The stale session was closed, not left open beside the new one.
+    wait_until("one open connection", WAIT, || {
+        h.exchange.stats().active_connections == 1
+    })
+    .await;
     let ticks = h.ticks();
     h.wait_for_ticks_above(ticks).await;
     h.stop().await;

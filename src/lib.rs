@@ -1,3 +1,10 @@
 //! The TradeBaas daemon shell: CLI, configuration, HTTP, shutdown, logging and the paper exchange.
 
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod logging;
+pub mod paper_cmd;
 pub mod paper_exchange;
+pub mod status;

@@ -1,1 +1,133 @@
-fn main() {}
+//! The `tradebaas` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tradebaas::cli::{Cli, Command};
+use tradebaas::config::{Config, ConfigError, LogFormat, Overrides};
+use tradebaas::daemon::{self, exit};
+use tradebaas::{logging, paper_cmd, status};
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+/// Loads the file (or the built-in default), then the environment, then CLI flags.
+fn load(path: Option<&std::path::Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    config.apply_env(|k| std::env::var(k).ok())?;
+    config.apply(overrides, "command line --")?;
+    Ok(config)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tradebaas")
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let config = match load(
+                config.as_deref(),
+                Overrides {
+                    listen,
+                    data_dir,
+                    broker_url: None,
+                },
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tradebaas: configuration error: {e}");
+                    return code(exit::CONFIG);
+                }
+            };
+            let format = cli.log_format.unwrap_or(config.logging.format);
+            if let Err(e) = logging::init(format, &config.logging.filter) {
+                eprintln!("tradebaas: configuration error: {e}");
+                return code(exit::CONFIG);
+            }
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tradebaas: cannot start the async runtime: {e}");
+                    return code(exit::FAILURE);
+                }
+            };
+            let limit = config.server.shutdown_timeout;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(daemon::run(config))
+            }));
+            match outcome {
+                Ok(c) => code(c),
+                Err(_) => {
+                    // The daemon's own future panicked (already logged with a backtrace by the
+                    // panic hook): stop and flush through the same steps, then exit 1.
+                    rt.block_on(daemon::emergency_shutdown(limit));
+                    code(exit::FAILURE)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load(config.as_deref(), Overrides::default()) {
+            Ok(c) => {
+                let source = config
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "built-in defaults".into());
+                match toml::to_string(&c) {
+                    Ok(text) => println!("# {source}: OK\n{text}"),
+                    Err(_) => println!("{source}: OK"),
+                }
+                code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("tradebaas: configuration error: {e}");
+                code(exit::CONFIG)
+            }
+        },
+        Command::PaperExchange {
+            listen,
+            config,
+            ticks_per_second,
+        } => {
+            let _ = logging::init(cli.log_format.unwrap_or(LogFormat::Text), "info");
+            let mut paper = match load(config.as_deref(), Overrides::default()) {
+                Ok(c) => c.paper_exchange,
+                Err(e) => {
+                    eprintln!("tradebaas: configuration error: {e}");
+                    return code(exit::CONFIG);
+                }
+            };
+            if let Some(t) = ticks_per_second {
+                paper.ticks_per_second = t;
+            }
+            if let Err(e) = paper.validate() {
+                eprintln!("tradebaas: configuration error: paper_exchange.{e}");
+                return code(exit::CONFIG);
+            }
+            match runtime() {
+                Ok(rt) => code(rt.block_on(paper_cmd::run(paper, listen))),
+                Err(e) => {
+                    eprintln!("tradebaas: cannot start the async runtime: {e}");
+                    code(exit::FAILURE)
+                }
+            }
+        }
+        Command::Status { url } => match runtime() {
+            Ok(rt) => code(rt.block_on(status::run(&url))),
+            Err(e) => {
+                eprintln!("tradebaas: cannot start the async runtime: {e}");
+                code(2)
+            }
+        },
+    }
+}

@@ -16,6 +16,7 @@ pub mod alert;
 pub mod backoff;
 pub mod broker;
 pub mod failsafe;
+pub mod health;
 pub mod heartbeat;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
@@ -27,3 +28,4 @@ pub mod secret;
 pub mod store;
 pub mod strategy;
 pub mod supervisor;
+pub mod tree;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub health_check_duration: Histogram,
     /// Strategies the strategy actor runs.
     pub strategies_active: IntGauge,
+    pub panics: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +86,10 @@ impl Metrics {
             "tradebaas_strategies_active",
             "Strategies hosted by the strategy actor",
         )?;
+        let panics = IntCounter::new(
+            "tradebaas_panics_total",
+            "Panics anywhere in the process (inside actors they become supervisor restarts)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -100,6 +105,7 @@ impl Metrics {
         registry.register(Box::new(actor_restarts.clone()))?;
         registry.register(Box::new(health_check_duration.clone()))?;
         registry.register(Box::new(strategies_active.clone()))?;
+        registry.register(Box::new(panics.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -127,6 +133,7 @@ impl Metrics {
             actor_restarts,
             health_check_duration,
             strategies_active,
+            panics,
         })
     }
 

@@ -1,0 +1,446 @@
+//! Health by message: [`gather`] asks the root supervisor and the six actors for their `Status`
+//! concurrently, each with its own timeout, and [`assess`] turns the replies into a report with
+//! pure rules. Nothing here reads shared state: an actor that does not answer in time is
+//! `unresponsive`, one that is not registered is `not_running`.
+//!
+//! Rules (documented in `docs/ARCHITECTURE.md`, pinned by the tests below):
+//! - **unhealthy** when the supervisor or any actor is unresponsive or not running, a child is
+//!   escalated, the broker has been disconnected longer than `broker_grace` or its circuit
+//!   breaker is open, or market data is older than `market_data_stale`;
+//! - **degraded** when memory or CPU is above its threshold, or the broker is reconnecting within
+//!   its grace period;
+//! - **healthy** otherwise.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, Message, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::alert::{AlertMsg, AlertStatus};
+use crate::broker::{BrokerMsg, BrokerStatus, LinkState};
+use crate::failsafe::{FailSafeMsg, FailSafeStatus};
+use crate::heartbeat::{HeartbeatMsg, HeartbeatStatus, SystemStats};
+use crate::names::{ChildName, Names};
+use crate::persister::{PersisterMsg, PersisterStatus};
+use crate::strategy::{StrategyMsg, StrategyStatus};
+use crate::supervisor::{ChildState, SupervisorMsg, SupervisorStatus};
+
+/// `[health]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How long each actor has to answer a status request.
+    #[serde(with = "humantime_serde")]
+    pub actor_timeout: Duration,
+    /// How long the broker may be disconnected before health is unhealthy.
+    #[serde(with = "humantime_serde")]
+    pub broker_grace: Duration,
+    /// Market data older than this is stale (unhealthy).
+    #[serde(with = "humantime_serde")]
+    pub market_data_stale: Duration,
+    /// Process memory above this share of total memory is degraded.
+    pub memory_degraded_percent: f64,
+    /// Process CPU above this (percent of one core) is degraded.
+    pub cpu_degraded_percent: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            actor_timeout: Duration::from_millis(250),
+            broker_grace: Duration::from_secs(5),
+            market_data_stale: Duration::from_secs(300),
+            memory_degraded_percent: 80.0,
+            cpu_degraded_percent: 90.0,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.actor_timeout.is_zero() {
+            return Err("actor_timeout must be greater than 0".into());
+        }
+        if self.market_data_stale.is_zero() {
+            return Err("market_data_stale must be greater than 0".into());
+        }
+        for (name, v) in [
+            ("memory_degraded_percent", self.memory_degraded_percent),
+            ("cpu_degraded_percent", self.cpu_degraded_percent),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a number greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One actor's answer to a status request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply<T> {
+    Answered(T),
+    /// Registered, but no answer within the timeout.
+    Unresponsive,
+    /// Not registered (stopped, restarting or escalated).
+    NotRunning,
+}
+
+impl<T> Reply<T> {
+    /// The answer, if there was one.
+    pub fn answered(&self) -> Option<&T> {
+        match self {
+            Reply::Answered(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Every reply a health report is built from.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    pub supervisor: Reply<SupervisorStatus>,
+    pub alert: Reply<AlertStatus>,
+    pub persister: Reply<PersisterStatus>,
+    pub fail_safe: Reply<FailSafeStatus>,
+    pub heartbeat: Reply<HeartbeatStatus>,
+    pub broker: Reply<BrokerStatus>,
+    pub strategy: Reply<StrategyStatus>,
+}
+
+/// Asks `actor` with `build` and waits at most `timeout`.
+pub async fn ask<M, T>(
+    actor: Option<ActorRef<M>>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    timeout: Duration,
+) -> Reply<T>
+where
+    M: Message,
+    T: Send + 'static,
+{
+    let Some(actor) = actor else {
+        return Reply::NotRunning;
+    };
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(t)) => Reply::Answered(t),
+        Ok(CallResult::Timeout) => Reply::Unresponsive,
+        // The actor stopped between lookup and answer.
+        Ok(CallResult::SenderError) | Err(_) => Reply::NotRunning,
+    }
+}
+
+/// Asks the supervisor and all six actors at once; the whole gather takes at most `timeout`
+/// (plus scheduling).
+pub async fn gather(names: &Names, timeout: Duration) -> Replies {
+    let supervisor =
+        ractor::registry::where_is(names.supervisor()).map(ActorRef::<SupervisorMsg>::from);
+    let (supervisor, alert, persister, fail_safe, heartbeat, broker, strategy) = tokio::join!(
+        ask(supervisor, SupervisorMsg::Status, timeout),
+        ask(names.lookup(ChildName::Alert), AlertMsg::Status, timeout),
+        ask(
+            names.lookup(ChildName::StatePersister),
+            PersisterMsg::Status,
+            timeout
+        ),
+        ask(
+            names.lookup(ChildName::FailSafe),
+            FailSafeMsg::Status,
+            timeout
+        ),
+        ask(
+            names.lookup(ChildName::Heartbeat),
+            HeartbeatMsg::Status,
+            timeout
+        ),
+        ask(
+            names.lookup(ChildName::BrokerConnection),
+            BrokerMsg::Status,
+            timeout
+        ),
+        ask(
+            names.lookup(ChildName::Strategy),
+            StrategyMsg::Status,
+            timeout
+        ),
+    );
+    Replies {
+        supervisor,
+        alert,
+        persister,
+        fail_safe,
+        heartbeat,
+        broker,
+        strategy,
+    }
+}
+
+/// Liveness: whether the root supervisor answers a ping within `timeout`.
+pub async fn supervisor_alive(names: &Names, timeout: Duration) -> bool {
+    let supervisor =
+        ractor::registry::where_is(names.supervisor()).map(ActorRef::<SupervisorMsg>::from);
+    matches!(
+        ask(supervisor, SupervisorMsg::Ping, timeout).await,
+        Reply::Answered(())
+    )
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Verdict {
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Degraded => "degraded",
+            Verdict::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What the daemon knows about itself that no actor reports.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: DateTime<Utc>,
+    pub uptime: Duration,
+    pub version: &'static str,
+}
+
+/// A health report, serialized as the `/health` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: Verdict,
+    pub timestamp: DateTime<Utc>,
+    pub uptime_seconds: u64,
+    pub version: &'static str,
+    pub mode: String,
+    /// Why the verdict is not `healthy` (empty when it is).
+    pub reasons: Vec<String>,
+    pub actors: BTreeMap<&'static str, Value>,
+    pub system: SystemStats,
+}
+
+/// The readiness verdict: ready, or the reason why not.
+pub fn readiness(replies: &Replies) -> Result<(), String> {
+    let Some(sup) = replies.supervisor.answered() else {
+        return Err("root supervisor does not answer".into());
+    };
+    for child in &sup.children {
+        if child.state != ChildState::Running {
+            return Err(format!("{} is {:?}", child.name, child.state).to_lowercase());
+        }
+    }
+    match replies.fail_safe.answered() {
+        Some(f) if f.loaded => {}
+        Some(_) => return Err("fail-safe has not loaded the stored trading mode yet".into()),
+        None => return Err("fail-safe does not answer".into()),
+    }
+    match replies.broker.answered() {
+        Some(b) if b.state == LinkState::Connected && b.missing_subscriptions.is_empty() => Ok(()),
+        Some(b) if b.state == LinkState::Connected => Err(format!(
+            "broker connected but not subscribed to {}",
+            b.missing_subscriptions.join(", ")
+        )),
+        Some(b) => Err(format!(
+            "broker is {}",
+            serde_json::to_value(b.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        )),
+        None => Err("broker-connection does not answer".into()),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One actor's entry: supervisor facts, reachability, then the actor's own status fields.
+fn entry<T: Serialize>(
+    child: ChildName,
+    reply: &Reply<T>,
+    sup: Option<&SupervisorStatus>,
+    reasons: &mut Vec<String>,
+) -> Value {
+    let report = sup.and_then(|s| s.child(child));
+    let mut status = match reply {
+        Reply::Answered(_) => "running",
+        Reply::Unresponsive => "unresponsive",
+        Reply::NotRunning => "not_running",
+    };
+    if let Some(r) = report {
+        match r.state {
+            ChildState::Escalated => status = "escalated",
+            ChildState::Restarting | ChildState::WaitingForSibling
+                if !matches!(reply, Reply::Answered(_)) =>
+            {
+                status = "restarting"
+            }
+            _ => {}
+        }
+    }
+    if status != "running" {
+        reasons.push(format!("{child} is {status}"));
+    }
+    let mut obj = Map::new();
+    obj.insert("status".into(), json!(status));
+    obj.insert("restarts".into(), json!(report.map(|r| r.restarts)));
+    obj.insert(
+        "last_failure".into(),
+        json!(report.and_then(|r| r.last_failure.clone())),
+    );
+    obj.insert(
+        "started_at".into(),
+        json!(report.and_then(|r| r.started_at)),
+    );
+    if let Some(next) = report.and_then(|r| r.next_restart_in_ms) {
+        obj.insert("next_restart_in_ms".into(), json!(next));
+    }
+    if let Reply::Answered(t) = reply
+        && let Ok(Value::Object(facts)) = serde_json::to_value(t)
+    {
+        for (k, v) in facts {
+            // The actor's own `status` field (if any) must not hide reachability.
+            let key = if k == "status" || obj.contains_key(&k) {
+                format!("actor_{k}")
+            } else {
+                k
+            };
+            obj.insert(key, v);
+        }
+    }
+    Value::Object(obj)
+}
+
+/// The verdict and report from the replies (pure: same replies, same report).
+pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> HealthReport {
+    let mut unhealthy = Vec::new();
+    let mut degraded = Vec::new();
+    let sup = replies.supervisor.answered();
+    match &replies.supervisor {
+        Reply::Answered(_) => {}
+        Reply::Unresponsive => unhealthy.push("root supervisor is unresponsive".to_owned()),
+        Reply::NotRunning => unhealthy.push("root supervisor is not running".to_owned()),
+    }
+
+    let mut actors = BTreeMap::new();
+    actors.insert(
+        ChildName::Alert.as_str(),
+        entry(ChildName::Alert, &replies.alert, sup, &mut unhealthy),
+    );
+    actors.insert(
+        ChildName::StatePersister.as_str(),
+        entry(
+            ChildName::StatePersister,
+            &replies.persister,
+            sup,
+            &mut unhealthy,
+        ),
+    );
+    actors.insert(
+        ChildName::FailSafe.as_str(),
+        entry(ChildName::FailSafe, &replies.fail_safe, sup, &mut unhealthy),
+    );
+    actors.insert(
+        ChildName::Heartbeat.as_str(),
+        entry(
+            ChildName::Heartbeat,
+            &replies.heartbeat,
+            sup,
+            &mut unhealthy,
+        ),
+    );
+    actors.insert(
+        ChildName::BrokerConnection.as_str(),
+        entry(
+            ChildName::BrokerConnection,
+            &replies.broker,
+            sup,
+            &mut unhealthy,
+        ),
+    );
+    actors.insert(
+        ChildName::Strategy.as_str(),
+        entry(ChildName::Strategy, &replies.strategy, sup, &mut unhealthy),
+    );
+
+    if let Some(b) = replies.broker.answered() {
+        let grace = ms(config.broker_grace);
+        if b.state == LinkState::CircuitOpen {
+            unhealthy.push("broker circuit breaker is open".into());
+        } else if b.state != LinkState::Connected {
+            let down = b.disconnected_for_ms.unwrap_or(0);
+            if down > grace {
+                unhealthy.push(format!(
+                    "broker disconnected for {down} ms (grace {grace} ms)"
+                ));
+            } else {
+                degraded.push(format!("broker reconnecting ({down} ms)"));
+            }
+        }
+        let stale = ms(config.market_data_stale);
+        if b.market_data_age_ms > stale {
+            unhealthy.push(format!(
+                "market data is {} ms old (limit {stale} ms)",
+                b.market_data_age_ms
+            ));
+        }
+    }
+
+    let system = replies
+        .heartbeat
+        .answered()
+        .map(|h| h.system)
+        .unwrap_or_default();
+    if system.memory_percent > config.memory_degraded_percent {
+        degraded.push(format!(
+            "memory at {:.1}% (threshold {:.1}%)",
+            system.memory_percent, config.memory_degraded_percent
+        ));
+    }
+    if system.cpu_percent > config.cpu_degraded_percent {
+        degraded.push(format!(
+            "cpu at {:.1}% (threshold {:.1}%)",
+            system.cpu_percent, config.cpu_degraded_percent
+        ));
+    }
+
+    let status = if !unhealthy.is_empty() {
+        Verdict::Unhealthy
+    } else if !degraded.is_empty() {
+        Verdict::Degraded
+    } else {
+        Verdict::Healthy
+    };
+    let mode = replies
+        .fail_safe
+        .answered()
+        .map(|f| f.mode.as_str().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    unhealthy.extend(degraded);
+    HealthReport {
+        status,
+        timestamp: ctx.now,
+        uptime_seconds: ctx.uptime.as_secs(),
+        version: ctx.version,
+        mode,
+        reasons: unhealthy,
+        actors,
+        system,
+    }
+}
+
+#[cfg(test)]
+mod tests;

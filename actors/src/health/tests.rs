@@ -1,0 +1,261 @@
+//! The health rules on hand-built replies: one test per rule.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::*;
+use crate::mode::TradingMode;
+use crate::supervisor::ChildReport;
+use crate::supervisor::policy::{RestartType, SupervisionStrategy};
+
+fn supervisor(state_of: impl Fn(ChildName) -> ChildState) -> SupervisorStatus {
+    SupervisorStatus {
+        strategy: SupervisionStrategy::OneForOne,
+        shutting_down: false,
+        children: ChildName::START_ORDER
+            .iter()
+            .map(|c| ChildReport {
+                name: *c,
+                state: state_of(*c),
+                restart_type: RestartType::Permanent,
+                restarts: 0,
+                last_failure: None,
+                started_at: Some(Utc::now()),
+                next_restart_in_ms: None,
+            })
+            .collect(),
+    }
+}
+
+fn broker(state: LinkState, disconnected_ms: Option<u64>, age_ms: u64) -> BrokerStatus {
+    BrokerStatus {
+        state,
+        url: "ws://127.0.0.1:1/ws/api/v2".into(),
+        authenticated: true,
+        connected_since: None,
+        disconnected_for_ms: disconnected_ms,
+        last_message_at: None,
+        last_market_data_at: None,
+        market_data_age_ms: age_ms,
+        reconnect_attempts: 0,
+        consecutive_failures: 0,
+        circuit_breaker: if state == LinkState::CircuitOpen {
+            "open"
+        } else {
+            "closed"
+        },
+        circuit_open_remaining_ms: None,
+        next_attempt_in_ms: None,
+        subscriptions: vec!["ticker.BTC-PERPETUAL.100ms".into()],
+        missing_subscriptions: vec![],
+        market_data_messages: 1,
+        malformed_frames: 0,
+        test_requests_answered: 0,
+        last_error: None,
+    }
+}
+
+fn healthy_replies() -> Replies {
+    Replies {
+        supervisor: Reply::Answered(supervisor(|_| ChildState::Running)),
+        alert: Reply::Answered(AlertStatus {
+            open: 0,
+            open_critical: 0,
+            raised_total: 0,
+            deduplicated_total: 0,
+            recent: vec![],
+        }),
+        persister: Reply::Answered(PersisterStatus {
+            path: "x.db".into(),
+            schema_version: 1,
+            last_seq: 0,
+            writes_ok: 0,
+            writes_failed: 0,
+            last_write_at: None,
+            last_write_ms: None,
+            failing_since: None,
+            last_error: None,
+            queue_depth: 0,
+        }),
+        fail_safe: Reply::Answered(FailSafeStatus {
+            mode: TradingMode::ObserveOnly,
+            loaded: true,
+            reason: "initial".into(),
+            changed_at: None,
+            triggers: 0,
+            last_trigger: None,
+        }),
+        heartbeat: Reply::Answered(HeartbeatStatus {
+            beats: 1,
+            last_beat_at: None,
+            round_trip_ms: Default::default(),
+            unanswered: vec![],
+            absent: vec![],
+            system: SystemStats {
+                memory_percent: 1.0,
+                cpu_percent: 1.0,
+                rss_bytes: 10 << 20,
+                total_memory_bytes: 1 << 30,
+            },
+            interval_ms: 5000,
+        }),
+        broker: Reply::Answered(broker(LinkState::Connected, None, 100)),
+        strategy: Reply::Answered(StrategyStatus {
+            active: 1,
+            strategies: vec![],
+            ticks_received: 1,
+            last_tick_at: None,
+        }),
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        now: Utc::now(),
+        uptime: Duration::from_secs(3),
+        version: "test",
+    }
+}
+
+fn verdict(r: &Replies) -> (Verdict, Vec<String>) {
+    let report = assess(r, &HealthConfig::default(), &ctx());
+    (report.status, report.reasons)
+}
+
+#[test]
+fn all_answering_and_connected_is_healthy() {
+    let r = healthy_replies();
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.status, Verdict::Healthy, "{:?}", report.reasons);
+    assert_eq!(report.actors.len(), 6);
+    assert_eq!(report.mode, "OBSERVE_ONLY");
+    assert_eq!(report.actors["broker-connection"]["state"], "connected");
+    assert_eq!(report.actors["broker-connection"]["status"], "running");
+    assert_eq!(report.actors["strategy"]["restarts"], 0);
+    assert_eq!(readiness(&r), Ok(()));
+}
+
+#[test]
+fn an_unresponsive_actor_is_unhealthy() {
+    let mut r = healthy_replies();
+    r.strategy = Reply::Unresponsive;
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(reasons, ["strategy is unresponsive"]);
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.actors["strategy"]["status"], "unresponsive");
+}
+
+#[test]
+fn a_stopped_or_escalated_child_is_unhealthy() {
+    let mut r = healthy_replies();
+    r.persister = Reply::NotRunning;
+    assert_eq!(verdict(&r).0, Verdict::Unhealthy);
+
+    let mut r = healthy_replies();
+    r.supervisor = Reply::Answered(supervisor(|c| {
+        if c == ChildName::Strategy {
+            ChildState::Escalated
+        } else {
+            ChildState::Running
+        }
+    }));
+    r.strategy = Reply::NotRunning;
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(reasons, ["strategy is escalated"]);
+    assert!(readiness(&r).is_err());
+}
+
+#[test]
+fn an_unresponsive_supervisor_is_unhealthy() {
+    let mut r = healthy_replies();
+    r.supervisor = Reply::Unresponsive;
+    assert_eq!(verdict(&r).0, Verdict::Unhealthy);
+}
+
+#[test]
+fn a_broker_reconnecting_within_grace_is_degraded_beyond_it_unhealthy() {
+    let mut r = healthy_replies();
+    r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(4_000), 100));
+    assert_eq!(verdict(&r).0, Verdict::Degraded);
+    assert!(readiness(&r).is_err());
+    r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(5_001), 100));
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert!(
+        reasons[0].contains("disconnected for 5001 ms"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn an_open_circuit_breaker_is_unhealthy() {
+    let mut r = healthy_replies();
+    r.broker = Reply::Answered(broker(LinkState::CircuitOpen, Some(1_000), 100));
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(reasons, ["broker circuit breaker is open"]);
+}
+
+#[test]
+fn stale_market_data_is_unhealthy() {
+    let mut r = healthy_replies();
+    r.broker = Reply::Answered(broker(LinkState::Connected, None, 300_001));
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert!(
+        reasons[0].starts_with("market data is 300001 ms old"),
+        "{reasons:?}"
+    );
+    r.broker = Reply::Answered(broker(LinkState::Connected, None, 300_000));
+    assert_eq!(verdict(&r).0, Verdict::Healthy);
+}
+
+#[test]
+fn memory_or_cpu_over_threshold_is_degraded() {
+    for (mem, cpu) in [(85.0, 1.0), (1.0, 95.0)] {
+        let mut r = healthy_replies();
+        if let Reply::Answered(h) = &mut r.heartbeat {
+            h.system.memory_percent = mem;
+            h.system.cpu_percent = cpu;
+        }
+        assert_eq!(verdict(&r).0, Verdict::Degraded, "mem {mem} cpu {cpu}");
+    }
+}
+
+#[test]
+fn readiness_needs_the_mode_loaded_and_every_channel_subscribed() {
+    let mut r = healthy_replies();
+    if let Reply::Answered(f) = &mut r.fail_safe {
+        f.loaded = false;
+    }
+    assert!(readiness(&r).unwrap_err().contains("fail-safe"));
+    let mut r = healthy_replies();
+    if let Reply::Answered(b) = &mut r.broker {
+        b.missing_subscriptions = vec!["ticker.X.100ms".into()];
+    }
+    assert!(readiness(&r).unwrap_err().contains("ticker.X.100ms"));
+}
+
+#[test]
+fn the_report_serializes_in_the_documented_shape() {
+    let report = assess(&healthy_replies(), &HealthConfig::default(), &ctx());
+    let v = serde_json::to_value(&report).unwrap();
+    for k in [
+        "status",
+        "timestamp",
+        "uptime_seconds",
+        "version",
+        "mode",
+        "actors",
+        "system",
+    ] {
+        assert!(!v[k].is_null(), "missing {k}");
+    }
+    assert_eq!(v["status"], "healthy");
+    for k in ["memory_percent", "cpu_percent", "rss_bytes"] {
+        assert!(v["system"][k].is_number(), "system.{k}");
+    }
+}

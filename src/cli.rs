@@ -1,0 +1,60 @@
+//! The command line: `run`, `check-config`, `paper-exchange`, `status`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// TradeBaas: a supervised 24/7 runtime for trading strategies on Deribit.
+#[derive(Debug, Parser)]
+#[command(name = "tradebaas", version, about)]
+pub struct Cli {
+    /// Log line format (overrides `logging.format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (on the embedded paper exchange unless the config says otherwise).
+    Run {
+        /// TOML configuration file; without it the built-in defaults (= config/default.toml).
+        #[arg(long, env = "TRADEBAAS_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTP listen address (overrides `server.listen` and TRADEBAAS_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides `server.data_dir` and TRADEBAAS_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the effective configuration; exit 2 when invalid.
+    CheckConfig {
+        #[arg(long, env = "TRADEBAAS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the paper exchange alone (a Deribit-protocol server on a loopback port).
+    PaperExchange {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        listen: SocketAddr,
+        /// Take `[paper_exchange]` from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Ticker updates per second per instrument (overrides the config).
+        #[arg(long)]
+        ticks_per_second: Option<f64>,
+    },
+    /// Print a running daemon's /health as a table; exit 0 healthy, 1 degraded, 2 unhealthy or
+    /// unreachable.
+    Status {
+        /// Base URL of the daemon's HTTP server.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+    },
+}

@@ -1,0 +1,389 @@
+//! The daemon's TOML configuration: one struct per table, `deny_unknown_fields` everywhere, a
+//! default for every value (so `Config::default()` is exactly `config/default.toml`), and errors
+//! that name the file and the key. Environment variables and CLI flags override the file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tradebaas_actors::alert::AlertConfig;
+use tradebaas_actors::broker::BrokerConfig;
+use tradebaas_actors::failsafe::FailSafeConfig;
+use tradebaas_actors::health::HealthConfig;
+use tradebaas_actors::heartbeat::HeartbeatConfig;
+use tradebaas_actors::strategy::StrategyEntry;
+use tradebaas_actors::supervisor::policy::SupervisorConfig;
+
+use crate::paper_exchange::PaperConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub logging: LoggingConfig,
+    pub supervisor: SupervisorConfig,
+    pub health: HealthConfig,
+    pub broker: BrokerConfig,
+    pub paper_exchange: PaperConfig,
+    pub alert: AlertConfig,
+    pub fail_safe: FailSafeConfig,
+    pub heartbeat: HeartbeatConfig,
+    /// `[[strategies]]`: one hosted instance each.
+    pub strategies: Vec<StrategyEntry>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            logging: LoggingConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            health: HealthConfig::default(),
+            broker: BrokerConfig::default(),
+            paper_exchange: PaperConfig::default(),
+            alert: AlertConfig::default(),
+            fail_safe: FailSafeConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            strategies: vec![StrategyEntry {
+                id: "example".into(),
+                instrument: "BTC-PERPETUAL".into(),
+            }],
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The HTTP listen address (health, readiness, liveness, metrics).
+    pub listen: SocketAddr,
+    /// Where the durable store lives.
+    pub data_dir: PathBuf,
+    /// Hard limit for the whole graceful shutdown; past it the process exits non-zero.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// How long startup (actors up, broker connected) may take before `run` gives up waiting
+    /// for readiness in its log line; the daemon keeps running and reports why in `/ready`.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir: PathBuf::from("./data"),
+            shutdown_timeout: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `text` (human-readable) or `json` (one JSON object per line); `--log-format` overrides.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,tradebaas_actors=debug`; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file, or the environment variable, the value came from.
+    pub source: String,
+    /// The dotted key (`broker.reconnect.backoff.jitter`), when one is known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{key}`: {}", self.source, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Overrides from the environment and the command line, applied in that order over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub broker_url: Option<String>,
+}
+
+impl Config {
+    /// Parses TOML text; `source` names the file in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            source: with_line(source, text, e.span()),
+            key: None,
+            message: e.message().to_owned(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                source: with_line(source, text, inner.span()),
+                key: (key != "." && !key.is_empty()).then_some(key),
+                message: inner.message().to_owned(),
+            }
+        })?;
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, &source)
+    }
+
+    /// Checks values serde cannot: every error names the key.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let fail = |section: &str, e: String| {
+            let (key, message) = split_key(section, &e);
+            ConfigError {
+                source: source.to_owned(),
+                key: Some(key),
+                message,
+            }
+        };
+        self.supervisor
+            .validate()
+            .map_err(|e| fail("supervisor", e))?;
+        self.health.validate().map_err(|e| fail("health", e))?;
+        self.broker.validate().map_err(|e| fail("broker", e))?;
+        self.paper_exchange
+            .validate()
+            .map_err(|e| fail("paper_exchange", e))?;
+        if self.server.shutdown_timeout.is_zero() {
+            return Err(fail(
+                "server",
+                "shutdown_timeout must be greater than 0".into(),
+            ));
+        }
+        for (i, s) in self.strategies.iter().enumerate() {
+            if s.id.trim().is_empty() {
+                return Err(fail(
+                    &format!("strategies[{i}]"),
+                    "id must not be empty".into(),
+                ));
+            }
+            if self.strategies[..i].iter().any(|o| o.id == s.id) {
+                return Err(fail(
+                    &format!("strategies[{i}]"),
+                    format!("id {:?} is used twice", s.id),
+                ));
+            }
+            if s.instrument.trim().is_empty() {
+                return Err(fail(
+                    &format!("strategies[{i}]"),
+                    "instrument must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `TRADEBAAS_LISTEN`, `TRADEBAAS_DATA_DIR` and `TRADEBAAS_BROKER_URL` from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut o = Overrides::default();
+        if let Some(v) = env("TRADEBAAS_LISTEN") {
+            o.listen = Some(v.parse().map_err(|e| ConfigError {
+                source: "environment variable TRADEBAAS_LISTEN".into(),
+                key: Some("server.listen".into()),
+                message: format!("{v:?} is not a socket address like 127.0.0.1:3000: {e}"),
+            })?);
+        }
+        o.data_dir = env("TRADEBAAS_DATA_DIR").map(PathBuf::from);
+        o.broker_url = env("TRADEBAAS_BROKER_URL");
+        self.apply(o, "environment variable TRADEBAAS_BROKER_URL")
+    }
+
+    /// Applies overrides; `source` names where a bad broker URL came from.
+    pub fn apply(&mut self, o: Overrides, source: &str) -> Result<(), ConfigError> {
+        if let Some(listen) = o.listen {
+            self.server.listen = listen;
+        }
+        if let Some(dir) = o.data_dir {
+            self.server.data_dir = dir;
+        }
+        if let Some(url) = o.broker_url {
+            self.broker.url = url;
+            self.broker.validate().map_err(|e| {
+                let (key, message) = split_key("broker", &e);
+                ConfigError {
+                    source: source.to_owned(),
+                    key: Some(key),
+                    message,
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Validation messages start with the field name (`reconnect.backoff.jitter must be …`): turn
+/// that into a full key and the rest of the message.
+fn split_key(section: &str, message: &str) -> (String, String) {
+    let field: String = message
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '[' | ']'))
+        .collect();
+    if field.is_empty() {
+        (section.to_owned(), message.to_owned())
+    } else {
+        let field = field.trim_end_matches(':');
+        (
+            format!("{section}.{field}"),
+            message[field.len()..]
+                .trim_start_matches(':')
+                .trim()
+                .to_owned(),
+        )
+    }
+}
+
+/// `file:line` for an error span.
+fn with_line(source: &str, text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text
+                .get(..span.start.min(text.len()))
+                .map(|t| t.matches('\n').count() + 1)
+                .unwrap_or(1);
+            format!("{source}:{line}")
+        }
+        None => source.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../config/default.toml");
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, "test.toml").unwrap_err()
+    }
+
+    #[test]
+    fn default_toml_is_the_built_in_default() {
+        let parsed = Config::parse(DEFAULT, "config/default.toml").unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        for (name, text) in [
+            ("testnet", include_str!("../config/testnet.toml")),
+            (
+                "production.example",
+                include_str!("../config/production.example.toml"),
+            ),
+        ] {
+            Config::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_typo_names_the_key_and_the_file() {
+        let e = err("[broker]\nheartbeat_intervall = \"10s\"\n");
+        let text = e.to_string();
+        assert!(text.starts_with("test.toml:2"), "{text}");
+        assert!(text.contains("heartbeat_intervall"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_full_key() {
+        let e = err("[supervisor.children.strategy]\nmax_restarts = -1\n");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("supervisor.children.strategy.max_restarts"),
+            "{e}"
+        );
+        let e = err("[broker.reconnect.backoff]\ninitial = \"soon\"\n");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("broker.reconnect.backoff.initial"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let e = err("[broker]\nurl = \"http://example\"\n");
+        assert_eq!(e.key.as_deref(), Some("broker.url"), "{e}");
+        let e = err("[supervisor.children.alert]\nwithin = \"0s\"\n");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("supervisor.children.alert.within"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_child_name_is_refused() {
+        let e = err("[supervisor.children.stratgy]\nmax_restarts = 1\n");
+        assert!(e.to_string().contains("stratgy"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_required_value_is_named() {
+        let e = err("[[strategies]]\nid = \"a\"\n");
+        assert!(e.to_string().contains("instrument"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "TRADEBAAS_LISTEN" => Some("127.0.0.1:4000".into()),
+            "TRADEBAAS_DATA_DIR" => Some("/tmp/x".into()),
+            "TRADEBAAS_BROKER_URL" => Some("ws://127.0.0.1:9/ws/api/v2".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 4000);
+        assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.broker.url, "ws://127.0.0.1:9/ws/api/v2");
+        let e = c
+            .apply_env(|k| (k == "TRADEBAAS_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("TRADEBAAS_LISTEN"), "{e}");
+    }
+}

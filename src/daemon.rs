@@ -1,0 +1,387 @@
+//! `tradebaas run`: start the embedded paper exchange (when configured), the supervision tree
+//! and the HTTP server; wait for SIGTERM/SIGINT; shut down in four logged steps.
+//!
+//! Shutdown order (each step logged with its duration; the whole sequence is bounded by
+//! `server.shutdown_timeout`, past which the process exits 1):
+//! 1. `stop_http` — stop accepting HTTP requests, finish the ones in flight;
+//! 2. `stop_trading` — stop the `strategy` actor, then `broker-connection` (which closes the
+//!    WebSocket with a close frame);
+//! 3. `flush_state` — the persister answers once everything queued before is durable;
+//! 4. `stop_actors` — stop the remaining actors in reverse start order, then the supervisor.
+//!
+//! A second signal during shutdown exits at once with code 1.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, call_t};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use tradebaas_actors::broker::Credentials;
+use tradebaas_actors::health;
+use tradebaas_actors::metrics::Metrics;
+use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::secret::Secret;
+use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
+use tradebaas_actors::tree::{TreeConfig, start_tree};
+
+use crate::config::Config;
+use crate::http::{Api, HttpServer};
+use crate::paper_exchange::PaperExchange;
+
+/// Exit codes.
+pub mod exit {
+    /// Clean shutdown.
+    pub const OK: i32 = 0;
+    /// Runtime failure: a shutdown step hung past the limit, a second signal, a panic.
+    pub const FAILURE: i32 = 1;
+    /// Bad configuration or a failed startup check; systemd should not restart in a loop.
+    pub const CONFIG: i32 = 2;
+}
+
+/// Installs a panic hook that logs every panic with a backtrace and counts it
+/// (`tradebaas_panics_total`). Panics inside actors are caught by ractor and become supervision
+/// events; a panic of the daemon's own future unwinds into `main`, which then runs
+/// [`emergency_shutdown`] (the same stop-and-flush steps) and exits 1.
+pub fn install_panic_hook(metrics: Metrics) {
+    std::panic::set_hook(Box::new(move |info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        metrics.panics.inc();
+        error!(
+            panic = %payload,
+            location = %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %backtrace,
+            "panic"
+        );
+    }));
+}
+
+/// Resolves the exchange: starts the embedded paper exchange for `url = "paper"`, otherwise
+/// reads credentials from the environment.
+async fn resolve_exchange(
+    config: &Config,
+) -> Result<(String, Option<Credentials>, Option<PaperExchange>), String> {
+    if config.broker.url == "paper" {
+        let exchange = PaperExchange::start(
+            config.paper_exchange.clone(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
+        .map_err(|e| format!("cannot start the embedded paper exchange on 127.0.0.1: {e}"))?;
+        let client_id = format!("paper-{:016x}", fastrand::u64(..));
+        let secret: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(32)
+            .collect();
+        exchange.add_credentials(&client_id, &secret);
+        info!(url = %exchange.url(), "embedded paper exchange listening");
+        return Ok((
+            exchange.url(),
+            Some(Credentials {
+                client_id,
+                client_secret: Secret::new(secret),
+            }),
+            Some(exchange),
+        ));
+    }
+    let id = std::env::var(&config.broker.client_id_env).ok();
+    let secret = std::env::var(&config.broker.client_secret_env).ok();
+    let credentials = match (id, secret) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Some(Credentials {
+            client_id: id,
+            client_secret: Secret::new(secret),
+        }),
+        _ if config.broker.require_credentials => {
+            return Err(format!(
+                "startup check `credentials` failed: broker.require_credentials is true but \
+                 the environment variables {} and {} are not both set",
+                config.broker.client_id_env, config.broker.client_secret_env
+            ));
+        }
+        _ => {
+            warn!("no exchange credentials in the environment: public data only");
+            None
+        }
+    };
+    Ok((config.broker.url.clone(), credentials, None))
+}
+
+/// Runs the daemon until a signal; returns the process exit code.
+pub async fn run(config: Config) -> i32 {
+    let started = Instant::now();
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            error!(error = %e, "cannot create the metrics registry");
+            return exit::FAILURE;
+        }
+    };
+    install_panic_hook(metrics.clone());
+
+    let data_dir: PathBuf = config.server.data_dir.clone();
+    if let Err(e) = std::fs::create_dir_all(&data_dir) {
+        error!(
+            "startup check `data_dir` failed: cannot create {} (key `server.data_dir`): {e}",
+            data_dir.display()
+        );
+        return exit::CONFIG;
+    }
+
+    let names = Names::default();
+    let api = Api {
+        names: names.clone(),
+        health: config.health.clone(),
+        metrics: metrics.clone(),
+        started,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    // Bind first: a taken port is a startup failure before anything trades.
+    let http = match HttpServer::start(config.server.listen, api).await {
+        Ok(h) => h,
+        Err(e) => {
+            error!("startup check `listen` failed: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let (url, credentials, paper) = match resolve_exchange(&config).await {
+        Ok(x) => x,
+        Err(e) => {
+            error!("{e}");
+            http.stop().await;
+            return exit::CONFIG;
+        }
+    };
+    let tree = TreeConfig {
+        supervisor: config.supervisor.clone(),
+        alert: config.alert.clone(),
+        store_path: data_dir.join("tradebaas.db"),
+        fail_safe: config.fail_safe.clone(),
+        heartbeat: config.heartbeat.clone(),
+        broker: config.broker.clone(),
+        broker_url: url,
+        credentials,
+        strategies: config.strategies.clone(),
+    };
+    let supervisor = match start_tree(names.clone(), &tree, metrics.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot start the supervision tree");
+            http.stop().await;
+            return exit::FAILURE;
+        }
+    };
+    info!(
+        listen = %http.local_addr,
+        took_ms = started.elapsed().as_millis() as u64,
+        "tradebaas started"
+    );
+    let readiness = tokio::spawn(log_readiness(
+        names.clone(),
+        config.health.actor_timeout,
+        config.server.startup_timeout,
+        started,
+    ));
+
+    let mut sigterm = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install the SIGTERM handler");
+            return exit::FAILURE;
+        }
+    };
+    let mut sigint = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install the SIGINT handler");
+            return exit::FAILURE;
+        }
+    };
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(signal = signal_name, "shutdown: signal received");
+    readiness.abort();
+
+    // A second signal exits at once.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {},
+            _ = sigint.recv() => {},
+        }
+        error!("second signal during shutdown: exiting immediately");
+        std::process::exit(exit::FAILURE);
+    });
+
+    let limit = config.server.shutdown_timeout;
+    let code =
+        match tokio::time::timeout(limit, shutdown(&names, &supervisor, Some(http), paper)).await {
+            Ok(()) => exit::OK,
+            Err(_) => {
+                error!(
+                    limit_ms = limit.as_millis() as u64,
+                    "shutdown: a step did not finish within the hard limit; exiting 1"
+                );
+                exit::FAILURE
+            }
+        };
+    info!(
+        exit_code = code,
+        total_ms = started.elapsed().as_millis() as u64,
+        "shutdown: exit"
+    );
+    code
+}
+
+/// Logs once when the daemon becomes ready (actors up, broker connected and subscribed).
+async fn log_readiness(names: Names, timeout: Duration, limit: Duration, started: Instant) {
+    let deadline = Instant::now() + limit;
+    let mut last;
+    loop {
+        let replies = health::gather(&names, timeout).await;
+        match health::readiness(&replies) {
+            Ok(()) => {
+                info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "startup complete: ready"
+                );
+                return;
+            }
+            Err(reason) => last = reason,
+        }
+        if Instant::now() > deadline {
+            warn!(reason = %last, "not ready after {}s; see /ready", limit.as_secs());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn step<F: std::future::Future<Output = String>>(n: u8, name: &'static str, f: F) {
+    let t = Instant::now();
+    info!(step = name, "shutdown step {n}/4: {name}");
+    let outcome = f.await;
+    info!(
+        step = name,
+        duration_ms = t.elapsed().as_millis() as u64,
+        outcome = %outcome,
+        "shutdown step {n}/4 done: {name}"
+    );
+}
+
+fn stop_summary(
+    r: Result<CallResult<Vec<tradebaas_actors::supervisor::StopReport>>, impl std::fmt::Debug>,
+) -> String {
+    match r {
+        Ok(CallResult::Success(reports)) => reports
+            .iter()
+            .map(|r| format!("{} {} ({} ms)", r.child, r.outcome, r.duration_ms))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Ok(CallResult::Timeout) => "supervisor did not answer in time".into(),
+        Ok(CallResult::SenderError) | Err(_) => "supervisor not running".into(),
+    }
+}
+
+async fn shutdown(
+    names: &Names,
+    supervisor: &ActorRef<SupervisorMsg>,
+    http: Option<HttpServer>,
+    paper: Option<PaperExchange>,
+) {
+    // Generous per-call limit: the overall hard limit is the real bound.
+    let call_limit = Duration::from_secs(3600);
+    step(1, "stop_http", async {
+        match http {
+            Some(http) => {
+                http.stop().await;
+                "http server stopped".to_owned()
+            }
+            None => "http server not running".to_owned(),
+        }
+    })
+    .await;
+    step(2, "stop_trading", async {
+        stop_summary(
+            supervisor
+                .call(
+                    |r| {
+                        SupervisorMsg::StopChildren(
+                            vec![ChildName::Strategy, ChildName::BrokerConnection],
+                            r,
+                        )
+                    },
+                    Some(call_limit),
+                )
+                .await,
+        )
+    })
+    .await;
+    step(3, "flush_state", async {
+        match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
+            Some(p) => match p.call(PersisterMsg::Flush, Some(call_limit)).await {
+                Ok(CallResult::Success(Ok(r))) => {
+                    format!("flushed through event {} in {} ms", r.last_seq, r.took_ms)
+                }
+                Ok(CallResult::Success(Err(e))) => {
+                    error!(error = %e, "shutdown: flush failed");
+                    format!("flush failed: {e}")
+                }
+                _ => "persister did not answer".into(),
+            },
+            None => {
+                warn!("shutdown: persister not running; nothing to flush");
+                "persister not running".into()
+            }
+        }
+    })
+    .await;
+    step(4, "stop_actors", async {
+        let rest: Vec<ChildName> = ChildName::START_ORDER
+            .iter()
+            .rev()
+            .copied()
+            .filter(|c| !matches!(c, ChildName::Strategy | ChildName::BrokerConnection))
+            .collect();
+        let summary = stop_summary(
+            supervisor
+                .call(|r| SupervisorMsg::StopChildren(rest, r), Some(call_limit))
+                .await,
+        );
+        let _: Result<SupervisorStatus, _> = call_t!(supervisor, SupervisorMsg::Status, 1000);
+        supervisor.stop(None);
+        if let Some(paper) = paper {
+            paper.shutdown().await;
+        }
+        summary
+    })
+    .await;
+}
+
+/// The stop-and-flush steps after a panic of the daemon's own future (called from `main` on a
+/// runtime that is still alive). Returns whether they finished within `limit`.
+pub async fn emergency_shutdown(limit: Duration) -> bool {
+    let names = Names::default();
+    error!("shutdown: after a panic outside the actors");
+    let Some(cell) = ractor::registry::where_is(names.supervisor()) else {
+        error!("shutdown: supervisor not running; nothing to stop");
+        return false;
+    };
+    let supervisor = ActorRef::<SupervisorMsg>::from(cell);
+    tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None))
+        .await
+        .is_ok()
+}

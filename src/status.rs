@@ -1,0 +1,133 @@
+//! `tradebaas status`: fetch a running daemon's `/health` and print it as a table.
+//! Exit code 0 healthy, 1 degraded, 2 unhealthy or unreachable.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Fetches `GET {base}{path}`: status code and body.
+pub async fn get(base: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let fetch = async {
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {url}: {e}"))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("no answer from {url} within {}s", timeout.as_secs()))?
+}
+
+/// Renders a `/health` body as a table.
+pub fn render(health: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "status {}   mode {}   version {}   uptime {}s",
+        s(&health["status"]),
+        s(&health["mode"]),
+        s(&health["version"]),
+        s(&health["uptime_seconds"])
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:<13} {:>8}  facts",
+        "ACTOR", "STATUS", "RESTARTS"
+    );
+    if let Some(actors) = health["actors"].as_object() {
+        for (name, a) in actors {
+            let facts: Vec<String> = match name.as_str() {
+                "broker-connection" => [
+                    "state",
+                    "circuit_breaker",
+                    "reconnect_attempts",
+                    "market_data_age_ms",
+                ]
+                .as_slice(),
+                "strategy" => ["active", "ticks_received"].as_slice(),
+                "state-persister" => ["last_seq", "writes_failed"].as_slice(),
+                "fail-safe" => ["mode", "reason"].as_slice(),
+                "heartbeat" => ["beats", "unanswered"].as_slice(),
+                "alert" => ["open", "open_critical"].as_slice(),
+                _ => [].as_slice(),
+            }
+            .iter()
+            .filter(|k| !a[**k].is_null())
+            .map(|k| format!("{k}={}", s(&a[*k])))
+            .collect();
+            let _ = writeln!(
+                out,
+                "{:<18} {:<13} {:>8}  {}",
+                name,
+                s(&a["status"]),
+                s(&a["restarts"]),
+                facts.join(" ")
+            );
+        }
+    }
+    let sys = &health["system"];
+    let _ = writeln!(
+        out,
+        "\nsystem memory {}%  cpu {}%  rss {} bytes",
+        s(&sys["memory_percent"]),
+        s(&sys["cpu_percent"]),
+        s(&sys["rss_bytes"])
+    );
+    if let Some(reasons) = health["reasons"].as_array().filter(|r| !r.is_empty()) {
+        let _ = writeln!(out, "\nreasons:");
+        for r in reasons {
+            let _ = writeln!(out, "  - {}", s(r));
+        }
+    }
+    out
+}
+
+/// The exit code for a verdict.
+pub fn exit_code(status: &str) -> i32 {
+    match status {
+        "healthy" => 0,
+        "degraded" => 1,
+        _ => 2,
+    }
+}
+
+/// `tradebaas status --url URL`.
+pub async fn run(base: &str) -> i32 {
+    match get(base, "/health", Duration::from_secs(5)).await {
+        Ok((_, body)) => match serde_json::from_slice::<Value>(&body) {
+            Ok(health) => {
+                print!("{}", render(&health));
+                exit_code(health["status"].as_str().unwrap_or(""))
+            }
+            Err(e) => {
+                eprintln!("tradebaas status: {base}/health did not return JSON: {e}");
+                2
+            }
+        },
+        Err(e) => {
+            eprintln!("tradebaas status: {e}");
+            2
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! A whole daemon in one test process: the embedded paper exchange, the real supervision tree
+//! under unique registry names, and the HTTP API on a free loopback port.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use serde_json::Value;
+use tradebaas::config::Config;
+use tradebaas::http::{Api, HttpServer};
+use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
+use tradebaas::status::get;
+use tradebaas_actors::broker::Credentials;
+use tradebaas_actors::health::HealthConfig;
+use tradebaas_actors::metrics::Metrics;
+use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::secret::Secret;
+use tradebaas_actors::supervisor::SupervisorMsg;
+use tradebaas_actors::tree::{TreeConfig, start_tree};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub const SECRET: &str = "s3cr3t-never-printed-0123456789";
+
+pub struct Harness {
+    pub names: Names,
+    pub paper: PaperExchange,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub metrics: Metrics,
+    pub http: HttpServer,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// Test-speed configuration: fast heartbeats, real numbers everywhere else.
+pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
+    let c = Config::default();
+    let mut broker = c.broker.clone();
+    broker.heartbeat_interval = Duration::from_secs(1);
+    let mut heartbeat = c.heartbeat.clone();
+    heartbeat.interval = Duration::from_millis(200);
+    TreeConfig {
+        supervisor: c.supervisor.clone(),
+        alert: c.alert.clone(),
+        store_path: dir.join("tradebaas.db"),
+        fail_safe: c.fail_safe.clone(),
+        heartbeat,
+        broker,
+        broker_url: url,
+        credentials: Some(Credentials {
+            client_id: "test-client".into(),
+            client_secret: Secret::new(SECRET),
+        }),
+        strategies: c.strategies.clone(),
+    }
+}
+
+pub async fn start(customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig)) -> Harness {
+    let names = Names::with_prefix(format!(
+        "t{}-{}-",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let paper = PaperExchange::start(
+        PaperConfig {
+            seed: Some(1),
+            min_heartbeat_interval: Duration::from_millis(100),
+            ..PaperConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    paper.add_credentials("test-client", SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let mut tree = tree_config(dir.path(), paper.url());
+    let mut health = HealthConfig::default();
+    customize(&mut tree, &mut health);
+    let metrics = Metrics::new().unwrap();
+    let supervisor = start_tree(names.clone(), &tree, metrics.clone())
+        .await
+        .unwrap();
+    let http = HttpServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Api {
+            names: names.clone(),
+            health,
+            metrics: metrics.clone(),
+            started: Instant::now(),
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", http.local_addr);
+    Harness {
+        names,
+        paper,
+        supervisor,
+        metrics,
+        http,
+        base,
+        dir,
+    }
+}
+
+impl Harness {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (code, body) = get(&self.base, path, Duration::from_secs(5)).await.unwrap();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        (code, value)
+    }
+
+    /// Polls `path` until `pred(code, body)` holds.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> (u16, Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (code, body) = self.get(path).await;
+            if pred(code, &body) {
+                return (code, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never matched within {timeout:?}; last {code}: {body:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn ready(&self) {
+        self.wait_for("/ready", Duration::from_secs(15), |c, _| c == 200)
+            .await;
+    }
+
+    pub fn child(&self, c: ChildName) -> String {
+        self.names.of(c)
+    }
+
+    pub async fn stop(self) {
+        self.http.stop().await;
+        let order: Vec<ChildName> = ChildName::START_ORDER.iter().rev().copied().collect();
+        let _ = self
+            .supervisor
+            .call(
+                |r| SupervisorMsg::StopChildren(order, r),
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        self.supervisor.stop(None);
+        self.paper.shutdown().await;
+    }
+}

@@ -1,0 +1,279 @@
+//! The real `tradebaas` binary, started as a process: what only a process shows (ports, signals,
+//! exit codes, log lines).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tradebaas::status::get;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `tradebaas run` with `config/default.toml` on a free port and JSON logs.
+    fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(format!("{ROOT}/config/default.toml"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .env_remove("TRADEBAAS_LISTEN")
+            .env_remove("TRADEBAAS_DATA_DIR")
+            .env_remove("TRADEBAAS_BROKER_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a log line matching `pred`.
+    fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.json_lines().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {what} within {timeout:?}; log:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The HTTP base URL, from the daemon's own log line.
+    fn base_url(&self) -> String {
+        let line = self.wait_line("http serving", Duration::from_secs(20), |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("http: serving"))
+        });
+        format!("http://{}", line["listen"].as_str().unwrap())
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_status(base: &str, path: &str, want: u16, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last;
+    loop {
+        match get(base, path, Duration::from_secs(2)).await {
+            Ok((code, body)) if code == want => return serde_json::from_slice(&body).unwrap(),
+            Ok((code, body)) => last = format!("{code} {}", String::from_utf8_lossy(&body)),
+            Err(e) => last = e,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not return {want} within {timeout:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_config_becomes_ready_and_healthy() {
+    let daemon = Daemon::start(&[]);
+    let base = daemon.base_url();
+    let ready = wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    assert_eq!(ready["ready"], true);
+    let health = wait_status(&base, "/health", 200, Duration::from_secs(10)).await;
+    assert!(
+        matches!(health["status"].as_str(), Some("healthy" | "degraded")),
+        "{health}"
+    );
+    for actor in [
+        "alert",
+        "state-persister",
+        "fail-safe",
+        "heartbeat",
+        "broker-connection",
+        "strategy",
+    ] {
+        assert_eq!(
+            health["actors"][actor]["status"], "running",
+            "{actor}: {health}"
+        );
+    }
+    assert_eq!(health["actors"]["broker-connection"]["state"], "connected");
+    let (code, _) = get(&base, "/live", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = get(&base, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("tradebaas_broker_connected 1"), "{text}");
+    // Secrets: the embedded exchange's generated credentials never reach the log or health.
+    let log = daemon.lines.lock().unwrap().join("\n");
+    assert!(!log.contains("client_secret\":\""), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_logs_the_four_steps() {
+    let mut daemon = Daemon::start(&[]);
+    let base = daemon.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let t = Instant::now();
+    daemon.signal("TERM");
+    let code = daemon.wait_exit(Duration::from_secs(10));
+    let took = t.elapsed();
+    let log = daemon.lines.lock().unwrap().join("\n");
+    assert_eq!(code, Some(0), "exit code after SIGTERM; log:\n{log}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    let lines = daemon.json_lines();
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("shutdown step") && m.contains("done"))
+        })
+        .filter_map(|v| v["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        ["stop_http", "stop_trading", "flush_state", "stop_actors"],
+        "log:\n{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(
+                |v| v["step"].is_string() && v["message"].as_str().unwrap_or("").contains("done")
+            )
+            .all(|v| v["duration_ms"].is_u64()),
+        "every step logs its duration"
+    );
+    // The broker closed its session during stop_trading.
+    assert!(log.contains("exchange session closed"), "log:\n{log}");
+}
+
+#[test]
+fn a_config_typo_exits_2_naming_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[broker]\nheartbeat_intervall = \"10s\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2"), "{err}");
+    assert!(err.contains("heartbeat_intervall"), "{err}");
+
+    // The same through `run`, before anything starts.
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_taken_port_exits_2_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TRADEBAAS_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_a_table_and_exits_by_verdict() {
+    let daemon = Daemon::start(&[]);
+    let base = daemon.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["status", "--url", &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("broker-connection"), "{text}");
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{text}");
+    drop(daemon);
+
+    let out = Command::new(BIN)
+        .args(["status", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "unreachable is exit 2");
+}

@@ -227,6 +227,7 @@ pub async fn run(config: Config) -> i32 {
     });
 
     let limit = config.server.shutdown_timeout;
+    let stopping = Instant::now();
     let code =
         match tokio::time::timeout(limit, shutdown(&names, &supervisor, Some(http), paper)).await {
             Ok(()) => exit::OK,
@@ -240,7 +241,8 @@ pub async fn run(config: Config) -> i32 {
         };
     info!(
         exit_code = code,
-        total_ms = started.elapsed().as_millis() as u64,
+        shutdown_ms = stopping.elapsed().as_millis() as u64,
+        uptime_ms = started.elapsed().as_millis() as u64,
         "shutdown: exit"
     );
     code

@@ -39,6 +39,7 @@ pub fn render(health: &Value) -> String {
     let s = |v: &Value| match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
+        Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or_default()),
         other => other.to_string(),
     };
     let mut out = String::new();

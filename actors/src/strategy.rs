@@ -1,19 +1,47 @@
 //! The `strategy` actor: hosts one instance per configured strategy and feeds it ticker data.
 //!
-//! Each instance has a [`Lifecycle`]; a tick for its instrument moves it from IDLE to ANALYZING.
-//! No orders are placed yet. The broker sends every ticker here, so the tick path is kept cheap:
-//! one hash lookup, a few counters, no allocation and no logging per tick.
+//! Each instance has a [`Lifecycle`] and a durable [`StrategyRecord`] (state key
+//! `strategy.<id>`). A transition is committed through the `state-persister` — the
+//! `lifecycle.transition` event and the new record in one transaction — and only once the commit
+//! is durable does the in-memory lifecycle change; an illegal transition is refused. On start
+//! (`post_start`) the actor re-reads every `strategy.*` record and restores its instances.
+//!
+//! Ticks never change the lifecycle. The broker sends every ticker here, so the tick path is kept
+//! cheap: one hash lookup, a few counters, no allocation and no logging per tick. A transition
+//! awaits its commit inside the handler, so ticks queue behind it for the length of one fsync;
+//! that keeps transitions strictly ordered and is rare next to ticks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use serde_json::{Value, json};
+use tracing::{info, warn};
 
 use crate::broker::protocol::Ticker;
 use crate::metrics::Metrics;
-use crate::names::Names;
+use crate::names::{ChildName, Names};
+use crate::persister::PersisterMsg;
+use crate::store::Change;
+
+/// The state key prefix of strategy records: `strategy.<id>`.
+pub const RECORD_KEY_PREFIX: &str = "strategy.";
+
+/// How long a transition waits for its commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one start-up load waits for the persister.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Start-up load attempts.
+const LOAD_ATTEMPTS: u32 = 3;
+/// Pause between load attempts.
+const LOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// The state key of strategy `id`.
+pub fn record_key(id: &str) -> String {
+    format!("{RECORD_KEY_PREFIX}{id}")
+}
 
 /// One configured strategy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,13 +68,24 @@ pub enum StrategyMsg {
     Ping(RpcReplyPort<()>),
     /// Report every instance.
     Status(RpcReplyPort<StrategyStatus>),
+    /// Move instance `id` to `to`. Committed (event + record) before the in-memory state changes;
+    /// the reply is `Err(reason)` for an unknown id, an illegal transition or a failed commit, and
+    /// then nothing changed. `data` replaces the position and the intents in flight; without it
+    /// they are kept, except that a move to IDLE clears them.
+    Transition {
+        id: String,
+        to: Lifecycle,
+        reason: String,
+        data: Option<TransitionData>,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
 }
 
 /// Where a strategy instance is in its trade cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Lifecycle {
     Idle,
@@ -87,6 +126,112 @@ impl Lifecycle {
                 | (EnteringPosition, Idle)
         )
     }
+
+    /// The stored and displayed name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Idle => "IDLE",
+            Lifecycle::Analyzing => "ANALYZING",
+            Lifecycle::SignalDetected => "SIGNAL_DETECTED",
+            Lifecycle::EnteringPosition => "ENTERING_POSITION",
+            Lifecycle::PositionOpen => "POSITION_OPEN",
+            Lifecycle::Closing => "CLOSING",
+        }
+    }
+}
+
+/// Side of a position or an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    /// +1 for buy (long), −1 for sell (short).
+    pub fn sign(self) -> f64 {
+        match self {
+            Side::Buy => 1.0,
+            Side::Sell => -1.0,
+        }
+    }
+}
+
+/// An open position a strategy believes it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionData {
+    pub instrument: String,
+    pub direction: Side,
+    /// Always positive (USD for perpetuals); `direction` gives the side.
+    pub size: f64,
+    pub entry_price: f64,
+    /// Labels or order ids of the stop-loss / take-profit orders protecting it.
+    #[serde(default)]
+    pub protective_orders: Vec<String>,
+}
+
+/// An order sent to the exchange whose outcome is not known yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The order label (unique; starts with the daemon's label prefix).
+    pub label: String,
+    pub side: Side,
+    pub size: f64,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Position and intents carried by a transition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransitionData {
+    pub position: Option<PositionData>,
+    #[serde(default)]
+    pub intents_in_flight: Vec<Intent>,
+}
+
+/// The durable state of one strategy instance (state key `strategy.<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyRecord {
+    pub id: String,
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub position: Option<PositionData>,
+    #[serde(default)]
+    pub intents_in_flight: Vec<Intent>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StrategyRecord {
+    /// A fresh IDLE record.
+    pub fn idle(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            lifecycle: Lifecycle::Idle,
+            position: None,
+            intents_in_flight: Vec::new(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// Every record in a persister `Load` answer (keys `strategy.*`). Unreadable records are
+    /// returned as `(key, error)` in the second list.
+    pub fn all_from_state(
+        state: &BTreeMap<String, Value>,
+    ) -> (Vec<StrategyRecord>, Vec<(String, String)>) {
+        let mut records = Vec::new();
+        let mut bad = Vec::new();
+        for (key, value) in state.range(RECORD_KEY_PREFIX.to_string()..) {
+            let Some(id) = key.strip_prefix(RECORD_KEY_PREFIX) else {
+                break;
+            };
+            match serde_json::from_value::<StrategyRecord>(value.clone()) {
+                Ok(r) if r.id == id => records.push(r),
+                Ok(r) => bad.push((key.clone(), format!("record names id {:?}", r.id))),
+                Err(e) => bad.push((key.clone(), e.to_string())),
+            }
+        }
+        (records, bad)
+    }
 }
 
 /// One instance in [`StrategyStatus`].
@@ -95,6 +240,11 @@ pub struct StrategyInstanceStatus {
     pub id: String,
     pub instrument: String,
     pub lifecycle: Lifecycle,
+    pub position: Option<PositionData>,
+    pub intents_in_flight: usize,
+    /// Whether the lifecycle came from a stored record at the last start.
+    pub restored: bool,
+    pub updated_at: Option<DateTime<Utc>>,
     /// Ticks for its instrument.
     pub ticks: u64,
     pub last_mark_price: Option<f64>,
@@ -106,6 +256,10 @@ pub struct StrategyStatus {
     /// Instances hosted.
     pub active: usize,
     pub strategies: Vec<StrategyInstanceStatus>,
+    /// Whether the stored records were read at start (false while loading or after giving up).
+    pub records_loaded: bool,
+    /// Why loading the records failed, if it did.
+    pub load_error: Option<String>,
     /// Every ticker received, for any instrument.
     pub ticks_received: u64,
     pub last_tick_at: Option<DateTime<Utc>>,
@@ -113,7 +267,10 @@ pub struct StrategyStatus {
 
 struct Instance {
     entry: StrategyEntry,
-    lifecycle: Lifecycle,
+    record: StrategyRecord,
+    /// Whether a stored record exists (false: never transitioned, IDLE by default).
+    stored: bool,
+    restored: bool,
     ticks: u64,
     last_mark_price: Option<f64>,
 }
@@ -122,9 +279,6 @@ impl Instance {
     fn on_tick(&mut self, ticker: &Ticker) {
         self.ticks += 1;
         self.last_mark_price = Some(ticker.mark_price);
-        if self.lifecycle == Lifecycle::Idle {
-            self.lifecycle = Lifecycle::Analyzing;
-        }
     }
 }
 
@@ -133,15 +287,18 @@ pub struct StrategyActor;
 
 /// The strategy actor's state.
 pub struct StrategyState {
+    names: Names,
     instances: Vec<Instance>,
     /// Instrument → indices into `instances`.
     by_instrument: HashMap<String, Vec<usize>>,
+    records_loaded: bool,
+    load_error: Option<String>,
     ticks_received: u64,
     last_tick_at: Option<DateTime<Utc>>,
 }
 
 impl StrategyState {
-    fn new(strategies: Vec<StrategyEntry>) -> Self {
+    fn new(names: Names, strategies: Vec<StrategyEntry>) -> Self {
         let mut by_instrument: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in strategies.iter().enumerate() {
             by_instrument
@@ -150,16 +307,21 @@ impl StrategyState {
                 .push(i);
         }
         Self {
+            names,
             instances: strategies
                 .into_iter()
                 .map(|entry| Instance {
+                    record: StrategyRecord::idle(entry.id.clone()),
                     entry,
-                    lifecycle: Lifecycle::Idle,
+                    stored: false,
+                    restored: false,
                     ticks: 0,
                     last_mark_price: None,
                 })
                 .collect(),
             by_instrument,
+            records_loaded: false,
+            load_error: None,
             ticks_received: 0,
             last_tick_at: None,
         }
@@ -177,6 +339,141 @@ impl StrategyState {
         }
     }
 
+    /// Applies the stored records; returns how many were restored.
+    fn restore(&mut self, state: &BTreeMap<String, Value>) -> usize {
+        let (records, bad) = StrategyRecord::all_from_state(state);
+        for (key, error) in bad {
+            warn!(
+                actor = "strategy",
+                key, error, "unreadable strategy record ignored; the instance starts IDLE"
+            );
+        }
+        let mut restored = 0;
+        for record in records {
+            match self.instances.iter_mut().find(|i| i.entry.id == record.id) {
+                Some(instance) => {
+                    info!(
+                        actor = "strategy",
+                        id = %record.id,
+                        lifecycle = record.lifecycle.as_str(),
+                        position = record.position.is_some(),
+                        intents_in_flight = record.intents_in_flight.len(),
+                        "strategy state restored"
+                    );
+                    instance.record = record;
+                    instance.stored = true;
+                    instance.restored = true;
+                    restored += 1;
+                }
+                None => warn!(
+                    actor = "strategy",
+                    id = %record.id,
+                    lifecycle = record.lifecycle.as_str(),
+                    "stored strategy is not configured; its record is ignored"
+                ),
+            }
+        }
+        restored
+    }
+
+    async fn load(&mut self) {
+        let mut last_error = String::new();
+        for attempt in 1..=LOAD_ATTEMPTS {
+            match load_state(&self.names).await {
+                Ok(state) => {
+                    let restored = self.restore(&state);
+                    self.records_loaded = true;
+                    self.load_error = None;
+                    info!(
+                        actor = "strategy",
+                        restored,
+                        active = self.instances.len(),
+                        "strategy records loaded"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    warn!(actor = "strategy", attempt, attempts = LOAD_ATTEMPTS, error = %e, "could not load the strategy records");
+                    last_error = e;
+                }
+            }
+            if attempt < LOAD_ATTEMPTS {
+                tokio::time::sleep(LOAD_RETRY_DELAY).await;
+            }
+        }
+        warn!(actor = "strategy", error = %last_error, "giving up loading the strategy records; every instance starts IDLE");
+        self.load_error = Some(last_error);
+    }
+
+    async fn transition(
+        &mut self,
+        id: &str,
+        to: Lifecycle,
+        reason: String,
+        data: Option<TransitionData>,
+    ) -> Result<(), String> {
+        let Some(instance) = self.instances.iter_mut().find(|i| i.entry.id == id) else {
+            warn!(
+                actor = "strategy",
+                id,
+                to = to.as_str(),
+                "transition refused: unknown strategy"
+            );
+            return Err(format!("unknown strategy {id:?}"));
+        };
+        let from = instance.record.lifecycle;
+        if !from.can_transition_to(to) {
+            warn!(
+                actor = "strategy",
+                id,
+                from = from.as_str(),
+                to = to.as_str(),
+                reason,
+                "illegal lifecycle transition refused"
+            );
+            return Err(format!(
+                "illegal transition {} -> {} for {id:?}",
+                from.as_str(),
+                to.as_str()
+            ));
+        }
+        let mut next = instance.record.clone();
+        next.lifecycle = to;
+        next.updated_at = Utc::now();
+        match data {
+            Some(d) => {
+                next.position = d.position;
+                next.intents_in_flight = d.intents_in_flight;
+            }
+            None if to == Lifecycle::Idle => {
+                next.position = None;
+                next.intents_in_flight.clear();
+            }
+            None => {}
+        }
+        let value = serde_json::to_value(&next).map_err(|e| e.to_string())?;
+        let change = Change::event(
+            "lifecycle.transition",
+            json!({ "id": id, "from": from, "to": to, "reason": reason }),
+        )
+        .set(record_key(id), value);
+        commit(&self.names, change).await.map_err(|e| {
+            warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
+            format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
+        })?;
+        info!(
+            actor = "strategy",
+            id,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason,
+            "lifecycle transition"
+        );
+        instance.record = next;
+        instance.stored = true;
+        Ok(())
+    }
+
     fn status(&self) -> StrategyStatus {
         StrategyStatus {
             active: self.instances.len(),
@@ -186,14 +483,63 @@ impl StrategyState {
                 .map(|i| StrategyInstanceStatus {
                     id: i.entry.id.clone(),
                     instrument: i.entry.instrument.clone(),
-                    lifecycle: i.lifecycle,
+                    lifecycle: i.record.lifecycle,
+                    position: i.record.position.clone(),
+                    intents_in_flight: i.record.intents_in_flight.len(),
+                    restored: i.restored,
+                    updated_at: i.stored.then_some(i.record.updated_at),
                     ticks: i.ticks,
                     last_mark_price: i.last_mark_price,
                 })
                 .collect(),
+            records_loaded: self.records_loaded,
+            load_error: self.load_error.clone(),
             ticks_received: self.ticks_received,
             last_tick_at: self.last_tick_at,
         }
+    }
+}
+
+/// One `Load` from the persister, bounded by [`LOAD_TIMEOUT`].
+async fn load_state(names: &Names) -> Result<BTreeMap<String, Value>, String> {
+    let persister = names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .ok_or("the state-persister is not running")?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    persister
+        .send_message(PersisterMsg::Load(tx.into()))
+        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+    match tokio::time::timeout(LOAD_TIMEOUT, rx).await {
+        Ok(Ok(Ok(state))) => Ok(state),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the state-persister dropped the load".into()),
+        Err(_) => Err(format!(
+            "the state-persister did not answer within {} ms",
+            LOAD_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+/// One durable commit, bounded by [`COMMIT_TIMEOUT`].
+async fn commit(names: &Names, change: Change) -> Result<(), String> {
+    let persister = names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .ok_or("the state-persister is not running")?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    persister
+        .send_message(PersisterMsg::Commit {
+            change,
+            reply: Some(tx.into()),
+        })
+        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+    match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
+        Err(_) => Err(format!(
+            "the state-persister did not confirm within {} ms",
+            COMMIT_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -215,9 +561,18 @@ impl Actor for StrategyActor {
             actor = "strategy",
             active,
             ids = ?args.strategies.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            "strategies loaded (idle)"
+            "strategies configured; loading their stored state"
         );
-        Ok(StrategyState::new(args.strategies))
+        Ok(StrategyState::new(args.names, args.strategies))
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.load().await;
+        Ok(())
     }
 
     async fn handle(
@@ -233,6 +588,16 @@ impl Actor for StrategyActor {
             }
             StrategyMsg::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            StrategyMsg::Transition {
+                id,
+                to,
+                reason,
+                data,
+                reply,
+            } => {
+                let result = state.transition(&id, to, reason, data).await;
+                let _ = reply.send(result);
             }
             #[cfg(any(test, feature = "test-hooks"))]
             StrategyMsg::Hook(hook) => hook.act(&_myself.get_cell()).await?,
@@ -325,16 +690,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tick_moves_its_instance_from_idle_to_analyzing() {
+    async fn a_tick_counts_but_leaves_the_lifecycle_alone() {
         let (a, metrics) = spawn(
             "strat-tick-",
             vec![entry("a", "BTC-PERPETUAL"), entry("b", "ETH-PERPETUAL")],
         )
         .await;
         assert_eq!(metrics.strategies_active.get(), 2);
-        let s = call_t!(a, StrategyMsg::Status, 1000).unwrap();
+        let s = call_t!(a, StrategyMsg::Status, 2000).unwrap();
         assert!(s.strategies.iter().all(|i| i.lifecycle == Lifecycle::Idle));
         assert_eq!(s.last_tick_at, None);
+        // No persister in this test: the records could not be loaded, instances start IDLE.
+        assert!(!s.records_loaded);
+        assert!(s.load_error.is_some());
 
         a.send_message(StrategyMsg::Ticker(ticker("BTC-PERPETUAL", 65_000.5)))
             .unwrap();
@@ -344,12 +712,136 @@ mod tests {
         assert_eq!(s.active, 2);
         assert_eq!(s.ticks_received, 2);
         assert!(s.last_tick_at.is_some());
-        assert_eq!(s.strategies[0].lifecycle, Lifecycle::Analyzing);
+        // Transitions are explicit and persisted; a tick never makes one.
+        assert_eq!(s.strategies[0].lifecycle, Lifecycle::Idle);
         assert_eq!(s.strategies[0].ticks, 1);
         assert_eq!(s.strategies[0].last_mark_price, Some(65_000.5));
         assert_eq!(s.strategies[1].lifecycle, Lifecycle::Idle);
         assert_eq!(s.strategies[1].ticks, 0);
         a.stop_and_wait(None, None).await.unwrap();
+    }
+
+    async fn spawn_persister(names: &Names, dir: &std::path::Path) -> ActorRef<PersisterMsg> {
+        let (p, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            crate::persister::PersisterActor,
+            crate::persister::PersisterArgs {
+                names: names.clone(),
+                path: dir.join("t.db"),
+                metrics: Metrics::new().unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+        p
+    }
+
+    async fn go(
+        a: &ActorRef<StrategyMsg>,
+        id: &str,
+        to: Lifecycle,
+        data: Option<TransitionData>,
+    ) -> Result<(), String> {
+        a.call(
+            |reply| StrategyMsg::Transition {
+                id: id.into(),
+                to,
+                reason: "test".into(),
+                data,
+                reply,
+            },
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    fn position() -> PositionData {
+        PositionData {
+            instrument: "BTC-PERPETUAL".into(),
+            direction: Side::Buy,
+            size: 100.0,
+            entry_price: 65_000.0,
+            protective_orders: vec!["tb-a-sl".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn transitions_are_persisted_and_restored_and_illegal_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("strat-persist-");
+        let persister = spawn_persister(&names, dir.path()).await;
+        let (a, _) = spawn("strat-persist-", vec![entry("a", "BTC-PERPETUAL")]).await;
+
+        let err = go(&a, "a", Lifecycle::PositionOpen, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("illegal transition IDLE -> POSITION_OPEN"),
+            "{err}"
+        );
+        assert!(go(&a, "nope", Lifecycle::Analyzing, None).await.is_err());
+        for to in [
+            Lifecycle::Analyzing,
+            Lifecycle::SignalDetected,
+            Lifecycle::EnteringPosition,
+        ] {
+            go(&a, "a", to, None).await.unwrap();
+        }
+        let data = TransitionData {
+            position: Some(position()),
+            intents_in_flight: Vec::new(),
+        };
+        go(&a, "a", Lifecycle::PositionOpen, Some(data))
+            .await
+            .unwrap();
+        assert!(go(&a, "a", Lifecycle::Idle, None).await.is_err());
+
+        let stored = call_t!(persister, PersisterMsg::Load, 5000)
+            .unwrap()
+            .unwrap();
+        let record: StrategyRecord = serde_json::from_value(stored["strategy.a"].clone()).unwrap();
+        assert_eq!(record.lifecycle, Lifecycle::PositionOpen);
+        assert_eq!(record.position, Some(position()));
+
+        a.stop_and_wait(None, None).await.unwrap();
+        let (a, _) = spawn(
+            "strat-persist-",
+            vec![entry("a", "BTC-PERPETUAL"), entry("b", "BTC-PERPETUAL")],
+        )
+        .await;
+        let s = call_t!(a, StrategyMsg::Status, 5000).unwrap();
+        assert!(s.records_loaded);
+        assert_eq!(s.strategies[0].lifecycle, Lifecycle::PositionOpen);
+        assert_eq!(s.strategies[0].position, Some(position()));
+        assert!(s.strategies[0].restored);
+        assert_eq!(s.strategies[1].lifecycle, Lifecycle::Idle);
+        assert!(!s.strategies[1].restored);
+        // Leaving through CLOSING to IDLE clears the position.
+        go(&a, "a", Lifecycle::Closing, None).await.unwrap();
+        go(&a, "a", Lifecycle::Idle, None).await.unwrap();
+        let s = call_t!(a, StrategyMsg::Status, 5000).unwrap();
+        assert_eq!(s.strategies[0].position, None);
+        a.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[test]
+    fn records_are_read_from_the_state_map_and_bad_ones_reported() {
+        let mut state = BTreeMap::new();
+        state.insert("mode".to_string(), json!({"mode": "AGGRESSIVE"}));
+        state.insert(
+            "strategy.a".to_string(),
+            serde_json::to_value(StrategyRecord::idle("a")).unwrap(),
+        );
+        state.insert("strategy.b".to_string(), json!({"id": "b"}));
+        state.insert("strategz".to_string(), json!(1));
+        let (records, bad) = StrategyRecord::all_from_state(&state);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].id, "a");
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, "strategy.b");
     }
 
     #[tokio::test]

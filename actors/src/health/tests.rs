@@ -104,6 +104,8 @@ fn healthy_replies() -> Replies {
         strategy: Reply::Answered(StrategyStatus {
             active: 1,
             strategies: vec![],
+            records_loaded: true,
+            load_error: None,
             ticks_received: 1,
             last_tick_at: None,
         }),

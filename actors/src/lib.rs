@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod mode;
 pub mod names;
 pub mod persister;
+pub mod recovery;
 pub mod secret;
 pub mod store;
 pub mod strategy;

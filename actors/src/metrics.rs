@@ -6,8 +6,8 @@
 //! their arguments; nothing global.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics of one daemon.
@@ -35,6 +35,12 @@ pub struct Metrics {
     /// Strategies the strategy actor runs.
     pub strategies_active: IntGauge,
     pub panics: IntCounter,
+    /// How long the last start-up recovery took.
+    pub last_recovery_duration_seconds: Gauge,
+    /// 1 when the last start-up recovery succeeded.
+    pub last_recovery_success: IntGauge,
+    /// Unclean shutdowns detected when the store was opened.
+    pub crashes_total: IntCounter,
 }
 
 impl Metrics {
@@ -90,6 +96,18 @@ impl Metrics {
             "tradebaas_panics_total",
             "Panics anywhere in the process (inside actors they become supervisor restarts)",
         )?;
+        let last_recovery_duration_seconds = Gauge::new(
+            "tradebaas_last_recovery_duration_seconds",
+            "Duration of the last start-up recovery (state load and exchange reconciliation)",
+        )?;
+        let last_recovery_success = IntGauge::new(
+            "tradebaas_last_recovery_success",
+            "1 when the last start-up recovery restored the state and reconciled with the exchange",
+        )?;
+        let crashes_total = IntCounter::new(
+            "tradebaas_crashes_total",
+            "Unclean shutdowns detected when the store was opened",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -106,6 +124,9 @@ impl Metrics {
         registry.register(Box::new(health_check_duration.clone()))?;
         registry.register(Box::new(strategies_active.clone()))?;
         registry.register(Box::new(panics.clone()))?;
+        registry.register(Box::new(last_recovery_duration_seconds.clone()))?;
+        registry.register(Box::new(last_recovery_success.clone()))?;
+        registry.register(Box::new(crashes_total.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -134,6 +155,9 @@ impl Metrics {
             health_check_duration,
             strategies_active,
             panics,
+            last_recovery_duration_seconds,
+            last_recovery_success,
+            crashes_total,
         })
     }
 
@@ -177,6 +201,9 @@ mod tests {
             "tradebaas_actor_restarts_total{actor=\"alert\"} 0",
             "tradebaas_health_check_duration_seconds_bucket",
             "tradebaas_strategies_active",
+            "tradebaas_last_recovery_duration_seconds",
+            "tradebaas_last_recovery_success",
+            "tradebaas_crashes_total",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_start_time_seconds",

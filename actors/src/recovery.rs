@@ -1,0 +1,663 @@
+//! Start-up recovery: restore the durable state and reconcile it with the exchange before any
+//! strategy may trade again.
+//!
+//! The core is pure: [`reconcile`] compares the strategies' records with what the exchange reports
+//! and lists every [`Difference`]. [`recover`] is the driver: it loads the state from the
+//! `state-persister`, waits for the `broker-connection` to be connected, asks the exchange for
+//! positions, open orders and the orders behind every in-flight intent, reconciles, and decides —
+//! all within `[recovery] timeout`. Only a clean reconciliation with a stored AGGRESSIVE mode
+//! resumes trading; anything else (differences, an exchange that does not answer, unreadable state)
+//! sets the fail-safe to OBSERVE_ONLY (a SHUTDOWN stays) and raises one WARNING alert.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::alert::{Alert, AlertMsg, Severity};
+use crate::broker::{BrokerMsg, LinkState};
+use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
+use crate::metrics::Metrics;
+use crate::mode::TradingMode;
+use crate::names::{ChildName, Names};
+use crate::persister::PersisterMsg;
+use crate::strategy::StrategyRecord;
+
+/// The alert key recovery raises.
+pub const ALERT_KEY: &str = "recovery:differences";
+
+/// Sizes closer than this are equal.
+const SIZE_EPSILON: f64 = 1e-9;
+/// One persister load attempt.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+const LOAD_ATTEMPTS: u32 = 3;
+/// Broker status poll interval while waiting for the connection.
+const POLL: Duration = Duration::from_millis(100);
+/// One status question to an actor.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `[recovery]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Bound on the whole recovery (load, broker wait, exchange queries, decision).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Labels of orders this daemon places start with this; other labelled orders are not ours.
+    pub label_prefix: String,
+    /// Currencies whose positions and open orders are reconciled.
+    pub currencies: Vec<String>,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            label_prefix: "tb-".into(),
+            currencies: vec!["BTC".into()],
+        }
+    }
+}
+
+impl RecoveryConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout < Duration::from_millis(100) {
+            return Err("timeout must be at least 100ms".into());
+        }
+        if self.label_prefix.is_empty() || self.label_prefix.chars().any(char::is_whitespace) {
+            return Err("label_prefix must be non-empty and without whitespace".into());
+        }
+        if self.currencies.is_empty() {
+            return Err("currencies must name at least one currency".into());
+        }
+        for (i, c) in self.currencies.iter().enumerate() {
+            if c.is_empty()
+                || !c
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit())
+            {
+                return Err(format!(
+                    "currencies[{i}] must be an upper-case currency code such as \"BTC\", not {c:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A position as `private/get_positions` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExPosition {
+    pub instrument_name: String,
+    /// Signed: negative for a short.
+    pub size: f64,
+    #[serde(default)]
+    pub direction: String,
+    #[serde(default)]
+    pub average_price: f64,
+}
+
+/// An order as `private/get_open_orders_by_currency` and `get_order_state_by_label` report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExOrder {
+    pub order_id: String,
+    #[serde(default)]
+    pub label: String,
+    pub instrument_name: String,
+    pub order_state: String,
+    #[serde(default)]
+    pub direction: String,
+    #[serde(default)]
+    pub amount: f64,
+}
+
+/// One disagreement between the stored state and the exchange.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Difference {
+    /// The exchange holds a position no strategy knows about (signed size).
+    UnknownExchangePosition { instrument: String, size: f64 },
+    /// A strategy holds a position the exchange no longer has.
+    LocalPositionGone {
+        strategy: String,
+        instrument: String,
+    },
+    /// Both have the position, with different signed sizes.
+    SizeMismatch {
+        strategy: String,
+        instrument: String,
+        local: f64,
+        exchange: f64,
+    },
+    /// An in-flight intent reached the exchange (in `order_state`); the strategy must adopt it.
+    IntentReachedExchange {
+        strategy: String,
+        label: String,
+        order_state: String,
+    },
+    /// An in-flight intent never reached the exchange.
+    IntentNotOnExchange { strategy: String, label: String },
+    /// An open order with our label prefix that no strategy owns.
+    OrphanOrder {
+        order_id: String,
+        label: String,
+        instrument: String,
+    },
+}
+
+/// Compares the local records with the exchange. `labelled` holds the answer to
+/// `get_order_state_by_label` for intent labels (`None`: no such order); an intent label missing
+/// from it counts as not on the exchange. Several strategies on one instrument are compared by
+/// their summed signed size (and named joined by `,`).
+pub fn reconcile(
+    local: &[StrategyRecord],
+    exchange_positions: &[ExPosition],
+    open_orders: &[ExOrder],
+    labelled: &[(String, Option<ExOrder>)],
+    label_prefix: &str,
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+
+    // Positions, per instrument.
+    let mut local_by_instrument: BTreeMap<&str, (Vec<&str>, f64)> = BTreeMap::new();
+    for r in local {
+        if let Some(p) = &r.position {
+            let e = local_by_instrument
+                .entry(p.instrument.as_str())
+                .or_default();
+            e.0.push(r.id.as_str());
+            e.1 += p.direction.sign() * p.size;
+        }
+    }
+    let mut exchange_by_instrument: BTreeMap<&str, f64> = BTreeMap::new();
+    for p in exchange_positions {
+        if p.size.abs() > SIZE_EPSILON {
+            *exchange_by_instrument
+                .entry(p.instrument_name.as_str())
+                .or_default() += p.size;
+        }
+    }
+    for (instrument, (ids, local_size)) in &local_by_instrument {
+        let strategy = ids.join(",");
+        match exchange_by_instrument.get(instrument) {
+            None => out.push(Difference::LocalPositionGone {
+                strategy,
+                instrument: (*instrument).to_string(),
+            }),
+            Some(&exchange) if (exchange - local_size).abs() > SIZE_EPSILON => {
+                out.push(Difference::SizeMismatch {
+                    strategy,
+                    instrument: (*instrument).to_string(),
+                    local: *local_size,
+                    exchange,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (instrument, size) in &exchange_by_instrument {
+        if !local_by_instrument.contains_key(instrument) {
+            out.push(Difference::UnknownExchangePosition {
+                instrument: (*instrument).to_string(),
+                size: *size,
+            });
+        }
+    }
+
+    // Intents in flight.
+    for r in local {
+        for intent in &r.intents_in_flight {
+            let found = labelled
+                .iter()
+                .find(|(label, _)| *label == intent.label)
+                .and_then(|(_, order)| order.as_ref());
+            out.push(match found {
+                Some(order) => Difference::IntentReachedExchange {
+                    strategy: r.id.clone(),
+                    label: intent.label.clone(),
+                    order_state: order.order_state.clone(),
+                },
+                None => Difference::IntentNotOnExchange {
+                    strategy: r.id.clone(),
+                    label: intent.label.clone(),
+                },
+            });
+        }
+    }
+
+    // Orphans: our prefix, owned by nobody (protective orders may be stored as label or id).
+    let owned: HashSet<&str> = local
+        .iter()
+        .flat_map(|r| {
+            r.intents_in_flight.iter().map(|i| i.label.as_str()).chain(
+                r.position
+                    .iter()
+                    .flat_map(|p| p.protective_orders.iter().map(String::as_str)),
+            )
+        })
+        .collect();
+    for o in open_orders {
+        if o.label.starts_with(label_prefix)
+            && !owned.contains(o.label.as_str())
+            && !owned.contains(o.order_id.as_str())
+        {
+            out.push(Difference::OrphanOrder {
+                order_id: o.order_id.clone(),
+                label: o.label.clone(),
+                instrument: o.instrument_name.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// What a recovery found and did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecoveryReport {
+    /// The state was restored and the exchange reconciled (differences may still exist; they are
+    /// handled by OBSERVE_ONLY and the alert).
+    pub success: bool,
+    pub recovery_time_ms: u64,
+    /// The persister answered the load and the records were read.
+    pub state_restored: bool,
+    /// The exchange answered every query.
+    pub broker_reconciled: bool,
+    /// No differences and a stored AGGRESSIVE mode: trading continues as before.
+    pub strategy_resumed: bool,
+    pub differences: Vec<Difference>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Progress {
+    stage: &'static str,
+    state_restored: bool,
+    broker_reconciled: bool,
+    records: Vec<StrategyRecord>,
+    stored_mode: Option<TradingMode>,
+    differences: Vec<Difference>,
+    warnings: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs the recovery: load, wait for the broker, query the exchange for `currencies` (the
+/// daemon passes `config.currencies`), reconcile, decide. Never takes longer than
+/// `config.timeout` (plus a few milliseconds); never panics on what the exchange or the store
+/// return. Sets `last_recovery_duration_seconds` and `last_recovery_success` in `metrics`.
+pub async fn recover(
+    names: &Names,
+    config: &RecoveryConfig,
+    currencies: &[String],
+    metrics: &Metrics,
+) -> RecoveryReport {
+    let started = Instant::now();
+    let deadline = started + config.timeout;
+    // Four fifths for gathering, the rest is kept for the decision (fail-safe, alert).
+    let gather_budget = config.timeout.mul_f64(0.8);
+    let mut p = Progress {
+        stage: "starting",
+        ..Progress::default()
+    };
+    let gathered =
+        tokio::time::timeout(gather_budget, gather(names, config, currencies, &mut p)).await;
+    if gathered.is_err() {
+        p.errors.push(format!(
+            "recovery gave up after {} ms while {}",
+            ms(gather_budget),
+            p.stage
+        ));
+    }
+
+    let clean = p.state_restored && p.broker_reconciled && p.differences.is_empty();
+    let mut strategy_resumed = false;
+    let current = fail_safe_mode(names, deadline).await;
+    if clean && p.stored_mode == Some(TradingMode::Aggressive) {
+        if current == Some(TradingMode::Shutdown) {
+            p.warnings
+                .push("the fail-safe is in SHUTDOWN; trading stays stopped".into());
+        } else {
+            strategy_resumed = true;
+        }
+    } else {
+        if clean {
+            let stored = p
+                .stored_mode
+                .map_or("no stored mode".to_string(), |m| format!("stored mode {m}"));
+            p.warnings
+                .push(format!("{stored}: trading is not resumed automatically"));
+        }
+        if let Err(e) = observe_only(names, deadline).await {
+            p.errors.push(e);
+        }
+        if !clean {
+            raise_alert(names, &p);
+        }
+    }
+
+    let took = started.elapsed();
+    let report = RecoveryReport {
+        success: p.state_restored && p.broker_reconciled,
+        recovery_time_ms: ms(took),
+        state_restored: p.state_restored,
+        broker_reconciled: p.broker_reconciled,
+        strategy_resumed,
+        differences: p.differences,
+        warnings: p.warnings,
+        errors: p.errors,
+        finished_at: Utc::now(),
+    };
+    metrics
+        .last_recovery_duration_seconds
+        .set(took.as_secs_f64());
+    metrics.last_recovery_success.set(i64::from(report.success));
+    let as_json = serde_json::to_string(&report).unwrap_or_default();
+    if report.success && report.differences.is_empty() && report.errors.is_empty() {
+        info!(
+            recovery_time_ms = report.recovery_time_ms,
+            strategy_resumed = report.strategy_resumed,
+            report = %as_json,
+            "recovery finished"
+        );
+    } else {
+        warn!(
+            recovery_time_ms = report.recovery_time_ms,
+            success = report.success,
+            differences = report.differences.len(),
+            report = %as_json,
+            "recovery finished with problems; trading restricted to OBSERVE_ONLY"
+        );
+    }
+    report
+}
+
+async fn gather(names: &Names, config: &RecoveryConfig, currencies: &[String], p: &mut Progress) {
+    p.stage = "loading the stored state";
+    let state = match load(names).await {
+        Ok(state) => state,
+        Err(e) => {
+            p.errors.push(format!("stored state not loaded: {e}"));
+            p.errors
+                .push("not reconciled with the exchange: no local state to compare".into());
+            return;
+        }
+    };
+    let (records, bad) = StrategyRecord::all_from_state(&state);
+    for (key, e) in bad {
+        p.warnings.push(format!("unreadable record {key}: {e}"));
+    }
+    p.records = records;
+    match state
+        .get(MODE_KEY)
+        .cloned()
+        .map(serde_json::from_value::<StoredMode>)
+    {
+        Some(Ok(s)) => p.stored_mode = Some(s.mode),
+        Some(Err(e)) => p.warnings.push(format!("unreadable stored mode: {e}")),
+        None => {}
+    }
+    p.state_restored = true;
+
+    p.stage = "waiting for the broker connection";
+    wait_connected(names).await;
+
+    p.stage = "querying the exchange";
+    let mut positions = Vec::new();
+    let mut open_orders = Vec::new();
+    for currency in currencies {
+        match request::<Vec<ExPosition>>(
+            names,
+            "private/get_positions",
+            json!({ "currency": currency }),
+        )
+        .await
+        {
+            Ok(v) => positions.extend(v),
+            Err(e) => {
+                p.errors.push(e);
+                return;
+            }
+        }
+        match request::<Vec<ExOrder>>(
+            names,
+            "private/get_open_orders_by_currency",
+            json!({ "currency": currency }),
+        )
+        .await
+        {
+            Ok(v) => open_orders.extend(v),
+            Err(e) => {
+                p.errors.push(e);
+                return;
+            }
+        }
+    }
+    let labels: Vec<String> = p
+        .records
+        .iter()
+        .flat_map(|r| r.intents_in_flight.iter().map(|i| i.label.clone()))
+        .collect();
+    let mut labelled = Vec::with_capacity(labels.len());
+    for label in labels {
+        let mut found = None;
+        for currency in currencies {
+            match request::<Vec<ExOrder>>(
+                names,
+                "private/get_order_state_by_label",
+                json!({ "currency": currency, "label": label }),
+            )
+            .await
+            {
+                Ok(mut v) => {
+                    if !v.is_empty() {
+                        // The newest order with this label decides.
+                        found = v.pop();
+                        break;
+                    }
+                }
+                Err(e) => {
+                    p.errors.push(e);
+                    return;
+                }
+            }
+        }
+        labelled.push((label, found));
+    }
+    p.broker_reconciled = true;
+    p.differences = reconcile(
+        &p.records,
+        &positions,
+        &open_orders,
+        &labelled,
+        &config.label_prefix,
+    );
+}
+
+async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
+    let mut last = String::new();
+    for attempt in 1..=LOAD_ATTEMPTS {
+        let result = async {
+            let persister = names
+                .lookup::<PersisterMsg>(ChildName::StatePersister)
+                .ok_or("the state-persister is not running".to_string())?;
+            let (tx, rx) = ractor::concurrency::oneshot();
+            persister
+                .send_message(PersisterMsg::Load(tx.into()))
+                .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+            match tokio::time::timeout(LOAD_TIMEOUT, rx).await {
+                Ok(Ok(Ok(state))) => Ok(state),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(_)) => Err("the state-persister dropped the load".to_string()),
+                Err(_) => Err(format!(
+                    "the state-persister did not answer within {} ms",
+                    ms(LOAD_TIMEOUT)
+                )),
+            }
+        }
+        .await;
+        match result {
+            Ok(state) => return Ok(state),
+            Err(e) => {
+                warn!(attempt, attempts = LOAD_ATTEMPTS, error = %e, "recovery could not load the stored state");
+                last = e;
+            }
+        }
+        tokio::time::sleep(POLL * 2).await;
+    }
+    Err(last)
+}
+
+async fn wait_connected(names: &Names) {
+    loop {
+        if let Some(broker) = names.lookup::<BrokerMsg>(ChildName::BrokerConnection)
+            && let Ok(ractor::rpc::CallResult::Success(s)) =
+                broker.call(BrokerMsg::Status, Some(ASK_TIMEOUT)).await
+            && s.state == LinkState::Connected
+        {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn request<T: serde::de::DeserializeOwned>(
+    names: &Names,
+    method: &str,
+    params: Value,
+) -> Result<T, String> {
+    let broker: ActorRef<BrokerMsg> = names
+        .lookup(ChildName::BrokerConnection)
+        .ok_or("the broker-connection is not running")?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    broker
+        .send_message(BrokerMsg::Request {
+            method: method.to_string(),
+            params,
+            reply: tx.into(),
+        })
+        .map_err(|e| format!("{method}: could not reach the broker-connection: {e}"))?;
+    let value = rx
+        .await
+        .map_err(|_| format!("{method}: the broker-connection dropped the request"))?
+        .map_err(|e| format!("{method}: {e}"))?;
+    serde_json::from_value(value).map_err(|e| format!("{method}: unexpected answer: {e}"))
+}
+
+/// The fail-safe's mode, once it has loaded its stored mode (None if it never answers by
+/// `deadline`).
+async fn fail_safe_mode(names: &Names, deadline: Instant) -> Option<TradingMode> {
+    loop {
+        if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
+            && let Ok(ractor::rpc::CallResult::Success(s)) =
+                fs.call(FailSafeMsg::Status, Some(ASK_TIMEOUT)).await
+            && s.loaded
+        {
+            return Some(s.mode);
+        }
+        if Instant::now() + POLL >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Sets OBSERVE_ONLY unless the fail-safe is already there or in SHUTDOWN (which stays).
+/// Waits for the fail-safe to have loaded its stored mode, so a stored AGGRESSIVE cannot
+/// overwrite the restriction afterwards.
+async fn observe_only(names: &Names, deadline: Instant) -> Result<(), String> {
+    let mut last = "the fail-safe did not answer".to_string();
+    loop {
+        match fail_safe_mode(names, deadline).await {
+            Some(TradingMode::Shutdown | TradingMode::ObserveOnly) => return Ok(()),
+            Some(TradingMode::Aggressive) => {
+                if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+                    match fs
+                        .call(
+                            |reply| FailSafeMsg::SetMode {
+                                mode: TradingMode::ObserveOnly,
+                                reason: "recovery found differences with the exchange or could \
+                                         not reconcile"
+                                    .into(),
+                                reply,
+                            },
+                            Some(ASK_TIMEOUT.max(Duration::from_secs(2))),
+                        )
+                        .await
+                    {
+                        Ok(ractor::rpc::CallResult::Success(Ok(()))) => return Ok(()),
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => last = e,
+                        Ok(_) => last = "the fail-safe did not answer SetMode".into(),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+            }
+            None => {}
+        }
+        if Instant::now() + POLL >= deadline {
+            return Err(format!(
+                "could not set the fail-safe to OBSERVE_ONLY: {last}"
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn raise_alert(names: &Names, p: &Progress) {
+    let mut causes = Vec::new();
+    if !p.state_restored {
+        causes.push("the stored state could not be loaded".to_string());
+    } else if !p.broker_reconciled {
+        causes.push("the exchange did not answer the reconciliation queries".to_string());
+    }
+    if !p.differences.is_empty() {
+        let list: Vec<String> = p
+            .differences
+            .iter()
+            .map(|d| serde_json::to_string(d).unwrap_or_default())
+            .collect();
+        causes.push(format!(
+            "{} difference(s) with the exchange: {}",
+            p.differences.len(),
+            list.join("; ")
+        ));
+    }
+    let alert = Alert {
+        key: ALERT_KEY.into(),
+        severity: Severity::Warning,
+        title: "Recovery: state and exchange disagree; trading is OBSERVE_ONLY".into(),
+        message: causes.join(". "),
+        root_cause: "the daemon restarted (crash or restart) and could not confirm that its \
+                     stored state matches the exchange"
+            .into(),
+        recommended_action: "check the listed positions and orders on the exchange, fix or \
+                             adopt them, then set the mode to AGGRESSIVE"
+            .into(),
+        metadata: json!({
+            "differences": p.differences,
+            "state_restored": p.state_restored,
+            "broker_reconciled": p.broker_reconciled,
+            "errors": p.errors,
+        }),
+    };
+    match names.lookup::<AlertMsg>(ChildName::Alert) {
+        Some(a) => {
+            if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
+                warn!(error = %e, "recovery alert not delivered");
+            }
+        }
+        None => warn!("recovery alert not delivered: the alert actor is not running"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

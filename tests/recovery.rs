@@ -499,3 +499,43 @@ async fn a_broker_that_never_connects_does_not_hang_recovery() {
     assert_eq!(fail_safe_mode(&h).await, TradingMode::ObserveOnly);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_restores_its_strategies_and_reconciles() {
+    let strategies = entries(&[("a", "BTC-PERPETUAL"), ("b", "ETH-PERPETUAL")]);
+    let s1 = strategies.clone();
+    let h = common::start(move |t, _| t.strategies = s1).await;
+    h.ready().await;
+    h.paper.pause_market(true);
+    set_aggressive(&h).await;
+    drive(
+        &h,
+        "a",
+        Lifecycle::PositionOpen,
+        Some(position("BTC-PERPETUAL", Side::Buy, 100.0, &["tb-a-sl"])),
+    )
+    .await;
+    drive(&h, "b", Lifecycle::SignalDetected, None).await;
+    h.paper
+        .seed_position("BTC-PERPETUAL", Direction::Buy, 100.0, 65_000.0);
+    assert!(
+        !h.paper
+            .seed_order(resting("tb-a-sl", Direction::Sell, 500_000.0))
+            .is_empty()
+    );
+
+    // The whole tree stops; the exchange and the data directory stay.
+    let (paper, dir) = h.stop_tree().await;
+    let started = Instant::now();
+    let h = common::start_with(paper, dir, move |t, _| t.strategies = strategies).await;
+    let report = run_recovery(&h, &config(Duration::from_secs(10), &["BTC", "ETH"])).await;
+    eprintln!("restart + recovery took {:?}", started.elapsed());
+    assert!(report.success && report.strategy_resumed, "{report:#?}");
+    assert_eq!(fail_safe_mode(&h).await, TradingMode::Aggressive);
+    let status = strategy_status(&h).await.unwrap();
+    assert!(status.records_loaded);
+    assert_eq!(status.strategies[0].lifecycle, Lifecycle::PositionOpen);
+    assert!(status.strategies[0].restored);
+    assert_eq!(status.strategies[1].lifecycle, Lifecycle::SignalDetected);
+    h.stop().await;
+}

@@ -57,11 +57,6 @@ pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
 }
 
 pub async fn start(customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig)) -> Harness {
-    let names = Names::with_prefix(format!(
-        "t{}-{}-",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
     let paper = PaperExchange::start(
         PaperConfig {
             seed: Some(1),
@@ -74,6 +69,20 @@ pub async fn start(customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig)) -
     .unwrap();
     paper.add_credentials("test-client", SECRET);
     let dir = tempfile::tempdir().unwrap();
+    start_with(paper, dir, customize).await
+}
+
+/// Starts a tree (and HTTP) on an existing paper exchange and data directory, under fresh names.
+pub async fn start_with(
+    paper: PaperExchange,
+    dir: tempfile::TempDir,
+    customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig),
+) -> Harness {
+    let names = Names::with_prefix(format!(
+        "t{}-{}-",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
     let mut tree = tree_config(dir.path(), paper.url());
     let mut health = HealthConfig::default();
     customize(&mut tree, &mut health);
@@ -155,5 +164,24 @@ impl Harness {
             .await;
         self.supervisor.stop(None);
         self.paper.shutdown().await;
+    }
+
+    /// Stops HTTP and the tree (children in reverse order, then the supervisor) and hands back
+    /// the paper exchange and the data directory, for a restart with [`start_with`].
+    pub async fn stop_tree(self) -> (PaperExchange, tempfile::TempDir) {
+        self.http.stop().await;
+        let order: Vec<ChildName> = ChildName::START_ORDER.iter().rev().copied().collect();
+        let _ = self
+            .supervisor
+            .call(
+                |r| SupervisorMsg::StopChildren(order, r),
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+        (self.paper, self.dir)
     }
 }

@@ -13,6 +13,7 @@ use tradebaas_actors::broker::BrokerConfig;
 use tradebaas_actors::failsafe::FailSafeConfig;
 use tradebaas_actors::health::HealthConfig;
 use tradebaas_actors::heartbeat::HeartbeatConfig;
+use tradebaas_actors::recovery::RecoveryConfig;
 use tradebaas_actors::strategy::StrategyEntry;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
 
@@ -31,6 +32,8 @@ pub struct Config {
     pub alert: AlertConfig,
     pub fail_safe: FailSafeConfig,
     pub heartbeat: HeartbeatConfig,
+    /// Start-up state restore and exchange reconciliation.
+    pub recovery: RecoveryConfig,
     /// `[[strategies]]`: one hosted instance each.
     pub strategies: Vec<StrategyEntry>,
 }
@@ -47,6 +50,7 @@ impl Default for Config {
             alert: AlertConfig::default(),
             fail_safe: FailSafeConfig::default(),
             heartbeat: HeartbeatConfig::default(),
+            recovery: RecoveryConfig::default(),
             strategies: vec![StrategyEntry {
                 id: "example".into(),
                 instrument: "BTC-PERPETUAL".into(),
@@ -189,6 +193,7 @@ impl Config {
         self.paper_exchange
             .validate()
             .map_err(|e| fail("paper_exchange", e))?;
+        self.recovery.validate().map_err(|e| fail("recovery", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",

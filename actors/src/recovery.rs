@@ -114,6 +114,9 @@ pub struct ExOrder {
     pub direction: String,
     #[serde(default)]
     pub amount: f64,
+    /// Milliseconds since the epoch; picks the newest of several orders with one label.
+    #[serde(default)]
+    pub last_update_timestamp: i64,
 }
 
 /// One disagreement between the stored state and the exchange.
@@ -458,10 +461,10 @@ async fn gather(names: &Names, config: &RecoveryConfig, currencies: &[String], p
             )
             .await
             {
-                Ok(mut v) => {
-                    if !v.is_empty() {
-                        // The newest order with this label decides.
-                        found = v.pop();
+                Ok(v) => {
+                    // The newest order with this label decides.
+                    if let Some(newest) = v.into_iter().max_by_key(|o| o.last_update_timestamp) {
+                        found = Some(newest);
                         break;
                     }
                 }

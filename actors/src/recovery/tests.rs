@@ -59,6 +59,7 @@ fn order(id: &str, label: &str, state: &str) -> ExOrder {
         order_state: state.into(),
         direction: "sell".into(),
         amount: 10.0,
+        last_update_timestamp: 0,
     }
 }
 

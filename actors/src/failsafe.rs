@@ -119,6 +119,13 @@ pub enum FailSafeMsg {
         reason: String,
         reply: ChangeReply,
     },
+    /// Restrict to at most `mode`: a change only when `mode` is stricter than the current one
+    /// (never clears SHUTDOWN, unlike `SetMode`). Used by recovery, which must not race a trigger.
+    Restrict {
+        mode: TradingMode,
+        reason: String,
+        reply: ChangeReply,
+    },
     /// Internal: ask the persister for the stored mode (attempts count from 1).
     Load { attempt: u32 },
     /// Internal: the persister's answer (the stored `"mode"` value, if any).
@@ -588,6 +595,17 @@ impl Actor for FailSafeActor {
                 reason,
                 reply,
             } => state.set_mode(&myself, mode, reason, reply),
+            FailSafeMsg::Restrict {
+                mode,
+                reason,
+                reply,
+            } => {
+                if state.loaded && strictness(mode) <= strictness(state.mode) {
+                    let _ = reply.send(Ok(()));
+                } else {
+                    state.set_mode(&myself, mode, reason, reply);
+                }
+            }
             FailSafeMsg::Load { attempt } => state.start_load(&myself, attempt),
             FailSafeMsg::Loaded { attempt, result } => state.on_loaded(&myself, attempt, result),
             FailSafeMsg::Loosened {
@@ -630,6 +648,15 @@ impl Actor for FailSafeActor {
             FailSafeMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
         }
         Ok(())
+    }
+}
+
+/// How much a mode restricts trading: AGGRESSIVE < OBSERVE_ONLY < SHUTDOWN.
+fn strictness(mode: TradingMode) -> u8 {
+    match mode {
+        TradingMode::Aggressive => 0,
+        TradingMode::ObserveOnly => 1,
+        TradingMode::Shutdown => 2,
     }
 }
 
@@ -817,6 +844,45 @@ mod tests {
         assert_eq!(s.mode, TradingMode::Aggressive);
         assert_eq!(s.triggers, 2);
         assert_eq!(s.last_trigger.as_deref(), Some("again"));
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restrict_only_ever_tightens_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-restrict-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        wait_for(&fs, TradingMode::ObserveOnly).await;
+        let restrict = |mode| {
+            let fs = fs.clone();
+            async move {
+                call_t!(
+                    fs,
+                    |reply| FailSafeMsg::Restrict {
+                        mode,
+                        reason: "test".into(),
+                        reply
+                    },
+                    2000
+                )
+                .unwrap()
+            }
+        };
+        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
+        assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
+        assert_eq!(
+            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            TradingMode::ObserveOnly
+        );
+        assert_eq!(trigger(&fs, "test").await, Ok(()));
+        // Unlike SetMode, Restrict never clears SHUTDOWN.
+        assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
+        assert_eq!(
+            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            TradingMode::Shutdown
+        );
         fs.stop_and_wait(None, None).await.unwrap();
         persister.stop_and_wait(None, None).await.unwrap();
     }

@@ -586,7 +586,7 @@ async fn observe_only(names: &Names, deadline: Instant) -> Result<(), String> {
                 if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
                     match fs
                         .call(
-                            |reply| FailSafeMsg::SetMode {
+                            |reply| FailSafeMsg::Restrict {
                                 mode: TradingMode::ObserveOnly,
                                 reason: "recovery found differences with the exchange or could \
                                          not reconcile"
@@ -599,7 +599,7 @@ async fn observe_only(names: &Names, deadline: Instant) -> Result<(), String> {
                     {
                         Ok(ractor::rpc::CallResult::Success(Ok(()))) => return Ok(()),
                         Ok(ractor::rpc::CallResult::Success(Err(e))) => last = e,
-                        Ok(_) => last = "the fail-safe did not answer SetMode".into(),
+                        Ok(_) => last = "the fail-safe did not answer Restrict".into(),
                         Err(e) => last = e.to_string(),
                     }
                 }

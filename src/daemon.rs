@@ -23,7 +23,9 @@ use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
+use tradebaas_actors::store::Change;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
 use tradebaas_actors::tree::{TreeConfig, start_tree};
 
@@ -188,6 +190,18 @@ pub async fn run(config: Config) -> i32 {
         took_ms = started.elapsed().as_millis() as u64,
         "tradebaas started"
     );
+    // Recovery runs before the strategy may act: reconcile the stored state with the exchange and
+    // decide the mode. Its report is committed to the store (event `recovery.completed`, state
+    // key `recovery.last`), where the persister reports it in /health.
+    let recovery = {
+        let names = names.clone();
+        let config = config.recovery.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let report = recover(&names, &config, &config.currencies, &metrics).await;
+            record_recovery(&names, &report).await;
+        })
+    };
     let readiness = tokio::spawn(log_readiness(
         names.clone(),
         config.health.actor_timeout,
@@ -215,6 +229,7 @@ pub async fn run(config: Config) -> i32 {
     };
     info!(signal = signal_name, "shutdown: signal received");
     readiness.abort();
+    recovery.abort();
 
     // A second signal exits at once.
     tokio::spawn(async move {
@@ -246,6 +261,32 @@ pub async fn run(config: Config) -> i32 {
         "shutdown: exit"
     );
     code
+}
+
+/// Commits the recovery report through the persister (bounded; a failure is logged).
+async fn record_recovery(names: &Names, report: &RecoveryReport) {
+    let Ok(value) = serde_json::to_value(report) else {
+        return;
+    };
+    let Some(persister) = names.lookup::<PersisterMsg>(ChildName::StatePersister) else {
+        warn!("recovery report not stored: the persister is not running");
+        return;
+    };
+    let change = Change::event("recovery.completed", value.clone()).set(RECOVERY_KEY, value);
+    match persister
+        .call(
+            |reply| PersisterMsg::Commit {
+                change,
+                reply: Some(reply),
+            },
+            Some(Duration::from_secs(5)),
+        )
+        .await
+    {
+        Ok(CallResult::Success(Ok(_))) => {}
+        Ok(CallResult::Success(Err(e))) => warn!(error = %e, "recovery report not stored"),
+        _ => warn!("recovery report not stored: the persister did not answer"),
+    }
 }
 
 /// Logs once when the daemon becomes ready (actors up, broker connected and subscribed).

@@ -294,6 +294,9 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The state key the daemon stores the last recovery report under.
+pub const RECOVERY_KEY: &str = "recovery.last";
+
 /// Runs the recovery: load, wait for the broker, query the exchange for `currencies` (the
 /// daemon passes `config.currencies`), reconcile, decide. Never takes longer than
 /// `config.timeout` (plus a few milliseconds); never panics on what the exchange or the store

@@ -474,3 +474,42 @@ fn the_data_dir_lock_holds_against_another_process() {
         "another process must not get the lock"
     );
 }
+
+#[test]
+fn a_crashed_run_with_a_live_wal_verifies_and_is_not_moved_aside() {
+    // The files as a kill -9 leaves them: copied while the writer still has them open, with
+    // commits only in the -wal.
+    let (dir, path, backups) = temp();
+    let (mut store, _) = open_verified(&path, &backups).unwrap();
+    for i in 0..10 {
+        store.commit(&Change::event("live", json!(i))).unwrap();
+    }
+    let crashed_dir = dir.path().join("crashed");
+    std::fs::create_dir(&crashed_dir).unwrap();
+    let copy = crashed_dir.join("tradebaas.db");
+    let wal = super::verify::tests_companions(&path);
+    assert!(wal[0].exists(), "the commits are in the WAL");
+    std::fs::copy(&path, &copy).unwrap();
+    for (from, to) in wal
+        .iter()
+        .zip(super::verify::tests_companions(&copy).iter())
+    {
+        std::fs::copy(from, to).unwrap();
+    }
+    drop(store);
+    let r = verify(&copy);
+    assert!(r.ok && r.last_seq == 11, "{r:?}");
+    // Without the -shm (e.g. a copy made by hand): still readable, nothing lost.
+    let no_shm = crashed_dir.join("no-shm.db");
+    std::fs::copy(&copy, &no_shm).unwrap();
+    std::fs::copy(
+        &super::verify::tests_companions(&copy)[0],
+        &super::verify::tests_companions(&no_shm)[0],
+    )
+    .unwrap();
+    let r = verify(&no_shm);
+    assert!(r.ok && r.last_seq == 11, "{r:?}");
+    let (store, report) = open_verified(&copy, &crashed_dir.join("backups")).unwrap();
+    assert!(report.crashed && !report.degraded(), "{report:?}");
+    assert_eq!(store.last_seq(), 12);
+}

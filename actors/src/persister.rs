@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use crate::alert::{Alert, AlertMsg, Severity};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
-use crate::store::{Change, Committed, Store, StoreError, prune_backups};
+use crate::store::{Change, Committed, Store, StoreError, backup_count, prune_backups};
 
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +172,7 @@ pub struct PersisterStatus {
     pub last_backup_at: Option<DateTime<Utc>>,
     /// The last backup's error (None once one succeeds).
     pub last_backup_error: Option<String>,
-    /// Backups kept after the last successful backup.
+    /// Backups in `backups_dir` (counted at start, then after each successful backup).
     pub backups: Option<usize>,
 }
 
@@ -373,6 +373,7 @@ impl Actor for PersisterActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::open(&args.path)?;
         let backups_dir = args.backups_dir.clone();
+        let backups = backup_count(&backups_dir);
         let names = args.names.clone();
         let schema_version = store.schema_version()?;
         let last_seq = store.last_seq();
@@ -416,7 +417,7 @@ impl Actor for PersisterActor {
             backups_dir,
             last_backup_at: None,
             last_backup_error: None,
-            backups: None,
+            backups: Some(backups),
         })
     }
 

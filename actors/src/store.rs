@@ -23,8 +23,8 @@ mod verify;
 
 pub use lock::DataDirLock;
 pub use verify::{
-    BackupInfo, OpenReport, VerifyReport, backup_file_name, list_backups, open_verified,
-    prune_backups, verify,
+    BackupInfo, OpenReport, VerifyReport, backup_count, backup_file_name, list_backups,
+    open_verified, prune_backups, verify,
 };
 
 /// The schema version this binary writes (`PRAGMA user_version`).

@@ -262,6 +262,10 @@ fn assert_moved_aside_and_restored(
     );
     assert!(report.reason.is_some());
     assert!(!report.created);
+    let alert = report.alert().unwrap();
+    assert_eq!(alert.key, "store:recovered");
+    assert_eq!(alert.severity, crate::alert::Severity::Critical);
+    assert!(alert.message.contains(".corrupt-"), "{}", alert.message);
     // The newest backup had 4 events; open adds run.started.
     let kinds: Vec<String> = store
         .events(0, 10)
@@ -387,11 +391,13 @@ fn the_run_marker_detects_a_crash_and_a_clean_stop() {
     drop(store);
     let (store, r) = open_verified(&path, &backups).unwrap();
     assert!(!r.crashed, "the previous run stopped cleanly");
+    assert!(r.alert().is_none());
     assert_eq!(store.state().unwrap()[RUN_KEY]["clean"], json!(false));
     drop(store); // no mark_clean: a crash
     let (store, r) = open_verified(&path, &backups).unwrap();
     assert!(r.crashed);
     assert!(!r.degraded(), "a crash alone does not degrade");
+    assert_eq!(r.alert().unwrap().severity, crate::alert::Severity::Warning);
     let kinds: Vec<String> = store
         .events(0, 10)
         .unwrap()

@@ -266,6 +266,47 @@ impl OpenReport {
     pub fn degraded(&self) -> bool {
         self.moved_aside.is_some() || self.restored_from.is_some()
     }
+
+    /// The alert to raise for this open: CRITICAL `store:recovered` when [`Self::degraded`],
+    /// WARNING `store:unclean_stop` when only the previous run crashed, else none.
+    pub fn alert(&self) -> Option<crate::alert::Alert> {
+        use crate::alert::{Alert, Severity};
+        let metadata = serde_json::to_value(self).unwrap_or_default();
+        if self.degraded() {
+            let what = match &self.restored_from {
+                Some(b) => format!("restored from backup {b}"),
+                None => "no backup verified; started with an EMPTY store".into(),
+            };
+            let aside = self.moved_aside.clone().unwrap_or_default();
+            Some(Alert {
+                key: "store:recovered".into(),
+                severity: Severity::Critical,
+                title: "the store failed verification and was replaced".into(),
+                message: format!("moved aside to {aside}; {what}; trading is OBSERVE_ONLY"),
+                root_cause: self.reason.clone().unwrap_or_default(),
+                recommended_action: format!(
+                    "Keep {aside} for investigation. Events after the restored backup exist only \
+                     there: reconcile positions with the exchange before enabling trading \
+                     (docs/OPERATIONS.md)."
+                ),
+                metadata,
+            })
+        } else if self.crashed {
+            Some(Alert {
+                key: "store:unclean_stop".into(),
+                severity: Severity::Warning,
+                title: "the previous run did not stop cleanly".into(),
+                message: "no run.stopped was recorded before this start".into(),
+                root_cause: "crash, kill -9, power loss or a shutdown past its time limit".into(),
+                recommended_action: "Read the previous run's last log lines; check positions \
+                                     against the exchange."
+                    .into(),
+                metadata,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// The name of a backup taken at `at`: `tradebaas-YYYYmmddTHHMMSSmmmZ.db` (sorts by time).
@@ -319,8 +360,23 @@ pub fn list_backups(dir: &Path) -> Vec<BackupInfo> {
         .collect()
 }
 
-/// Deletes all but the newest `keep` backups in `dir`; returns how many remain.
+/// How many backups `dir` holds (by name; not verified).
+pub fn backup_count(dir: &Path) -> usize {
+    backup_paths(dir).len()
+}
+
+/// Deletes all but the newest `keep` backups in `dir`, and `.partial` leftovers of interrupted
+/// backups; returns how many backups remain. Only the backup writer may call it.
 pub fn prune_backups(dir: &Path, keep: usize) -> Result<usize, StoreError> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("tradebaas-") && name.ends_with(".db.partial") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let all = backup_paths(dir);
     for (path, _) in all.iter().skip(keep) {
         std::fs::remove_file(path).map_err(|e| StoreError::Sqlite {

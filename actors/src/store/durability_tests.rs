@@ -519,3 +519,29 @@ fn a_crashed_run_with_a_live_wal_verifies_and_is_not_moved_aside() {
     assert!(report.crashed && !report.degraded(), "{report:?}");
     assert_eq!(store.last_seq(), 12);
 }
+
+#[test]
+fn a_missing_store_with_a_leftover_wal_is_recovered_not_replayed_into_a_new_file() {
+    let (dir, path, backups) = temp();
+    let newest = store_and_backups(&path, &backups);
+    // Keep a -wal with frames, then lose the main file.
+    let (mut store, _) = open_verified(&path, &backups).unwrap();
+    store.commit(&Change::event("in-wal", json!(1))).unwrap();
+    let wal = super::verify::tests_companions(&path)[0].clone();
+    let saved = std::fs::read(&wal).unwrap();
+    drop(store);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&wal, saved).unwrap();
+    let (_store, report) = open_verified(&path, &backups).unwrap();
+    assert!(report.degraded(), "{report:?}");
+    assert_eq!(
+        report.restored_from.as_deref(),
+        Some(newest.display().to_string().as_str())
+    );
+    assert!(report.reason.unwrap().contains("missing"));
+    assert!(
+        file_names(dir.path())
+            .iter()
+            .any(|n| n.contains(".corrupt-") && n.ends_with("-wal"))
+    );
+}

@@ -412,7 +412,9 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
             target.display()
         ),
     };
-    std::fs::rename(path, &target).map_err(io)?;
+    if path.exists() {
+        std::fs::rename(path, &target).map_err(io)?;
+    }
     for (from, to) in companions(path).iter().zip(companions(&target).iter()) {
         if from.exists() {
             std::fs::rename(from, to).map_err(io)?;
@@ -453,9 +455,7 @@ fn restore(backup: &Path, path: &Path) -> Result<(), StoreError> {
 /// run crashed. When [`OpenReport::degraded`], start in OBSERVE_ONLY and raise a CRITICAL alert.
 pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenReport), StoreError> {
     let mut report = OpenReport::default();
-    if !path.exists() {
-        report.created = true;
-    } else {
+    let failure = if path.exists() {
         let check = verify(path);
         if check.too_new() {
             return Err(StoreError::TooNew {
@@ -464,30 +464,37 @@ pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenRepo
                 supported: SCHEMA_VERSION,
             });
         }
-        if !check.ok {
-            let aside = move_aside(path)?;
-            tracing::error!(
-                store = %path.display(),
-                moved_aside = %aside.display(),
-                reason = %check.summary(),
-                "the store failed verification and was moved aside"
-            );
-            report.moved_aside = Some(aside.display().to_string());
-            report.reason = Some(check.summary());
-            let good = backup_paths(backups_dir)
-                .into_iter()
-                .map(|(p, _)| p)
-                .find(|p| verify(p).ok);
-            match good {
-                Some(backup) => {
-                    restore(&backup, path)?;
-                    tracing::warn!(store = %path.display(), backup = %backup.display(), "store restored from backup");
-                    report.restored_from = Some(backup.display().to_string());
-                }
-                None => {
-                    tracing::warn!(store = %path.display(), "no backup verifies; starting with a fresh store");
-                    report.created = true;
-                }
+        (!check.ok).then(|| check.summary())
+    } else if companions(path).iter().any(|c| c.exists()) {
+        // A WAL without its database would be replayed into a new, empty file: never open it.
+        Some("the store file is missing but its -wal/-shm exist (deleted while in use?)".into())
+    } else {
+        report.created = true;
+        None
+    };
+    if let Some(reason) = failure {
+        let aside = move_aside(path)?;
+        tracing::error!(
+            store = %path.display(),
+            moved_aside = %aside.display(),
+            reason = %reason,
+            "the store failed verification and was moved aside"
+        );
+        report.moved_aside = Some(aside.display().to_string());
+        report.reason = Some(reason);
+        let good = backup_paths(backups_dir)
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| verify(p).ok);
+        match good {
+            Some(backup) => {
+                restore(&backup, path)?;
+                tracing::warn!(store = %path.display(), backup = %backup.display(), "store restored from backup");
+                report.restored_from = Some(backup.display().to_string());
+            }
+            None => {
+                tracing::warn!(store = %path.display(), "no backup verifies; starting with a fresh store");
+                report.created = true;
             }
         }
     }

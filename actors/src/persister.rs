@@ -227,7 +227,14 @@ fn run_db_thread(
     actor: ActorRef<PersisterMsg>,
     plan: BackupPlan,
 ) {
-    let mut next_backup = Instant::now() + plan.interval;
+    // Never a busy loop, never an Instant overflow (PersisterArgs need not come from StoreConfig).
+    let interval = plan.interval.max(Duration::from_millis(10));
+    let after = |d: Duration| {
+        let now = Instant::now();
+        now.checked_add(d)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60))
+    };
+    let mut next_backup = after(interval);
     loop {
         let job = match jobs.recv_timeout(next_backup.saturating_duration_since(Instant::now())) {
             Ok(job) => job,
@@ -237,7 +244,7 @@ fn run_db_thread(
         match job {
             Job::Backup(reply) => {
                 if reply.is_none() {
-                    next_backup = Instant::now() + plan.interval;
+                    next_backup = after(interval);
                 }
                 let result = backup(&store, &plan);
                 let outcome = BackupOutcome {

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `paper-exchange`, `status`.
+//! The command line: `run`, `check-config`, `paper-exchange`, `status`, `state`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,5 +56,39 @@ pub enum Command {
         /// Base URL of the daemon's HTTP server.
         #[arg(long, default_value = "http://127.0.0.1:3000")]
         url: String,
+    },
+    /// Inspect the durable store (read-only; safe while the daemon runs).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+/// The data directory of a `state` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArg {
+    /// Data directory (store `tradebaas.db`, backups in `backups/`).
+    #[arg(long, env = "TRADEBAAS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `tradebaas state …`.
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Verify the store (quick_check, schema, event chain, snapshots); print the report as JSON;
+    /// exit 0 when ok, 1 when there are problems.
+    Verify {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Print the state map, the events and the snapshots as JSON.
+    Export {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List the backups, newest first, each with its verification.
+    Backups {
+        #[command(flatten)]
+        dir: DataDirArg,
     },
 }

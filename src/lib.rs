@@ -7,4 +7,5 @@ pub mod http;
 pub mod logging;
 pub mod paper_cmd;
 pub mod paper_exchange;
+pub mod state_cmd;
 pub mod status;

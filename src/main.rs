@@ -6,7 +6,7 @@ use clap::Parser;
 use tradebaas::cli::{Cli, Command};
 use tradebaas::config::{Config, ConfigError, LogFormat, Overrides};
 use tradebaas::daemon::{self, exit};
-use tradebaas::{logging, paper_cmd, status};
+use tradebaas::{logging, paper_cmd, state_cmd, status};
 
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
@@ -122,6 +122,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::State { action } => code(state_cmd::run(&action)),
         Command::Status { url } => match runtime() {
             Ok(rt) => code(rt.block_on(status::run(&url))),
             Err(e) => {

@@ -529,11 +529,7 @@ mod tests {
         let (persister, _) = Actor::spawn(
             Some(names.of(ChildName::StatePersister)),
             PersisterActor,
-            PersisterArgs {
-                names: names.clone(),
-                path: path.clone(),
-                metrics: Metrics::new().unwrap(),
-            },
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
         )
         .await
         .unwrap();

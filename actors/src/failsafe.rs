@@ -673,11 +673,7 @@ mod tests {
         let (p, _) = Actor::spawn(
             Some(names.of(ChildName::StatePersister)),
             PersisterActor,
-            PersisterArgs {
-                names: names.clone(),
-                path: path.to_path_buf(),
-                metrics: Metrics::new().unwrap(),
-            },
+            PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
         )
         .await
         .unwrap();

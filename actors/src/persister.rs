@@ -4,6 +4,10 @@
 //! never waits for the disk, so it answers `Status` while a commit is being fsynced. A commit's
 //! reply goes to the sender only after the commit is durable. `Flush` is answered after every job
 //! queued before it has finished, which is what "flush" means for the shutdown path.
+//!
+//! Backups run on the database thread too, every `backup_interval` (between jobs, so they never
+//! block the actor): SQLite's online backup API into `backups_dir`, verified, the newest
+//! `backups_keep` kept. A failed backup raises a WARNING alert (`store:backup`) and nothing else.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,13 +16,53 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
+use crate::alert::{Alert, AlertMsg, Severity};
 use crate::metrics::Metrics;
-use crate::names::Names;
-use crate::store::{Change, Committed, Store, StoreError};
+use crate::names::{ChildName, Names};
+use crate::store::{Change, Committed, Store, StoreError, backup_count, prune_backups};
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// How often the persister backs the store up into `<data_dir>/backups`.
+    #[serde(with = "humantime_serde")]
+    pub backup_interval: Duration,
+    /// Backups kept; older ones are deleted after each successful backup.
+    pub backups_keep: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backup_interval: Duration::from_secs(60 * 60),
+            backups_keep: 24,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backup_interval < Duration::from_secs(60) {
+            return Err("backup_interval must be at least 1m".into());
+        }
+        if self.backup_interval > Duration::from_secs(7 * 24 * 60 * 60) {
+            return Err("backup_interval must be at most 7d".into());
+        }
+        if self.backups_keep == 0 {
+            return Err("backups_keep must be at least 1".into());
+        }
+        if self.backups_keep > 10_000 {
+            return Err("backups_keep must be at most 10000".into());
+        }
+        Ok(())
+    }
+}
 
 /// What the persister is spawned with.
 #[derive(Clone)]
@@ -27,7 +71,34 @@ pub struct PersisterArgs {
     /// The SQLite file.
     pub path: PathBuf,
     pub metrics: Metrics,
+    /// Where backups go (`<data_dir>/backups`).
+    pub backups_dir: PathBuf,
+    /// Time between backups (the first one is one interval after start).
+    pub backup_interval: Duration,
+    /// Backups kept.
+    pub backups_keep: usize,
 }
+
+impl PersisterArgs {
+    /// Arguments with the `[store]` defaults and backups in `<dir of path>/backups`.
+    pub fn new(names: Names, path: PathBuf, metrics: Metrics) -> Self {
+        let config = StoreConfig::default();
+        let backups_dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("backups"), |d| d.join("backups"));
+        Self {
+            names,
+            path,
+            metrics,
+            backups_dir,
+            backup_interval: config.backup_interval,
+            backups_keep: config.backups_keep,
+        }
+    }
+}
+
+/// The alert key of a failed backup.
+pub const BACKUP_ALERT_KEY: &str = "store:backup";
 
 /// The reply to a commit.
 pub type CommitReply = RpcReplyPort<Result<Committed, StoreError>>;
@@ -47,8 +118,14 @@ pub enum PersisterMsg {
     Load(RpcReplyPort<Result<BTreeMap<String, Value>, StoreError>>),
     /// Answered once every earlier job is durable; checkpoints the WAL.
     Flush(RpcReplyPort<Result<FlushReport, StoreError>>),
+    /// Record a clean stop (`run.stopped`); answered after every job queued before it.
+    MarkClean(RpcReplyPort<Result<(), StoreError>>),
+    /// Take a backup now (as the timer does); answered with the backup file.
+    Backup(RpcReplyPort<Result<PathBuf, StoreError>>),
     /// Internal: the database thread finished a write.
     Written(WriteOutcome),
+    /// Internal: the database thread finished a backup.
+    BackedUp(BackupOutcome),
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -68,6 +145,14 @@ pub struct WriteOutcome {
     pub took: Duration,
 }
 
+/// A backup the database thread finished.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The file and how many backups are kept now.
+    pub result: Result<(PathBuf, usize), String>,
+    pub at: DateTime<Utc>,
+}
+
 /// The persister's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PersisterStatus {
@@ -83,12 +168,20 @@ pub struct PersisterStatus {
     pub last_error: Option<String>,
     /// Jobs handed to the database thread and not finished yet.
     pub queue_depth: u64,
+    pub backups_dir: String,
+    pub last_backup_at: Option<DateTime<Utc>>,
+    /// The last backup's error (None once one succeeds).
+    pub last_backup_error: Option<String>,
+    /// Backups in `backups_dir` (counted at start, then after each successful backup).
+    pub backups: Option<usize>,
 }
 
 enum Job {
     Commit(Change, Option<CommitReply>),
     Load(RpcReplyPort<Result<BTreeMap<String, Value>, StoreError>>),
     Flush(RpcReplyPort<Result<FlushReport, StoreError>>, Instant),
+    MarkClean(RpcReplyPort<Result<(), StoreError>>),
+    Backup(Option<RpcReplyPort<Result<PathBuf, StoreError>>>),
 }
 
 /// The persister actor.
@@ -108,11 +201,67 @@ pub struct PersisterState {
     last_error: Option<String>,
     queued: u64,
     done: u64,
+    names: Names,
+    backups_dir: PathBuf,
+    last_backup_at: Option<DateTime<Utc>>,
+    last_backup_error: Option<String>,
+    backups: Option<usize>,
 }
 
-fn run_db_thread(mut store: Store, jobs: mpsc::Receiver<Job>, actor: ActorRef<PersisterMsg>) {
-    while let Ok(job) = jobs.recv() {
+/// Where and how often the database thread backs up.
+struct BackupPlan {
+    dir: PathBuf,
+    interval: Duration,
+    keep: usize,
+}
+
+fn backup(store: &Store, plan: &BackupPlan) -> Result<(PathBuf, usize), StoreError> {
+    let file = store.backup_to(&plan.dir)?;
+    let kept = prune_backups(&plan.dir, plan.keep)?;
+    Ok((file, kept))
+}
+
+fn run_db_thread(
+    mut store: Store,
+    jobs: mpsc::Receiver<Job>,
+    actor: ActorRef<PersisterMsg>,
+    plan: BackupPlan,
+) {
+    // Never a busy loop, never an Instant overflow (PersisterArgs need not come from StoreConfig).
+    let interval = plan.interval.max(Duration::from_millis(10));
+    let after = |d: Duration| {
+        let now = Instant::now();
+        now.checked_add(d)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60))
+    };
+    let mut next_backup = after(interval);
+    loop {
+        let job = match jobs.recv_timeout(next_backup.saturating_duration_since(Instant::now())) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => Job::Backup(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match job {
+            Job::Backup(reply) => {
+                if reply.is_none() {
+                    next_backup = after(interval);
+                }
+                let result = backup(&store, &plan);
+                let outcome = BackupOutcome {
+                    result: result
+                        .as_ref()
+                        .map(|(p, n)| (p.clone(), *n))
+                        .map_err(ToString::to_string),
+                    at: Utc::now(),
+                };
+                let _ = actor.send_message(PersisterMsg::BackedUp(outcome));
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.map(|(p, _)| p));
+                }
+            }
+            Job::MarkClean(reply) => {
+                let _ = reply.send(store.mark_clean().map(|_| ()));
+            }
             Job::Commit(change, reply) => {
                 let started = Instant::now();
                 let result = store.commit(&change);
@@ -140,6 +289,55 @@ fn run_db_thread(mut store: Store, jobs: mpsc::Receiver<Job>, actor: ActorRef<Pe
 }
 
 impl PersisterState {
+    fn backed_up(&mut self, outcome: BackupOutcome) {
+        match outcome.result {
+            Ok((file, kept)) => {
+                info!(actor = "state-persister", backup = %file.display(), kept, "store backed up");
+                self.last_backup_at = Some(outcome.at);
+                self.backups = Some(kept);
+                if self.last_backup_error.take().is_some()
+                    && let Some(alert) = self.names.lookup::<AlertMsg>(ChildName::Alert)
+                {
+                    let _ = alert.send_message(AlertMsg::Resolve {
+                        key: BACKUP_ALERT_KEY.into(),
+                    });
+                }
+            }
+            Err(e) => {
+                warn!(actor = "state-persister", error = %e, "store backup failed");
+                self.last_backup_error = Some(e.clone());
+                let alert = Alert {
+                    key: BACKUP_ALERT_KEY.into(),
+                    severity: Severity::Warning,
+                    title: "store backup failed".into(),
+                    message: e.clone(),
+                    root_cause: e,
+                    recommended_action: format!(
+                        "Check free space and permissions of {}; the daemon keeps running and \
+                         retries at the next interval. Run `tradebaas state backups` to see what \
+                         is kept.",
+                        self.backups_dir.display()
+                    ),
+                    metadata: json!({
+                        "backups_dir": self.backups_dir.display().to_string(),
+                        "last_backup_at": self.last_backup_at,
+                    }),
+                };
+                match self.names.lookup::<AlertMsg>(ChildName::Alert) {
+                    Some(a) => {
+                        if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
+                            warn!(actor = "state-persister", error = %e, "could not raise the backup alert");
+                        }
+                    }
+                    None => warn!(
+                        actor = "state-persister",
+                        "alert actor not running; backup failure only logged"
+                    ),
+                }
+            }
+        }
+    }
+
     fn submit(&mut self, job: Job) {
         if matches!(job, Job::Commit(..)) {
             self.queued += 1;
@@ -158,6 +356,13 @@ impl PersisterState {
                 Job::Flush(reply, _) => {
                     let _ = reply.send(Err(StoreError::Unavailable(reason)));
                 }
+                Job::MarkClean(reply) => {
+                    let _ = reply.send(Err(StoreError::Unavailable(reason)));
+                }
+                Job::Backup(Some(reply)) => {
+                    let _ = reply.send(Err(StoreError::Unavailable(reason)));
+                }
+                Job::Backup(None) => {}
             }
         }
     }
@@ -174,13 +379,27 @@ impl Actor for PersisterActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::open(&args.path)?;
+        let backups_dir = args.backups_dir.clone();
+        let backups = backup_count(&backups_dir);
+        let names = args.names.clone();
         let schema_version = store.schema_version()?;
         let last_seq = store.last_seq();
         let (tx, rx) = mpsc::channel();
         let me = myself.clone();
         std::thread::Builder::new()
             .name("tradebaas-store".into())
-            .spawn(move || run_db_thread(store, rx, me))?;
+            .spawn(move || {
+                run_db_thread(
+                    store,
+                    rx,
+                    me,
+                    BackupPlan {
+                        dir: args.backups_dir,
+                        interval: args.backup_interval,
+                        keep: args.backups_keep.max(1),
+                    },
+                )
+            })?;
         info!(
             actor = "state-persister",
             path = %args.path.display(),
@@ -201,6 +420,11 @@ impl Actor for PersisterActor {
             last_error: None,
             queued: 0,
             done: 0,
+            names,
+            backups_dir,
+            last_backup_at: None,
+            last_backup_error: None,
+            backups: Some(backups),
         })
     }
 
@@ -214,6 +438,9 @@ impl Actor for PersisterActor {
             PersisterMsg::Commit { change, reply } => state.submit(Job::Commit(change, reply)),
             PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
             PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
+            PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
+            PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
+            PersisterMsg::BackedUp(outcome) => state.backed_up(outcome),
             PersisterMsg::Written(outcome) => {
                 state.done += 1;
                 state.last_write = Some(outcome.took);
@@ -252,6 +479,10 @@ impl Actor for PersisterActor {
                     failing_since: state.failing_since,
                     last_error: state.last_error.clone(),
                     queue_depth: state.queued.saturating_sub(state.done),
+                    backups_dir: state.backups_dir.display().to_string(),
+                    last_backup_at: state.last_backup_at,
+                    last_backup_error: state.last_backup_error.clone(),
+                    backups: state.backups,
                 });
             }
             PersisterMsg::Ping(reply) => {
@@ -261,5 +492,168 @@ impl Actor for PersisterActor {
             PersisterMsg::Hook(hook) => hook.act(&_myself.get_cell()).await?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{AlertActor, AlertArgs, AlertConfig};
+    use crate::store::{list_backups, open_verified};
+    use ractor::call_t;
+
+    async fn spawn(names: &Names, args: PersisterArgs) -> ActorRef<PersisterMsg> {
+        let (p, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            args,
+        )
+        .await
+        .unwrap();
+        p
+    }
+
+    async fn commit(p: &ActorRef<PersisterMsg>, kind: &str) -> Committed {
+        let change = Change::event(kind, json!(1));
+        p.call(
+            |reply| PersisterMsg::Commit {
+                change,
+                reply: Some(reply),
+            },
+            Some(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn status(p: &ActorRef<PersisterMsg>) -> PersisterStatus {
+        call_t!(p, PersisterMsg::Status, 1000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn store_mark_clean_comes_after_queued_commits_and_the_next_open_sees_a_clean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let backups = dir.path().join("backups");
+        let (store, report) = open_verified(&path, &backups).unwrap();
+        assert!(!report.crashed);
+        drop(store);
+        let names = Names::with_prefix("persister-clean-");
+        let p = spawn(
+            &names,
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
+        )
+        .await;
+        for i in 0..20 {
+            p.send_message(PersisterMsg::Commit {
+                change: Change::event("test", json!(i)),
+                reply: None,
+            })
+            .unwrap();
+        }
+        call_t!(p, PersisterMsg::MarkClean, 5000).unwrap().unwrap();
+        p.stop_and_wait(None, None).await.unwrap();
+        let store = Store::open(&path).unwrap();
+        let events = store.events(0, 100).unwrap();
+        assert_eq!(events.len(), 22);
+        assert_eq!(events.last().unwrap().kind, "run.stopped");
+        drop(store);
+        let (_, report) = open_verified(&path, &backups).unwrap();
+        assert!(!report.crashed);
+    }
+
+    #[tokio::test]
+    async fn store_backups_run_on_the_interval_and_only_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let names = Names::with_prefix("persister-backup-");
+        let mut args = PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap());
+        args.backup_interval = Duration::from_millis(50);
+        args.backups_keep = 2;
+        let p = spawn(&names, args).await;
+        commit(&p, "x").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = status(&p).await;
+            if s.backups == Some(2) && list_backups(&dir.path().join("backups")).len() == 2 {
+                assert!(s.last_backup_at.is_some() && s.last_backup_error.is_none());
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // On demand, too; every kept backup verifies.
+        let file = call_t!(p, PersisterMsg::Backup, 5000).unwrap().unwrap();
+        assert!(file.exists());
+        p.stop_and_wait(None, None).await.unwrap();
+        let list = list_backups(&dir.path().join("backups"));
+        assert!(
+            list.len() <= 2 && list.iter().all(|b| b.verified.ok),
+            "{list:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn store_a_failed_backup_raises_a_warning_and_the_persister_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let not_a_dir = dir.path().join("backups");
+        std::fs::write(&not_a_dir, b"a file where the backups directory should be").unwrap();
+        let names = Names::with_prefix("persister-backup-fail-");
+        let (alert, _) = Actor::spawn(
+            Some(names.of(ChildName::Alert)),
+            AlertActor,
+            AlertArgs {
+                names: names.clone(),
+                config: AlertConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let mut args = PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap());
+        args.backup_interval = Duration::from_millis(50);
+        let p = spawn(&names, args).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = call_t!(alert, AlertMsg::Status, 1000).unwrap();
+            if let Some(r) = a.recent.iter().find(|r| r.key == BACKUP_ALERT_KEY) {
+                assert_eq!(r.severity, Severity::Warning);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no backup alert");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(status(&p).await.last_backup_error.is_some());
+        assert!(commit(&p, "still").await.seq >= 1);
+        p.stop_and_wait(None, None).await.unwrap();
+        alert.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[test]
+    fn store_config_defaults_and_validation() {
+        let c = StoreConfig::default();
+        assert_eq!(c.backup_interval, Duration::from_secs(3600));
+        assert_eq!(c.backups_keep, 24);
+        assert!(c.validate().is_ok());
+        assert!(
+            StoreConfig {
+                backups_keep: 0,
+                ..c.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("backups_keep")
+        );
+        assert!(
+            StoreConfig {
+                backup_interval: Duration::from_secs(1),
+                ..c
+            }
+            .validate()
+            .unwrap_err()
+            .contains("backup_interval")
+        );
     }
 }

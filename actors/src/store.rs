@@ -18,8 +18,92 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod lock;
+mod verify;
+
+pub use lock::DataDirLock;
+pub use verify::{
+    BackupInfo, OpenReport, VerifyReport, backup_count, backup_file_name, list_backups,
+    open_verified, prune_backups, verify,
+};
+
 /// The schema version this binary writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+///
+/// History: 1 = `state` + `events`; 2 = adds `snapshots`.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The schema of version 1, exactly as the first release created it.
+pub const V1_DDL: &str = "CREATE TABLE state (
+                    key TEXT PRIMARY KEY,
+                    value TEXT NOT NULL,
+                    updated_at TEXT NOT NULL
+                 );
+                 CREATE TABLE events (
+                    seq INTEGER PRIMARY KEY,
+                    event_id TEXT NOT NULL UNIQUE,
+                    ts TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    payload TEXT NOT NULL,
+                    prev_hash TEXT NOT NULL,
+                    hash TEXT NOT NULL
+                 );
+                 PRAGMA user_version = 1;";
+
+/// An empty database → version 1.
+pub fn v0_to_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(V1_DDL)
+}
+
+/// Version 1 → 2: the `snapshots` table (capital and positions at a point in time). Each
+/// snapshot names the event committed with it (`event_seq`); `taken_at` is unique and, by
+/// [`Store::snapshot`], strictly increasing.
+pub fn v1_to_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE snapshots (
+            id INTEGER PRIMARY KEY,
+            taken_at TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('daily', 'on_demand')),
+            payload TEXT NOT NULL,
+            event_seq INTEGER NOT NULL
+         );
+         PRAGMA user_version = 2;",
+    )
+}
+
+/// The migration steps: `MIGRATIONS[v]` takes a store from version `v` to `v + 1`.
+const MIGRATIONS: [fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>; 2] =
+    [v0_to_v1, v1_to_v2];
+
+/// Why a snapshot was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    Daily,
+    OnDemand,
+}
+
+impl SnapshotKind {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Daily => "daily",
+            SnapshotKind::OnDemand => "on_demand",
+        }
+    }
+}
+
+/// A snapshot as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    pub id: i64,
+    pub taken_at: String,
+    pub kind: String,
+    pub payload: String,
+    pub event_seq: u64,
+}
+
+/// The state key of the clean-shutdown marker.
+pub const RUN_KEY: &str = "run";
 
 /// The hash before the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -40,6 +124,12 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "data directory lock {path} is held by another tradebaas (pid {}); \
+         stop it first — two daemons must never share a store",
+        holder.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
     #[error("the state-persister is not available: {0}")]
     Unavailable(String),
 }
@@ -215,27 +305,28 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
-        if found == 0 {
-            let tx = self.conn.transaction().map_err(sqlite_err(&self.path))?;
-            tx.execute_batch(
-                "CREATE TABLE state (
-                    key TEXT PRIMARY KEY,
-                    value TEXT NOT NULL,
-                    updated_at TEXT NOT NULL
-                 );
-                 CREATE TABLE events (
-                    seq INTEGER PRIMARY KEY,
-                    event_id TEXT NOT NULL UNIQUE,
-                    ts TEXT NOT NULL,
-                    kind TEXT NOT NULL,
-                    payload TEXT NOT NULL,
-                    prev_hash TEXT NOT NULL,
-                    hash TEXT NOT NULL
-                 );
-                 PRAGMA user_version = 1;",
-            )
-            .map_err(sqlite_err(&self.path))?;
-            tx.commit().map_err(sqlite_err(&self.path))?;
+        if found < 0 {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("negative schema version {found}"),
+            });
+        }
+        let err = sqlite_err(&self.path);
+        for (from, step) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            // Each step and its version bump are one transaction: a crash leaves the old version.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(&err)?;
+            step(&tx).map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                reason: format!("migration from schema version {from} failed: {e}"),
+            })?;
+            tx.commit().map_err(&err)?;
         }
         Ok(())
     }
@@ -270,6 +361,16 @@ impl Store {
     /// The chain head is read inside the write transaction, so a second connection (a restarted
     /// persister whose predecessor's thread is still draining) can never fork the chain.
     pub fn commit(&mut self, change: &Change) -> Result<Committed, StoreError> {
+        self.commit_with(change, |_, _| Ok(()))
+    }
+
+    /// Commits `change`, then runs `extra` (given the transaction and the new event) in the same
+    /// transaction.
+    fn commit_with(
+        &mut self,
+        change: &Change,
+        extra: impl FnOnce(&rusqlite::Transaction<'_>, &Committed) -> Result<(), StoreError>,
+    ) -> Result<Committed, StoreError> {
         let err = sqlite_err(&self.path);
         let tx = self
             .conn
@@ -322,10 +423,201 @@ impl Store {
             ],
         )
         .map_err(&err)?;
+        let committed = Committed { seq, event_id, at };
+        extra(&tx, &committed)?;
         tx.commit().map_err(&err)?;
         self.last_seq = seq;
         self.last_hash = hash;
-        Ok(Committed { seq, event_id, at })
+        Ok(committed)
+    }
+
+    /// Commits a snapshot of capital and positions (`payload`) together with a
+    /// `snapshot.taken` event, in one transaction. Snapshot times are unique and strictly
+    /// increasing: a snapshot not later than the newest one is refused.
+    pub fn snapshot(
+        &mut self,
+        kind: SnapshotKind,
+        payload: &Value,
+    ) -> Result<Committed, StoreError> {
+        let path = self.path.clone();
+        let change = Change::event(
+            "snapshot.taken",
+            serde_json::json!({ "kind": kind.as_str() }),
+        );
+        let body = payload.to_string();
+        self.commit_with(&change, move |tx, committed| {
+            let err = sqlite_err(&path);
+            let taken_at = committed.at.to_rfc3339_opts(SecondsFormat::Micros, true);
+            let newest: Option<String> = tx
+                .query_row(
+                    "SELECT taken_at FROM snapshots ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&err)?;
+            if let Some(newest) = newest
+                && newest >= taken_at
+            {
+                return Err(StoreError::Sqlite {
+                    path: path.clone(),
+                    reason: format!(
+                        "snapshot at {taken_at} is not later than the newest one ({newest}); \
+                         is the clock going backwards?"
+                    ),
+                });
+            }
+            tx.execute(
+                "INSERT INTO snapshots (taken_at, kind, payload, event_seq) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    taken_at,
+                    kind.as_str(),
+                    body,
+                    i64::try_from(committed.seq).unwrap_or(i64::MAX)
+                ],
+            )
+            .map_err(&err)?;
+            Ok(())
+        })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        let err = sqlite_err(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, taken_at, kind, payload, event_seq FROM snapshots ORDER BY id")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SnapshotRow {
+                    id: r.get(0)?,
+                    taken_at: r.get(1)?,
+                    kind: r.get(2)?,
+                    payload: r.get(3)?,
+                    event_seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or_default(),
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Records the start of a run: state key `run` = `{"clean": false, "started_at", "pid"}` with
+    /// a `run.started` event. Returns whether the previous run did not stop cleanly (a `run` key
+    /// existed and its `clean` was not `true`).
+    pub fn begin_run(&mut self) -> Result<bool, StoreError> {
+        let previous = self.state()?.remove(RUN_KEY);
+        let crashed = previous
+            .as_ref()
+            .is_some_and(|v| v.get("clean") != Some(&Value::Bool(true)));
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let run = serde_json::json!({
+            "clean": false,
+            "started_at": now,
+            "pid": std::process::id(),
+        });
+        self.commit(
+            &Change::event(
+                "run.started",
+                serde_json::json!({ "previous_run_crashed": crashed, "pid": std::process::id() }),
+            )
+            .set(RUN_KEY, run),
+        )?;
+        Ok(crashed)
+    }
+
+    /// Records a clean stop: `run.clean = true` with a `run.stopped` event.
+    pub fn mark_clean(&mut self) -> Result<Committed, StoreError> {
+        let mut run = self
+            .state()?
+            .remove(RUN_KEY)
+            .filter(Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        if let Some(obj) = run.as_object_mut() {
+            obj.insert("clean".into(), Value::Bool(true));
+            obj.insert("stopped_at".into(), Value::String(now));
+        }
+        self.commit(&Change::event("run.stopped", serde_json::json!({})).set(RUN_KEY, run))
+    }
+
+    /// Copies the store with SQLite's online backup API into `dir` as
+    /// `tradebaas-<UTC timestamp>.db` (names sort by time), then verifies the copy (quick_check,
+    /// schema, event chain). A copy that fails verification is deleted and an error returned.
+    pub fn backup_to(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+        let io = |e: std::io::Error| StoreError::Sqlite {
+            path: dir.to_path_buf(),
+            reason: format!("backup: {e}"),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let name = backup_file_name(Utc::now());
+        let final_path = dir.join(&name);
+        let partial = dir.join(format!("{name}.partial"));
+        let err = sqlite_err(&partial);
+        let result = (|| {
+            self.conn
+                .backup(
+                    rusqlite::MAIN_DB,
+                    &partial,
+                    None::<fn(rusqlite::backup::Progress)>,
+                )
+                .map_err(&err)?;
+            // A backup is one self-contained file: no WAL companions.
+            let copy = Connection::open(&partial).map_err(&err)?;
+            copy.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))
+                .map_err(&err)?;
+            drop(copy);
+            let report = verify(&partial);
+            if !report.ok {
+                return Err(StoreError::Corrupt {
+                    path: partial.clone(),
+                    reason: format!("backup failed verification: {}", report.problems.join("; ")),
+                });
+            }
+            std::fs::rename(&partial, &final_path).map_err(io)?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(final_path.clone())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        result
+    }
+
+    /// Opens an existing store read-only (no migration, no writes): for `state verify/export`
+    /// while the daemon may be running.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Sqlite {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite_err(path))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(sqlite_err(path))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            last_seq: 0,
+            last_hash: GENESIS_HASH.to_string(),
+        };
+        let version = store.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        store.load_head()?;
+        Ok(store)
     }
 
     /// Every state key and its value.
@@ -390,6 +682,9 @@ impl Store {
             .map_err(sqlite_err(&self.path))
     }
 }
+
+#[cfg(test)]
+mod durability_tests;
 
 #[cfg(test)]
 mod tests {

@@ -84,11 +84,8 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
             policy: policy(ChildName::StatePersister),
             start: start_fn(
                 || PersisterActor,
-                PersisterArgs {
-                    names: names.clone(),
-                    path: config.store_path.clone(),
-                    metrics: metrics.clone(),
-                },
+                // `[store]` defaults, backups in `<data_dir>/backups`.
+                PersisterArgs::new(names.clone(), config.store_path.clone(), metrics.clone()),
             ),
         },
         ChildSpec {

@@ -77,6 +77,10 @@ fn healthy_replies() -> Replies {
             failing_since: None,
             last_error: None,
             queue_depth: 0,
+            backups_dir: "backups".into(),
+            last_backup_at: None,
+            last_backup_error: None,
+            backups: None,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

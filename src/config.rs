@@ -13,6 +13,7 @@ use tradebaas_actors::broker::BrokerConfig;
 use tradebaas_actors::failsafe::FailSafeConfig;
 use tradebaas_actors::health::HealthConfig;
 use tradebaas_actors::heartbeat::HeartbeatConfig;
+use tradebaas_actors::persister::StoreConfig;
 use tradebaas_actors::recovery::RecoveryConfig;
 use tradebaas_actors::strategy::StrategyEntry;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
@@ -34,6 +35,7 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// Start-up state restore and exchange reconciliation.
     pub recovery: RecoveryConfig,
+    pub store: StoreConfig,
     /// `[[strategies]]`: one hosted instance each.
     pub strategies: Vec<StrategyEntry>,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             fail_safe: FailSafeConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             recovery: RecoveryConfig::default(),
+            store: StoreConfig::default(),
             strategies: vec![StrategyEntry {
                 id: "example".into(),
                 instrument: "BTC-PERPETUAL".into(),
@@ -194,6 +197,7 @@ impl Config {
             .validate()
             .map_err(|e| fail("paper_exchange", e))?;
         self.recovery.validate().map_err(|e| fail("recovery", e))?;
+        self.store.validate().map_err(|e| fail("store", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",

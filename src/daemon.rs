@@ -18,14 +18,17 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, call_t};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
+use tradebaas_actors::alert::AlertMsg;
 use tradebaas_actors::broker::Credentials;
+use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
+use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::persister::PersisterMsg;
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
-use tradebaas_actors::store::Change;
+use tradebaas_actors::store::{Change, DataDirLock, open_verified};
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
 use tradebaas_actors::tree::{TreeConfig, start_tree};
 
@@ -141,6 +144,40 @@ pub async fn run(config: Config) -> i32 {
         );
         return exit::CONFIG;
     }
+    // Single instance: two daemons on one store is how duplicate orders happen.
+    let _lock = match DataDirLock::acquire(&data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!("startup check `single_instance` failed: {e}");
+            return exit::CONFIG;
+        }
+    };
+    // Open and verify the store before anything starts: a damaged store is moved aside and the
+    // newest good backup restored; a store newer than this binary is refused.
+    let store_path = data_dir.join("tradebaas.db");
+    let backups_dir = data_dir.join("backups");
+    let open_report = match open_verified(&store_path, &backups_dir) {
+        Ok((store, report)) => {
+            drop(store); // the persister opens its own connection
+            report
+        }
+        Err(e) => {
+            error!("startup check `store` failed: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if open_report.crashed {
+        metrics.crashes_total.inc();
+    }
+    if open_report.degraded() {
+        error!(report = ?open_report, "store was damaged: restored; trading starts in OBSERVE_ONLY");
+    } else {
+        info!(
+            created = open_report.created,
+            crashed = open_report.crashed,
+            "store verified"
+        );
+    }
 
     let names = Names::default();
     let api = Api {
@@ -149,6 +186,7 @@ pub async fn run(config: Config) -> i32 {
         metrics: metrics.clone(),
         started,
         version: env!("CARGO_PKG_VERSION"),
+        require_recovery: true,
     };
     // Bind first: a taken port is a startup failure before anything trades.
     let http = match HttpServer::start(config.server.listen, api).await {
@@ -169,7 +207,9 @@ pub async fn run(config: Config) -> i32 {
     let tree = TreeConfig {
         supervisor: config.supervisor.clone(),
         alert: config.alert.clone(),
-        store_path: data_dir.join("tradebaas.db"),
+        store_path,
+        backups_dir,
+        store: config.store.clone(),
         fail_safe: config.fail_safe.clone(),
         heartbeat: config.heartbeat.clone(),
         broker: config.broker.clone(),
@@ -197,7 +237,19 @@ pub async fn run(config: Config) -> i32 {
         let names = names.clone();
         let config = config.recovery.clone();
         let metrics = metrics.clone();
+        let open_report = open_report.clone();
         tokio::spawn(async move {
+            if let Some(alert) = open_report.alert() {
+                match names.lookup::<AlertMsg>(ChildName::Alert) {
+                    Some(a) => {
+                        let _ = a.send_message(AlertMsg::Raise(alert));
+                    }
+                    None => warn!("store alert not raised: the alert actor is not running"),
+                }
+            }
+            if open_report.degraded() {
+                restrict_to_observe_only(&names, "the store was restored from a backup").await;
+            }
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
         })
@@ -263,6 +315,28 @@ pub async fn run(config: Config) -> i32 {
     code
 }
 
+/// Restricts trading to OBSERVE_ONLY (SHUTDOWN stays), retrying while the fail-safe loads.
+async fn restrict_to_observe_only(names: &Names, reason: &str) {
+    for _ in 0..50 {
+        if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
+            && let Ok(CallResult::Success(Ok(()))) = fs
+                .call(
+                    |reply| FailSafeMsg::Restrict {
+                        mode: TradingMode::ObserveOnly,
+                        reason: reason.to_owned(),
+                        reply,
+                    },
+                    Some(Duration::from_secs(2)),
+                )
+                .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    error!("could not restrict trading to OBSERVE_ONLY; entries stay refused until the mode loads");
+}
+
 /// Commits the recovery report through the persister (bounded; a failure is logged).
 async fn record_recovery(names: &Names, report: &RecoveryReport) {
     let Ok(value) = serde_json::to_value(report) else {
@@ -295,7 +369,10 @@ async fn log_readiness(names: Names, timeout: Duration, limit: Duration, started
     let mut last;
     loop {
         let replies = health::gather(&names, timeout).await;
-        match health::readiness(&replies) {
+        let since =
+            chrono::Utc::now() - chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+        match health::readiness(&replies).and_then(|()| health::recovery_finished(&replies, since))
+        {
             Ok(()) => {
                 info!(
                     took_ms = started.elapsed().as_millis() as u64,
@@ -377,7 +454,14 @@ async fn shutdown(
         match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
             Some(p) => match p.call(PersisterMsg::Flush, Some(call_limit)).await {
                 Ok(CallResult::Success(Ok(r))) => {
-                    format!("flushed through event {} in {} ms", r.last_seq, r.took_ms)
+                    let clean = match p.call(PersisterMsg::MarkClean, Some(call_limit)).await {
+                        Ok(CallResult::Success(Ok(()))) => "clean stop recorded",
+                        _ => "clean stop NOT recorded (next start counts a crash)",
+                    };
+                    format!(
+                        "flushed through event {} in {} ms; {clean}",
+                        r.last_seq, r.took_ms
+                    )
                 }
                 Ok(CallResult::Success(Err(e))) => {
                     error!(error = %e, "shutdown: flush failed");

@@ -34,6 +34,9 @@ pub struct Api {
     pub metrics: Metrics,
     pub started: Instant,
     pub version: &'static str,
+    /// `/ready` also waits for this run's start-up recovery report (the daemon; in-process test
+    /// trees that run no recovery leave it off).
+    pub require_recovery: bool,
 }
 
 type Reply = Response<warp::hyper::body::Bytes>;
@@ -119,7 +122,17 @@ impl Api {
             }
             "/ready" => {
                 let replies = health::gather(&self.names, self.health.actor_timeout).await;
-                match health::readiness(&replies) {
+                let ready = health::readiness(&replies).and_then(|()| {
+                    if self.require_recovery {
+                        let since = Utc::now()
+                            - chrono::Duration::from_std(self.started.elapsed())
+                                .unwrap_or_default();
+                        health::recovery_finished(&replies, since)
+                    } else {
+                        Ok(())
+                    }
+                });
+                match ready {
                     Ok(()) => json_reply(StatusCode::OK, &json!({"ready": true})),
                     Err(reason) => json_reply(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -15,18 +15,25 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     /// Starts `tradebaas run` with `config/default.toml` on a free port and JSON logs.
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start_in(dir.path(), extra);
+        d._dir = Some(dir);
+        d
+    }
+
+    /// The same on a given data directory (restarts, a second instance).
+    fn start_in(dir: &std::path::Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
             .arg(format!("{ROOT}/config/default.toml"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
             .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("TRADEBAAS_LISTEN")
@@ -49,7 +56,7 @@ impl Daemon {
         Daemon {
             child,
             lines,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -276,4 +283,74 @@ async fn status_prints_a_table_and_exits_by_verdict() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "unreachable is exit 2");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_data_dir_exits_2_naming_the_holder() {
+    let first = Daemon::start(&[]);
+    let base = first.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let dir = first._dir.as_ref().unwrap().path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .env_remove("TRADEBAAS_LISTEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&first.child.id().to_string()),
+        "holder pid named: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_a_restart_counts_a_crash_recovers_and_becomes_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start_in(dir.path(), &[]);
+    let base = first.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    first.signal("KILL");
+    assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(-1));
+
+    let t = Instant::now();
+    let mut second = Daemon::start_in(dir.path(), &[]);
+    let base = second.base_url();
+    let ready = wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    assert_eq!(ready["ready"], true);
+    println!("kill -9 → restart → /ready 200 in {took:?} (includes process spawn and polling)");
+    let (_, body) = get(&base, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(metric(&text, "tradebaas_crashes_total "), 1.0, "{text}");
+    assert_eq!(metric(&text, "tradebaas_last_recovery_success "), 1.0);
+    let health = wait_status(&base, "/health", 200, Duration::from_secs(5)).await;
+    let recovery = &health["actors"]["state-persister"]["recovery"];
+    assert_eq!(recovery["broker_reconciled"], true, "{health:#}");
+    assert!(recovery["recovery_time_ms"].is_u64());
+
+    // A clean stop is not a crash on the next start.
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(0));
+    let third = Daemon::start_in(dir.path(), &[]);
+    let base = third.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let (_, body) = get(&base, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(metric(&text, "tradebaas_crashes_total "), 0.0, "{text}");
 }

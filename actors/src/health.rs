@@ -263,6 +263,25 @@ pub fn readiness(replies: &Replies) -> Result<(), String> {
     }
 }
 
+/// Whether this run's start-up recovery has finished: the persister reports a stored recovery
+/// report whose `finished_at` is not older than `since` (the process start).
+pub fn recovery_finished(replies: &Replies, since: DateTime<Utc>) -> Result<(), String> {
+    let Some(p) = replies.persister.answered() else {
+        return Err("state-persister does not answer".into());
+    };
+    let finished = p
+        .recovery
+        .as_ref()
+        .and_then(|r| r.get("finished_at"))
+        .and_then(|v| v.as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    match finished {
+        Some(t) if t >= since => Ok(()),
+        _ => Err("start-up recovery has not finished".into()),
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

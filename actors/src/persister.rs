@@ -174,6 +174,8 @@ pub struct PersisterStatus {
     pub last_backup_error: Option<String>,
     /// Backups in `backups_dir` (counted at start, then after each successful backup).
     pub backups: Option<usize>,
+    /// The last start-up recovery report (state key `recovery.last`), as stored.
+    pub recovery: Option<Value>,
 }
 
 enum Job {
@@ -206,6 +208,7 @@ pub struct PersisterState {
     last_backup_at: Option<DateTime<Utc>>,
     last_backup_error: Option<String>,
     backups: Option<usize>,
+    recovery: Option<Value>,
 }
 
 /// Where and how often the database thread backs up.
@@ -379,6 +382,7 @@ impl Actor for PersisterActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::open(&args.path)?;
+        let recovery = store.state()?.remove(crate::recovery::RECOVERY_KEY);
         let backups_dir = args.backups_dir.clone();
         let backups = backup_count(&backups_dir);
         let names = args.names.clone();
@@ -425,6 +429,7 @@ impl Actor for PersisterActor {
             last_backup_at: None,
             last_backup_error: None,
             backups: Some(backups),
+            recovery,
         })
     }
 
@@ -435,7 +440,17 @@ impl Actor for PersisterActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PersisterMsg::Commit { change, reply } => state.submit(Job::Commit(change, reply)),
+            PersisterMsg::Commit { change, reply } => {
+                if let Some(v) = change
+                    .state
+                    .iter()
+                    .find(|w| w.key == crate::recovery::RECOVERY_KEY)
+                    .and_then(|w| w.value.clone())
+                {
+                    state.recovery = Some(v);
+                }
+                state.submit(Job::Commit(change, reply))
+            }
             PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
             PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
             PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
@@ -483,6 +498,7 @@ impl Actor for PersisterActor {
                     last_backup_at: state.last_backup_at,
                     last_backup_error: state.last_backup_error.clone(),
                     backups: state.backups,
+                    recovery: state.recovery.clone(),
                 });
             }
             PersisterMsg::Ping(reply) => {

@@ -725,11 +725,11 @@ mod tests {
         let (p, _) = Actor::spawn(
             Some(names.of(ChildName::StatePersister)),
             crate::persister::PersisterActor,
-            crate::persister::PersisterArgs {
-                names: names.clone(),
-                path: dir.join("t.db"),
-                metrics: Metrics::new().unwrap(),
-            },
+            crate::persister::PersisterArgs::new(
+                names.clone(),
+                dir.join("t.db"),
+                Metrics::new().unwrap(),
+            ),
         )
         .await
         .unwrap();

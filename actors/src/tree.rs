@@ -20,7 +20,7 @@ use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeMsg};
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
-use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
+use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg, StoreConfig};
 use crate::strategy::{StrategyActor, StrategyArgs, StrategyEntry};
 use crate::supervisor::policy::SupervisorConfig;
 use crate::supervisor::{
@@ -34,6 +34,10 @@ pub struct TreeConfig {
     pub alert: AlertConfig,
     /// The SQLite store file.
     pub store_path: PathBuf,
+    /// Where verified backups go.
+    pub backups_dir: PathBuf,
+    /// `[store]`: backup interval and retention.
+    pub store: StoreConfig,
     pub fail_safe: FailSafeConfig,
     pub heartbeat: HeartbeatConfig,
     pub broker: BrokerConfig,
@@ -84,8 +88,12 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
             policy: policy(ChildName::StatePersister),
             start: start_fn(
                 || PersisterActor,
-                // `[store]` defaults, backups in `<data_dir>/backups`.
-                PersisterArgs::new(names.clone(), config.store_path.clone(), metrics.clone()),
+                PersisterArgs {
+                    backups_dir: config.backups_dir.clone(),
+                    backup_interval: config.store.backup_interval,
+                    backups_keep: config.store.backups_keep,
+                    ..PersisterArgs::new(names.clone(), config.store_path.clone(), metrics.clone())
+                },
             ),
         },
         ChildSpec {

@@ -69,6 +69,8 @@ async fn main() {
         supervisor: c.supervisor.clone(),
         alert: c.alert.clone(),
         store_path: dir.path().join("tradebaas.db"),
+        backups_dir: dir.path().join("backups"),
+        store: c.store.clone(),
         fail_safe: c.fail_safe.clone(),
         heartbeat: c.heartbeat.clone(),
         broker,
@@ -92,6 +94,7 @@ async fn main() {
             metrics,
             started: Instant::now(),
             version: env!("CARGO_PKG_VERSION"),
+            require_recovery: false,
         },
     )
     .await

@@ -44,6 +44,8 @@ pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
         supervisor: c.supervisor.clone(),
         alert: c.alert.clone(),
         store_path: dir.join("tradebaas.db"),
+        backups_dir: dir.join("backups"),
+        store: c.store.clone(),
         fail_safe: c.fail_safe.clone(),
         heartbeat,
         broker,
@@ -98,6 +100,7 @@ pub async fn start_with(
             metrics: metrics.clone(),
             started: Instant::now(),
             version: env!("CARGO_PKG_VERSION"),
+            require_recovery: false,
         },
     )
     .await

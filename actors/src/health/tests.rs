@@ -81,6 +81,7 @@ fn healthy_replies() -> Replies {
             last_backup_at: None,
             last_backup_error: None,
             backups: None,
+            recovery: None,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

@@ -91,4 +91,17 @@ pub enum StateAction {
         #[command(flatten)]
         dir: DataDirArg,
     },
+    /// Measure durable writes on this disk: commit `--count` synthetic state changes (each with
+    /// its event, fsynced) to the store in DIR and print latency percentiles. Takes the
+    /// single-instance lock, so it refuses a directory a daemon is using; use a scratch DIR.
+    BenchWrites {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Number of commits; 0 = until interrupted.
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        /// Print `ack <seq> <n>` after each commit is durable (used by the crash-atomicity test).
+        #[arg(long)]
+        acks: bool,
+    },
 }

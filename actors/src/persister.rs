@@ -23,7 +23,9 @@ use tracing::{error, info, warn};
 use crate::alert::{Alert, AlertMsg, Severity};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
-use crate::store::{Change, Committed, Store, StoreError, backup_count, prune_backups};
+use crate::store::{
+    Change, Committed, SnapshotKind, Store, StoreError, backup_count, prune_backups,
+};
 
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +124,12 @@ pub enum PersisterMsg {
     MarkClean(RpcReplyPort<Result<(), StoreError>>),
     /// Take a backup now (as the timer does); answered with the backup file.
     Backup(RpcReplyPort<Result<PathBuf, StoreError>>),
+    /// Commit a snapshot of capital and positions with its `snapshot.taken` event.
+    Snapshot {
+        kind: SnapshotKind,
+        payload: Value,
+        reply: Option<CommitReply>,
+    },
     /// Internal: the database thread finished a write.
     Written(WriteOutcome),
     /// Internal: the database thread finished a backup.
@@ -184,6 +192,7 @@ enum Job {
     Flush(RpcReplyPort<Result<FlushReport, StoreError>>, Instant),
     MarkClean(RpcReplyPort<Result<(), StoreError>>),
     Backup(Option<RpcReplyPort<Result<PathBuf, StoreError>>>),
+    Snapshot(SnapshotKind, Value, Option<CommitReply>),
 }
 
 /// The persister actor.
@@ -265,6 +274,18 @@ fn run_db_thread(
             Job::MarkClean(reply) => {
                 let _ = reply.send(store.mark_clean().map(|_| ()));
             }
+            Job::Snapshot(kind, payload, reply) => {
+                let started = Instant::now();
+                let result = store.snapshot(kind, &payload);
+                let outcome = WriteOutcome {
+                    result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
+                    took: started.elapsed(),
+                };
+                let _ = actor.send_message(PersisterMsg::Written(outcome));
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
             Job::Commit(change, reply) => {
                 let started = Instant::now();
                 let result = store.commit(&change);
@@ -342,7 +363,7 @@ impl PersisterState {
     }
 
     fn submit(&mut self, job: Job) {
-        if matches!(job, Job::Commit(..)) {
+        if matches!(job, Job::Commit(..) | Job::Snapshot(..)) {
             self.queued += 1;
         }
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
@@ -362,6 +383,10 @@ impl PersisterState {
                 Job::MarkClean(reply) => {
                     let _ = reply.send(Err(StoreError::Unavailable(reason)));
                 }
+                Job::Snapshot(_, _, Some(reply)) => {
+                    let _ = reply.send(Err(StoreError::Unavailable(reason)));
+                }
+                Job::Snapshot(_, _, None) => {}
                 Job::Backup(Some(reply)) => {
                     let _ = reply.send(Err(StoreError::Unavailable(reason)));
                 }
@@ -454,6 +479,11 @@ impl Actor for PersisterActor {
             PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
             PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
             PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
+            PersisterMsg::Snapshot {
+                kind,
+                payload,
+                reply,
+            } => state.submit(Job::Snapshot(kind, payload, reply)),
             PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
             PersisterMsg::BackedUp(outcome) => state.backed_up(outcome),
             PersisterMsg::Written(outcome) => {
@@ -546,6 +576,42 @@ mod tests {
 
     async fn status(p: &ActorRef<PersisterMsg>) -> PersisterStatus {
         call_t!(p, PersisterMsg::Status, 1000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn store_snapshots_commit_with_their_event_and_are_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let names = Names::with_prefix("persister-snap-");
+        let p = spawn(
+            &names,
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
+        )
+        .await;
+        let committed = call_t!(
+            p,
+            |reply| PersisterMsg::Snapshot {
+                kind: SnapshotKind::OnDemand,
+                payload: json!({"capital": {"BTC": 10.0}, "positions": []}),
+                reply: Some(reply),
+            },
+            5000
+        )
+        .unwrap()
+        .unwrap();
+        assert!(committed.seq >= 1);
+        let s = status(&p).await;
+        assert_eq!(s.writes_ok, 1);
+        assert_eq!(s.queue_depth, 0);
+        p.stop_and_wait(None, None).await.unwrap();
+        let store = Store::open_read_only(&path).unwrap();
+        let snaps = store.snapshots().unwrap();
+        assert_eq!(snaps.len(), 1);
+        let events = store.events(0, 100).unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "snapshot.taken"),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ const SIZE_EPSILON: f64 = 1e-9;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 const LOAD_ATTEMPTS: u32 = 3;
 /// Broker status poll interval while waiting for the connection.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(10);
 /// One status question to an actor.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 

@@ -354,3 +354,79 @@ async fn after_kill_9_a_restart_counts_a_crash_recovers_and_becomes_ready() {
     let text = String::from_utf8(body).unwrap();
     assert_eq!(metric(&text, "tradebaas_crashes_total "), 0.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tradebaas.db"),
+        b"this is not a database at all",
+    )
+    .unwrap();
+    // A configuration that would trade at once on a fresh store.
+    let config = dir.path().join("aggressive.toml");
+    let default = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).unwrap();
+    std::fs::write(
+        &config,
+        default.replace(
+            "initial_mode = \"OBSERVE_ONLY\"",
+            "initial_mode = \"AGGRESSIVE\"",
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let daemon = Daemon {
+        child,
+        lines,
+        _dir: None,
+    };
+    let base = daemon.base_url();
+    let health = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            if v["actors"]["state-persister"]["recovery"].is_object()
+                && v["actors"]["alert"]["open_critical"].as_u64() >= Some(1)
+            {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "no recovery/alert: {v:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(health["mode"], "OBSERVE_ONLY", "{health:#}");
+    let recent = health["actors"]["alert"]["recent"].to_string();
+    assert!(recent.contains("store:recovered"), "{recent}");
+    let moved: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("tradebaas.db.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "the damaged store is kept aside: {moved:?}");
+    drop(daemon);
+}

@@ -19,6 +19,7 @@ use ractor::{ActorRef, call_t};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 use tradebaas_actors::alert::AlertMsg;
+use tradebaas_actors::broker::BrokerMsg;
 use tradebaas_actors::broker::Credentials;
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::health;
@@ -28,7 +29,8 @@ use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::persister::PersisterMsg;
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
-use tradebaas_actors::store::{Change, DataDirLock, open_verified};
+use tradebaas_actors::store::{Change, DataDirLock, SnapshotKind, open_verified};
+use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
 use tradebaas_actors::tree::{TreeConfig, start_tree};
 
@@ -235,16 +237,26 @@ pub async fn run(config: Config) -> i32 {
     // key `recovery.last`), where the persister reports it in /health.
     let recovery = {
         let names = names.clone();
+        let snapshot_interval = config.store.snapshot_interval;
         let config = config.recovery.clone();
         let metrics = metrics.clone();
         let open_report = open_report.clone();
         tokio::spawn(async move {
             if let Some(alert) = open_report.alert() {
-                match names.lookup::<AlertMsg>(ChildName::Alert) {
-                    Some(a) => {
-                        let _ = a.send_message(AlertMsg::Raise(alert));
+                // The supervisor starts its children after `start_tree` returns: wait for the
+                // alert actor rather than drop the alert.
+                let mut sent = false;
+                for _ in 0..100 {
+                    if let Some(a) = names.lookup::<AlertMsg>(ChildName::Alert)
+                        && a.send_message(AlertMsg::Raise(alert.clone())).is_ok()
+                    {
+                        sent = true;
+                        break;
                     }
-                    None => warn!("store alert not raised: the alert actor is not running"),
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !sent {
+                    error!(alert = ?alert, "store alert not raised: the alert actor is not running");
                 }
             }
             if open_report.degraded() {
@@ -252,6 +264,7 @@ pub async fn run(config: Config) -> i32 {
             }
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
+            daily_snapshots(&names, snapshot_interval, &config.currencies).await;
         })
     };
     let readiness = tokio::spawn(log_readiness(
@@ -313,6 +326,72 @@ pub async fn run(config: Config) -> i32 {
         "shutdown: exit"
     );
     code
+}
+
+/// Takes a `daily` snapshot of capital and positions whenever the newest one is older than
+/// `interval` (checked every minute, and once right after recovery). Capital comes from the
+/// exchange (`private/get_account_summary` per currency), positions from the strategy actor.
+async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String]) {
+    let ask = Duration::from_secs(5);
+    loop {
+        let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
+        let due = match health::ask(persister, PersisterMsg::Status, ask).await {
+            health::Reply::Answered(s) => s.last_snapshot_at.is_none_or(|t| {
+                chrono::Utc::now() - t
+                    >= chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX)
+            }),
+            _ => false,
+        };
+        if due {
+            let mut capital = serde_json::Map::new();
+            for currency in currencies {
+                let broker = names.lookup::<BrokerMsg>(ChildName::BrokerConnection);
+                let answer = health::ask(
+                    broker,
+                    |reply| BrokerMsg::Request {
+                        method: "private/get_account_summary".into(),
+                        params: serde_json::json!({ "currency": currency }),
+                        reply,
+                    },
+                    ask,
+                )
+                .await;
+                let value = match answer {
+                    health::Reply::Answered(Ok(v)) => v,
+                    health::Reply::Answered(Err(e)) => {
+                        serde_json::json!({ "error": e.to_string() })
+                    }
+                    _ => serde_json::json!({ "error": "broker-connection did not answer" }),
+                };
+                capital.insert(currency.clone(), value);
+            }
+            let strategy = names.lookup::<StrategyMsg>(ChildName::Strategy);
+            let positions = match health::ask(strategy, StrategyMsg::Status, ask).await {
+                health::Reply::Answered(s) => {
+                    serde_json::to_value(&s.strategies).unwrap_or(serde_json::Value::Null)
+                }
+                _ => serde_json::json!({ "error": "strategy did not answer" }),
+            };
+            let payload = serde_json::json!({ "capital": capital, "positions": positions });
+            let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
+            match health::ask(
+                persister,
+                |reply| PersisterMsg::Snapshot {
+                    kind: SnapshotKind::Daily,
+                    payload,
+                    reply: Some(reply),
+                },
+                ask,
+            )
+            .await
+            {
+                health::Reply::Answered(Ok(c)) => info!(seq = c.seq, "daily snapshot taken"),
+                health::Reply::Answered(Err(e)) => warn!(error = %e, "daily snapshot failed"),
+                _ => warn!("daily snapshot failed: the persister did not answer"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 /// Restricts trading to OBSERVE_ONLY (SHUTDOWN stays), retrying while the fail-safe loads.

@@ -167,6 +167,17 @@ async fn default_config_becomes_ready_and_healthy() {
         );
     }
     assert_eq!(health["actors"]["broker-connection"]["state"], "connected");
+    // The first daily snapshot is taken right after recovery on a fresh store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if v["actors"]["state-persister"]["last_snapshot_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (code, _) = get(&base, "/live", Duration::from_secs(2)).await.unwrap();
     assert_eq!(code, 200);
     let (code, body) = get(&base, "/metrics", Duration::from_secs(2))

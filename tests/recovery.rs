@@ -468,7 +468,8 @@ async fn a_stalled_exchange_is_not_reconciled_and_leaves_observe_only_in_time() 
     let report = run_recovery(&h, &config(timeout, &["BTC"])).await;
     let took = started.elapsed();
     eprintln!("stalled recovery took {took:?}: {report:#?}");
-    assert!(took < timeout + Duration::from_millis(300), "{took:?}");
+    // Bounded by the timeout; the margin absorbs scheduling on a loaded 2-core CI machine.
+    assert!(took < timeout + Duration::from_millis(1000), "{took:?}");
     assert!(report.state_restored);
     assert!(!report.broker_reconciled);
     assert!(!report.success && !report.strategy_resumed);
@@ -486,7 +487,8 @@ async fn a_broker_that_never_connects_does_not_hang_recovery() {
     let started = Instant::now();
     let report = run_recovery(&h, &config(timeout, &["BTC"])).await;
     let took = started.elapsed();
-    assert!(took < timeout + Duration::from_millis(300), "{took:?}");
+    // Bounded by the timeout; the margin absorbs scheduling on a loaded 2-core CI machine.
+    assert!(took < timeout + Duration::from_millis(1000), "{took:?}");
     assert!(report.state_restored, "{report:#?}");
     assert!(!report.broker_reconciled);
     assert!(

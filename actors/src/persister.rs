@@ -36,6 +36,9 @@ pub struct StoreConfig {
     pub backup_interval: Duration,
     /// Backups kept; older ones are deleted after each successful backup.
     pub backups_keep: usize,
+    /// A `daily` snapshot of capital and positions is taken when the newest is older than this.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +46,7 @@ impl Default for StoreConfig {
         Self {
             backup_interval: Duration::from_secs(60 * 60),
             backups_keep: 24,
+            snapshot_interval: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -55,6 +59,9 @@ impl StoreConfig {
         }
         if self.backup_interval > Duration::from_secs(7 * 24 * 60 * 60) {
             return Err("backup_interval must be at most 7d".into());
+        }
+        if self.snapshot_interval < Duration::from_secs(60) {
+            return Err("snapshot_interval must be at least 1m".into());
         }
         if self.backups_keep == 0 {
             return Err("backups_keep must be at least 1".into());
@@ -134,6 +141,8 @@ pub enum PersisterMsg {
     Written(WriteOutcome),
     /// Internal: the database thread finished a backup.
     BackedUp(BackupOutcome),
+    /// Internal: the database thread committed a snapshot taken at this time.
+    SnapshotTaken(DateTime<Utc>),
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -184,6 +193,8 @@ pub struct PersisterStatus {
     pub backups: Option<usize>,
     /// The last start-up recovery report (state key `recovery.last`), as stored.
     pub recovery: Option<Value>,
+    /// When the newest snapshot was taken.
+    pub last_snapshot_at: Option<DateTime<Utc>>,
 }
 
 enum Job {
@@ -218,6 +229,7 @@ pub struct PersisterState {
     last_backup_error: Option<String>,
     backups: Option<usize>,
     recovery: Option<Value>,
+    last_snapshot_at: Option<DateTime<Utc>>,
 }
 
 /// Where and how often the database thread backs up.
@@ -277,6 +289,9 @@ fn run_db_thread(
             Job::Snapshot(kind, payload, reply) => {
                 let started = Instant::now();
                 let result = store.snapshot(kind, &payload);
+                if let Ok(c) = &result {
+                    let _ = actor.send_message(PersisterMsg::SnapshotTaken(c.at));
+                }
                 let outcome = WriteOutcome {
                     result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
                     took: started.elapsed(),
@@ -408,6 +423,11 @@ impl Actor for PersisterActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::open(&args.path)?;
         let recovery = store.state()?.remove(crate::recovery::RECOVERY_KEY);
+        let last_snapshot_at = store
+            .snapshots()?
+            .last()
+            .and_then(|s| DateTime::parse_from_rfc3339(&s.taken_at).ok())
+            .map(|t| t.with_timezone(&Utc));
         let backups_dir = args.backups_dir.clone();
         let backups = backup_count(&backups_dir);
         let names = args.names.clone();
@@ -455,6 +475,7 @@ impl Actor for PersisterActor {
             last_backup_error: None,
             backups: Some(backups),
             recovery,
+            last_snapshot_at,
         })
     }
 
@@ -486,6 +507,7 @@ impl Actor for PersisterActor {
             } => state.submit(Job::Snapshot(kind, payload, reply)),
             PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
             PersisterMsg::BackedUp(outcome) => state.backed_up(outcome),
+            PersisterMsg::SnapshotTaken(at) => state.last_snapshot_at = Some(at),
             PersisterMsg::Written(outcome) => {
                 state.done += 1;
                 state.last_write = Some(outcome.took);
@@ -529,6 +551,7 @@ impl Actor for PersisterActor {
                     last_backup_error: state.last_backup_error.clone(),
                     backups: state.backups,
                     recovery: state.recovery.clone(),
+                    last_snapshot_at: state.last_snapshot_at,
                 });
             }
             PersisterMsg::Ping(reply) => {
@@ -603,6 +626,7 @@ mod tests {
         let s = status(&p).await;
         assert_eq!(s.writes_ok, 1);
         assert_eq!(s.queue_depth, 0);
+        assert!(s.last_snapshot_at.is_some());
         p.stop_and_wait(None, None).await.unwrap();
         let store = Store::open_read_only(&path).unwrap();
         let snaps = store.snapshots().unwrap();

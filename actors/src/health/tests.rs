@@ -82,6 +82,7 @@ fn healthy_replies() -> Replies {
             last_backup_error: None,
             backups: None,
             recovery: None,
+            last_snapshot_at: None,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

@@ -264,6 +264,15 @@ pub async fn run(config: Config) -> i32 {
             }
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
+            // Entries stay refused until the fail-safe hears that recovery finished.
+            for _ in 0..100 {
+                if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
+                    && fs.send_message(FailSafeMsg::RecoveryFinished).is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             daily_snapshots(&names, snapshot_interval, &config.currencies).await;
         })
     };

@@ -126,6 +126,11 @@ pub enum FailSafeMsg {
         reason: String,
         reply: ChangeReply,
     },
+    /// This run's start-up recovery has finished (sent by the daemon). Until then, or until a
+    /// load shows a stored recovery report newer than this run's start, entries are refused.
+    RecoveryFinished,
+    /// Internal: this run's recovery report was found in the store at load time.
+    RecoveredEarlier,
     /// Internal: ask the persister for the stored mode (attempts count from 1).
     Load { attempt: u32 },
     /// Internal: the persister's answer (the stored `"mode"` value, if any).
@@ -159,6 +164,8 @@ pub struct FailSafeStatus {
     /// Triggers since start.
     pub triggers: u64,
     pub last_trigger: Option<String>,
+    /// This run's start-up recovery has finished (entries are refused until it has).
+    pub recovered: bool,
 }
 
 /// The `"mode"` state value.
@@ -179,6 +186,8 @@ pub struct FailSafeState {
     args: FailSafeArgs,
     mode: TradingMode,
     loaded: bool,
+    /// This run's start-up recovery has finished.
+    recovered: bool,
     /// A load is under way (false once loaded or given up).
     loading: bool,
     reason: String,
@@ -216,6 +225,7 @@ impl FailSafeState {
             changed_at: self.changed_at,
             triggers: self.triggers,
             last_trigger: self.last_trigger.clone(),
+            recovered: self.recovered,
         }
     }
 
@@ -224,6 +234,9 @@ impl FailSafeState {
             return Err(
                 "the stored trading mode has not been loaded yet; entries are refused".into(),
             );
+        }
+        if !self.recovered {
+            return Err("start-up recovery has not finished; entries are refused".into());
         }
         if !self.mode.allows_entries() {
             return Err(format!(
@@ -461,7 +474,12 @@ impl FailSafeState {
         let me = myself.clone();
         tokio::spawn(async move {
             let result = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Ok(mut state))) => Ok(state.remove(MODE_KEY)),
+                Ok(Ok(Ok(mut state))) => {
+                    if recovered_this_run(&state) {
+                        let _ = me.send_message(FailSafeMsg::RecoveredEarlier);
+                    }
+                    Ok(state.remove(MODE_KEY))
+                }
                 Ok(Ok(Err(e))) => Err(e.to_string()),
                 Ok(Err(_)) => Err("the state-persister dropped the load".into()),
                 Err(_) => Err(format!(
@@ -563,6 +581,7 @@ impl Actor for FailSafeActor {
             args,
             mode: TradingMode::ObserveOnly,
             loaded: false,
+            recovered: false,
             loading: true,
             reason: "starting: the stored mode is not loaded yet".into(),
             changed_at: None,
@@ -579,6 +598,15 @@ impl Actor for FailSafeActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            FailSafeMsg::RecoveryFinished | FailSafeMsg::RecoveredEarlier => {
+                if !state.recovered {
+                    info!(
+                        actor = "fail-safe",
+                        "start-up recovery finished; entries follow the mode"
+                    );
+                }
+                state.recovered = true;
+            }
             FailSafeMsg::AllowEntry(reply) => {
                 let _ = reply.send(state.allow_entry());
             }
@@ -649,6 +677,27 @@ impl Actor for FailSafeActor {
         }
         Ok(())
     }
+}
+
+/// Whether the stored recovery report (`recovery.last`) was written during this run, i.e. after
+/// the run marker (`run.started_at`, written before the tree starts). A fail-safe restarted
+/// mid-run uses this to know recovery already happened.
+fn recovered_this_run(state: &std::collections::BTreeMap<String, Value>) -> bool {
+    let time = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    };
+    let started = time(
+        state
+            .get(crate::store::RUN_KEY)
+            .and_then(|r| r.get("started_at")),
+    );
+    let finished = time(
+        state
+            .get(crate::recovery::RECOVERY_KEY)
+            .and_then(|r| r.get("finished_at")),
+    );
+    matches!((started, finished), (Some(s), Some(f)) if f >= s)
 }
 
 /// How much a mode restricts trading: AGGRESSIVE < OBSERVE_ONLY < SHUTDOWN.
@@ -762,6 +811,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restarted_fail_safe_knows_this_runs_recovery_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-recovered-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let started = Utc::now();
+        let change = Change::event("test", json!({}))
+            .set(
+                crate::store::RUN_KEY,
+                json!({"clean": false, "started_at": started}),
+            )
+            .set(
+                crate::recovery::RECOVERY_KEY,
+                json!({"finished_at": started + chrono::Duration::milliseconds(5)}),
+            );
+        call_t!(
+            persister,
+            |reply| PersisterMsg::Commit {
+                change,
+                reply: Some(reply)
+            },
+            5000
+        )
+        .unwrap()
+        .unwrap();
+        let fs = spawn(&names, aggressive()).await;
+        wait_for(&fs, TradingMode::Aggressive).await;
+        for _ in 0..100 {
+            if call_t!(fs, FailSafeMsg::Status, 1000).unwrap().recovered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(allow(&fs).await, Ok(()));
+        fs.stop_and_wait(None, None).await.unwrap();
+
+        // A report from an earlier run does not count.
+        let change = Change::event("test", json!({})).set(
+            crate::store::RUN_KEY,
+            json!({"clean": false, "started_at": Utc::now() + chrono::Duration::seconds(1)}),
+        );
+        call_t!(
+            persister,
+            |reply| PersisterMsg::Commit {
+                change,
+                reply: Some(reply)
+            },
+            5000
+        )
+        .unwrap()
+        .unwrap();
+        let fs = spawn(&names, aggressive()).await;
+        wait_for(&fs, TradingMode::Aggressive).await;
+        let err = allow(&fs).await.unwrap_err();
+        assert!(err.contains("recovery has not finished"), "{err}");
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn stored_shutdown_is_latched_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let names = Names::with_prefix("fs-latch-");
@@ -769,6 +877,7 @@ mod tests {
 
         let fs = spawn(&names, aggressive()).await;
         wait_for(&fs, TradingMode::Aggressive).await;
+        fs.send_message(FailSafeMsg::RecoveryFinished).unwrap();
         assert_eq!(allow(&fs).await, Ok(()));
         assert_eq!(trigger(&fs, "test").await, Ok(()));
         assert!(allow(&fs).await.is_err());
@@ -800,6 +909,12 @@ mod tests {
         let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
         let fs = spawn(&names, FailSafeConfig::default()).await;
         wait_for(&fs, TradingMode::ObserveOnly).await;
+        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
+        // Fail closed until this run's recovery has finished.
+        let err = allow(&fs).await.unwrap_err();
+        assert!(err.contains("recovery has not finished"), "{err}");
+        fs.send_message(FailSafeMsg::RecoveryFinished).unwrap();
+        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
         assert!(allow(&fs).await.unwrap_err().contains("OBSERVE_ONLY"));
         assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
         assert_eq!(allow(&fs).await, Ok(()));

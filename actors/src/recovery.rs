@@ -34,7 +34,10 @@ pub const ALERT_KEY: &str = "recovery:differences";
 const SIZE_EPSILON: f64 = 1e-9;
 /// One persister load attempt.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
-const LOAD_ATTEMPTS: u32 = 3;
+const LOAD_ATTEMPTS: u32 = 20;
+/// Pause between load attempts (the persister may still be starting: the supervisor starts its
+/// children after the tree is spawned). The whole recovery stays bounded by its timeout.
+const LOAD_RETRY: Duration = Duration::from_millis(100);
 /// Broker status poll interval while waiting for the connection.
 const POLL: Duration = Duration::from_millis(10);
 /// One status question to an actor.
@@ -518,7 +521,7 @@ async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
                 last = e;
             }
         }
-        tokio::time::sleep(POLL * 2).await;
+        tokio::time::sleep(LOAD_RETRY).await;
     }
     Err(last)
 }

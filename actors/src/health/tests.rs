@@ -91,6 +91,7 @@ fn healthy_replies() -> Replies {
             changed_at: None,
             triggers: 0,
             last_trigger: None,
+            recovered: true,
         }),
         heartbeat: Reply::Answered(HeartbeatStatus {
             beats: 1,

@@ -628,10 +628,15 @@ impl Actor for FailSafeActor {
                 reason,
                 reply,
             } => {
-                if state.loaded && strictness(mode) <= strictness(state.mode) {
+                if !state.loaded || strictness(mode) > strictness(state.mode) {
+                    state.set_mode(&myself, mode, reason, reply);
+                } else if strictness(mode) < strictness(state.mode) {
+                    // Already stricter (e.g. SHUTDOWN): nothing to do.
                     let _ = reply.send(Ok(()));
                 } else {
-                    state.set_mode(&myself, mode, reason, reply);
+                    // Same mode: restate it anyway. This bumps the generation, so a loosening
+                    // still being stored (e.g. the initial AGGRESSIVE) is not applied after us.
+                    state.restrict(mode, reason, None, Some(reply));
                 }
             }
             FailSafeMsg::Load { attempt } => state.start_load(&myself, attempt),
@@ -957,6 +962,49 @@ mod tests {
         assert_eq!(s.last_trigger.as_deref(), Some("again"));
         fs.stop_and_wait(None, None).await.unwrap();
         persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn restrict_wins_over_an_initial_aggressive_still_being_stored() {
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let names = Names::with_prefix(format!("fs-race-{round}-"));
+            let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+            let fs = spawn(&names, aggressive()).await;
+            // Ask as early as possible, retrying while the stored mode is loading.
+            loop {
+                let r = call_t!(
+                    fs,
+                    |reply| FailSafeMsg::Restrict {
+                        mode: TradingMode::ObserveOnly,
+                        reason: "store restored".into(),
+                        reply
+                    },
+                    2000
+                )
+                .unwrap();
+                if r.is_ok() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+                TradingMode::ObserveOnly,
+                "round {round}"
+            );
+            call_t!(persister, PersisterMsg::Flush, 5000)
+                .unwrap()
+                .unwrap();
+            let stored = call_t!(persister, PersisterMsg::Load, 5000)
+                .unwrap()
+                .unwrap();
+            let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
+            assert_eq!(mode.mode, TradingMode::ObserveOnly, "round {round}: stored");
+            fs.stop_and_wait(None, None).await.unwrap();
+            persister.stop_and_wait(None, None).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -26,6 +26,9 @@ use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
 use crate::store::Change;
 
+pub mod guards;
+pub mod signal;
+
 /// The state key prefix of strategy records: `strategy.<id>`.
 pub const RECORD_KEY_PREFIX: &str = "strategy.";
 

@@ -67,7 +67,7 @@ impl Limit {
 /// Both buckets, as in `get_account_summary.limits`:
 /// `{"matching_engine":{"burst":20,"rate":5},"non_matching_engine":{"burst":100,"rate":20}}`.
 /// Other fields of that object are ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub matching_engine: Limit,
     pub non_matching_engine: Limit,
@@ -90,9 +90,33 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Reads the `limits` object of a `get_account_summary` result.
+    /// Reads the `limits` object of a `get_account_summary` result. `matching_engine` may be
+    /// flat (`{burst, rate}`) or nested per product as `{"trading":{"total":{burst, rate}}, …}`
+    /// (seen in other clients' fixtures; then the `trading.total` bucket is the one orders use).
     pub fn from_json(limits: &Value) -> Result<Self, String> {
-        Self::deserialize(limits).map_err(|e| format!("account limits: {e}"))
+        #[derive(Deserialize)]
+        struct Trading {
+            total: Limit,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Matching {
+            Flat(Limit),
+            Nested { trading: Trading },
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            matching_engine: Matching,
+            non_matching_engine: Limit,
+        }
+        let raw = Raw::deserialize(limits).map_err(|e| format!("account limits: {e}"))?;
+        Ok(Self {
+            matching_engine: match raw.matching_engine {
+                Matching::Flat(l) => l,
+                Matching::Nested { trading } => trading.total,
+            },
+            non_matching_engine: raw.non_matching_engine,
+        })
     }
 
     /// Both buckets shrunk to `fraction` (0–1] of burst and rate, leaving headroom for other
@@ -225,7 +249,19 @@ mod tests {
                        "non_matching_engine":{"burst":100,"rate":20},
                        "limits_per_currency":false});
         assert_eq!(Limits::from_json(&v).unwrap(), Limits::default());
+        let nested = json!({"matching_engine":{"trading":{"total":{"burst":30,"rate":10}},
+                                               "cancel_all":{"burst":20,"rate":5}},
+                            "non_matching_engine":{"burst":100,"rate":20}});
+        let l = Limits::from_json(&nested).unwrap();
+        assert_eq!(
+            l.matching_engine,
+            Limit {
+                burst: 30,
+                rate: 10.0
+            }
+        );
         assert!(Limits::from_json(&json!({"matching_engine":{"burst":1}})).is_err());
+        assert!(Limits::from_json(&json!({"matching_engine":{"burst":1,"rate":1}})).is_err());
         let bad = Limits {
             matching_engine: Limit {
                 burst: 0,

@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod mode;
 pub mod names;
+pub mod orders;
 pub mod persister;
 pub mod recovery;
 pub mod secret;

@@ -55,6 +55,7 @@ impl Default for Config {
             recovery: RecoveryConfig::default(),
             store: StoreConfig::default(),
             strategies: vec![StrategyEntry {
+                ma_cross: Default::default(),
                 id: "example".into(),
                 instrument: "BTC-PERPETUAL".into(),
             }],
@@ -217,6 +218,9 @@ impl Config {
                     format!("id {:?} is used twice", s.id),
                 ));
             }
+            s.ma_cross
+                .validate()
+                .map_err(|e| fail(&format!("strategies[{i}].ma_cross"), e))?;
             if s.instrument.trim().is_empty() {
                 return Err(fail(
                     &format!("strategies[{i}]"),

@@ -28,6 +28,7 @@ const FAST: Backoff =
 fn entries(ids: &[(&str, &str)]) -> Vec<StrategyEntry> {
     ids.iter()
         .map(|(id, instrument)| StrategyEntry {
+            ma_cross: Default::default(),
             id: (*id).into(),
             instrument: (*instrument).into(),
         })

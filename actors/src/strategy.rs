@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use signal::Strategy as _;
+use tracing::{error, info, warn};
 
 use crate::broker::protocol::Ticker;
 use crate::metrics::Metrics;
@@ -53,6 +54,10 @@ pub struct StrategyEntry {
     pub id: String,
     /// E.g. `BTC-PERPETUAL`.
     pub instrument: String,
+    /// Parameters of the built-in example strategy (moving-average crossover on the mark price).
+    /// An example of the runtime, not an edge.
+    #[serde(default)]
+    pub ma_cross: signal::MaCrossConfig,
 }
 
 /// What the strategy actor is spawned with.
@@ -251,6 +256,11 @@ pub struct StrategyInstanceStatus {
     /// Ticks for its instrument.
     pub ticks: u64,
     pub last_mark_price: Option<f64>,
+    /// Non-hold decisions of its logic since start.
+    pub signals: u64,
+    /// The newest non-hold decision (recorded only: no orders are placed yet).
+    pub last_decision: Option<signal::Decision>,
+    pub last_decision_at: Option<DateTime<Utc>>,
 }
 
 /// The strategy actor's answer to `Status`.
@@ -276,12 +286,26 @@ struct Instance {
     restored: bool,
     ticks: u64,
     last_mark_price: Option<f64>,
+    /// The strategy's pure decision logic (None when its config is invalid; logged at start).
+    logic: Option<signal::MaCross>,
+    signals: u64,
+    last_decision: Option<signal::Decision>,
+    last_decision_at: Option<DateTime<Utc>>,
 }
 
 impl Instance {
     fn on_tick(&mut self, ticker: &Ticker) {
         self.ticks += 1;
         self.last_mark_price = Some(ticker.mark_price);
+        if let Some(logic) = self.logic.as_mut() {
+            let decision = logic.on_tick(&signal::MarketTick::from(ticker));
+            if decision != signal::Decision::Hold {
+                // Decisions are recorded, not acted on: order execution is the next issue.
+                self.signals += 1;
+                self.last_decision = Some(decision);
+                self.last_decision_at = Some(Utc::now());
+            }
+        }
     }
 }
 
@@ -315,11 +339,21 @@ impl StrategyState {
                 .into_iter()
                 .map(|entry| Instance {
                     record: StrategyRecord::idle(entry.id.clone()),
+                    logic: match signal::MaCross::new(&entry.instrument, entry.ma_cross.clone()) {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            error!(actor = "strategy", id = %entry.id, error = %e, "strategy config invalid; it only tracks data");
+                            None
+                        }
+                    },
                     entry,
                     stored: false,
                     restored: false,
                     ticks: 0,
                     last_mark_price: None,
+                    signals: 0,
+                    last_decision: None,
+                    last_decision_at: None,
                 })
                 .collect(),
             by_instrument,
@@ -493,6 +527,9 @@ impl StrategyState {
                     updated_at: i.stored.then_some(i.record.updated_at),
                     ticks: i.ticks,
                     last_mark_price: i.last_mark_price,
+                    signals: i.signals,
+                    last_decision: i.last_decision.clone(),
+                    last_decision_at: i.last_decision_at,
                 })
                 .collect(),
             records_loaded: self.records_loaded,
@@ -632,6 +669,7 @@ mod tests {
 
     fn entry(id: &str, instrument: &str) -> StrategyEntry {
         StrategyEntry {
+            ma_cross: signal::MaCrossConfig::default(),
             id: id.into(),
             instrument: instrument.into(),
         }
@@ -690,6 +728,36 @@ mod tests {
             serde_json::to_string(&Lifecycle::EnteringPosition).unwrap(),
             "\"ENTERING_POSITION\""
         );
+    }
+
+    #[tokio::test]
+    async fn the_example_logic_records_its_decisions_without_acting() {
+        let mut e = entry("ma", "BTC-PERPETUAL");
+        e.ma_cross.fast = 2;
+        e.ma_cross.slow = 3;
+        let (a, _) = spawn("strat-ma-", vec![e]).await;
+        for price in [100.0, 100.0, 100.0, 90.0, 90.0, 90.0, 120.0, 130.0, 140.0] {
+            a.send_message(StrategyMsg::Ticker(ticker("BTC-PERPETUAL", price)))
+                .unwrap();
+        }
+        let s = call_t!(a, StrategyMsg::Status, 2000).unwrap();
+        let i = &s.strategies[0];
+        assert!(i.signals >= 1, "{i:?}");
+        match &i.last_decision {
+            Some(signal::Decision::Enter {
+                side,
+                stop_price,
+                take_profit_price,
+                ..
+            }) => {
+                assert_eq!(*side, Side::Buy);
+                assert!(stop_price < take_profit_price);
+            }
+            other => panic!("expected an entry decision, got {other:?}"),
+        }
+        // Recorded only: no transition, no order.
+        assert_eq!(i.lifecycle, Lifecycle::Idle);
+        a.stop_and_wait(None, None).await.unwrap();
     }
 
     #[tokio::test]

@@ -545,3 +545,22 @@ fn a_missing_store_with_a_leftover_wal_is_recovered_not_replayed_into_a_new_file
             .any(|n| n.contains(".corrupt-") && n.ends_with("-wal"))
     );
 }
+
+#[test]
+fn an_interrupted_first_initialisation_without_backups_is_initialised_not_alerted() {
+    let (dir, path, backups) = temp();
+    // Killed between creating the file and the first commit: zero bytes, no backups yet.
+    std::fs::write(&path, b"").unwrap();
+    let (store, report) = open_verified(&path, &backups).unwrap();
+    drop(store);
+    assert!(report.created, "{report:?}");
+    assert!(!report.degraded(), "{report:?}");
+    assert!(report.moved_aside.is_none());
+    assert!(verify(&path).ok);
+    let corrupt = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".corrupt-"))
+        .count();
+    assert_eq!(corrupt, 0);
+}

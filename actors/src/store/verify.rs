@@ -453,9 +453,36 @@ fn restore(backup: &Path, path: &Path) -> Result<(), StoreError> {
 ///
 /// Then records the start of the run (see [`Store::begin_run`]) and reports whether the previous
 /// run crashed. When [`OpenReport::degraded`], start in OBSERVE_ONLY and raise a CRITICAL alert.
+/// A file that holds no committed TradeBaas data at all: zero bytes, or an SQLite database with
+/// `user_version` 0 and no schema objects. Anything unreadable is not blank (it is corrupt).
+fn is_blank(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => return true,
+        Ok(_) => {}
+        Err(_) => return false,
+    }
+    let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return false;
+    };
+    let version: Result<i64, _> = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+    let objects: Result<i64, _> =
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+    matches!((version, objects), (Ok(0), Ok(0)))
+}
+
 pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenReport), StoreError> {
     let mut report = OpenReport::default();
-    let failure = if path.exists() {
+    let failure = if path.exists() && is_blank(path) && backup_paths(backups_dir).is_empty() {
+        // The very first initialisation was interrupted before its first commit (the schema is
+        // created in one transaction): nothing was ever stored, so there is nothing to lose or
+        // restore. Initialise it in place instead of raising a false CRITICAL alert.
+        tracing::warn!(
+            store = %path.display(),
+            "store exists but was never initialised (first start interrupted); initialising it"
+        );
+        report.created = true;
+        None
+    } else if path.exists() {
         let check = verify(path);
         if check.too_new() {
             return Err(StoreError::TooNew {

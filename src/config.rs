@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tradebaas_actors::alert::AlertConfig;
-use tradebaas_actors::broker::BrokerConfig;
+use tradebaas_actors::broker::{BrokerConfig, Credentials};
 use tradebaas_actors::failsafe::FailSafeConfig;
 use tradebaas_actors::health::HealthConfig;
 use tradebaas_actors::heartbeat::HeartbeatConfig;
@@ -17,6 +17,7 @@ use tradebaas_actors::persister::StoreConfig;
 use tradebaas_actors::recovery::RecoveryConfig;
 use tradebaas_actors::strategy::StrategyEntry;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
+use tradebaas_actors::tree::TreeConfig;
 
 use crate::paper_exchange::PaperConfig;
 
@@ -229,6 +230,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What the supervision tree is built from, for the store in `data_dir` and the resolved
+    /// exchange (`paper` already replaced by the embedded exchange's URL).
+    pub fn tree_config(
+        &self,
+        data_dir: &Path,
+        broker_url: String,
+        credentials: Option<Credentials>,
+    ) -> TreeConfig {
+        TreeConfig {
+            supervisor: self.supervisor.clone(),
+            alert: self.alert.clone(),
+            store_path: crate::state_cmd::store_path(data_dir),
+            backups_dir: crate::state_cmd::backups_dir(data_dir),
+            store: self.store.clone(),
+            fail_safe: self.fail_safe.clone(),
+            heartbeat: self.heartbeat.clone(),
+            broker: self.broker.clone(),
+            broker_url,
+            credentials,
+            strategies: self.strategies.clone(),
+        }
     }
 
     /// Applies `TRADEBAAS_LISTEN`, `TRADEBAAS_DATA_DIR` and `TRADEBAAS_BROKER_URL` from `env`.

@@ -26,13 +26,13 @@ use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::{ChildName, Names};
-use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::persister::{PersisterMsg, commit_change};
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::store::{Change, DataDirLock, SnapshotKind, open_verified};
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
-use tradebaas_actors::tree::{TreeConfig, start_tree};
+use tradebaas_actors::tree::start_tree;
 
 use crate::config::Config;
 use crate::http::{Api, HttpServer};
@@ -156,8 +156,8 @@ pub async fn run(config: Config) -> i32 {
     };
     // Open and verify the store before anything starts: a damaged store is moved aside and the
     // newest good backup restored; a store newer than this binary is refused.
-    let store_path = data_dir.join("tradebaas.db");
-    let backups_dir = data_dir.join("backups");
+    let store_path = crate::state_cmd::store_path(&data_dir);
+    let backups_dir = crate::state_cmd::backups_dir(&data_dir);
     let open_report = match open_verified(&store_path, &backups_dir) {
         Ok((store, report)) => {
             drop(store); // the persister opens its own connection
@@ -206,19 +206,7 @@ pub async fn run(config: Config) -> i32 {
             return exit::CONFIG;
         }
     };
-    let tree = TreeConfig {
-        supervisor: config.supervisor.clone(),
-        alert: config.alert.clone(),
-        store_path,
-        backups_dir,
-        store: config.store.clone(),
-        fail_safe: config.fail_safe.clone(),
-        heartbeat: config.heartbeat.clone(),
-        broker: config.broker.clone(),
-        broker_url: url,
-        credentials,
-        strategies: config.strategies.clone(),
-    };
+    let tree = config.tree_config(&data_dir, url, credentials);
     let supervisor = match start_tree(names.clone(), &tree, metrics.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -245,16 +233,9 @@ pub async fn run(config: Config) -> i32 {
             if let Some(alert) = open_report.alert() {
                 // The supervisor starts its children after `start_tree` returns: wait for the
                 // alert actor rather than drop the alert.
-                let mut sent = false;
-                for _ in 0..100 {
-                    if let Some(a) = names.lookup::<AlertMsg>(ChildName::Alert)
-                        && a.send_message(AlertMsg::Raise(alert.clone())).is_ok()
-                    {
-                        sent = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let sent =
+                    send_when_running(&names, ChildName::Alert, || AlertMsg::Raise(alert.clone()))
+                        .await;
                 if !sent {
                     error!(alert = ?alert, "store alert not raised: the alert actor is not running");
                 }
@@ -265,13 +246,12 @@ pub async fn run(config: Config) -> i32 {
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
             // Entries stay refused until the fail-safe hears that recovery finished.
-            for _ in 0..100 {
-                if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
-                    && fs.send_message(FailSafeMsg::RecoveryFinished).is_ok()
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if !send_when_running(&names, ChildName::FailSafe, || {
+                FailSafeMsg::RecoveryFinished
+            })
+            .await
+            {
+                error!("the fail-safe is not running: entries stay refused");
             }
             daily_snapshots(&names, snapshot_interval, &config.currencies).await;
         })
@@ -403,6 +383,24 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
     }
 }
 
+/// Sends `msg()` to `child` once it is running (the supervisor starts its children after
+/// `start_tree` returns), trying for about two seconds. Whether it was delivered.
+async fn send_when_running<M: ractor::Message>(
+    names: &Names,
+    child: ChildName,
+    msg: impl Fn() -> M,
+) -> bool {
+    for _ in 0..100 {
+        if let Some(actor) = names.lookup::<M>(child)
+            && actor.send_message(msg()).is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Restricts trading to OBSERVE_ONLY (SHUTDOWN stays), retrying while the fail-safe loads.
 async fn restrict_to_observe_only(names: &Names, reason: &str) {
     for _ in 0..50 {
@@ -430,24 +428,9 @@ async fn record_recovery(names: &Names, report: &RecoveryReport) {
     let Ok(value) = serde_json::to_value(report) else {
         return;
     };
-    let Some(persister) = names.lookup::<PersisterMsg>(ChildName::StatePersister) else {
-        warn!("recovery report not stored: the persister is not running");
-        return;
-    };
     let change = Change::event("recovery.completed", value.clone()).set(RECOVERY_KEY, value);
-    match persister
-        .call(
-            |reply| PersisterMsg::Commit {
-                change,
-                reply: Some(reply),
-            },
-            Some(Duration::from_secs(5)),
-        )
-        .await
-    {
-        Ok(CallResult::Success(Ok(_))) => {}
-        Ok(CallResult::Success(Err(e))) => warn!(error = %e, "recovery report not stored"),
-        _ => warn!("recovery report not stored: the persister did not answer"),
+    if let Err(e) = commit_change(names, change, Duration::from_secs(5)).await {
+        warn!(error = %e, "recovery report not stored");
     }
 }
 
@@ -457,9 +440,8 @@ async fn log_readiness(names: Names, timeout: Duration, limit: Duration, started
     let mut last;
     loop {
         let replies = health::gather(&names, timeout).await;
-        let since =
-            chrono::Utc::now() - chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
-        match health::readiness(&replies).and_then(|()| health::recovery_finished(&replies, since))
+        match health::readiness(&replies)
+            .and_then(|()| health::recovery_finished(&replies, started.elapsed()))
         {
             Ok(()) => {
                 info!(

@@ -124,10 +124,8 @@ impl Api {
                 let replies = health::gather(&self.names, self.health.actor_timeout).await;
                 let ready = health::readiness(&replies).and_then(|()| {
                     if self.require_recovery {
-                        let since = Utc::now()
-                            - chrono::Duration::from_std(self.started.elapsed())
-                                .unwrap_or_default();
-                        health::recovery_finished(&replies, since)
+                        let uptime = self.started.elapsed();
+                        health::recovery_finished(&replies, uptime)
                     } else {
                         Ok(())
                     }

@@ -451,41 +451,18 @@ impl FailSafeState {
 
     fn start_load(&mut self, myself: &ActorRef<FailSafeMsg>, attempt: u32) {
         self.loading = true;
-        let Some(persister) = self
-            .args
-            .names
-            .lookup::<PersisterMsg>(ChildName::StatePersister)
-        else {
-            let _ = myself.send_message(FailSafeMsg::Loaded {
-                attempt,
-                result: Err("the state-persister is not running".into()),
-            });
-            return;
-        };
-        let (tx, rx) = ractor::concurrency::oneshot();
-        if let Err(e) = persister.send_message(PersisterMsg::Load(tx.into())) {
-            let _ = myself.send_message(FailSafeMsg::Loaded {
-                attempt,
-                result: Err(format!("could not reach the state-persister: {e}")),
-            });
-            return;
-        }
+        let names = self.args.names.clone();
         let timeout = self.args.config.load_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Ok(mut state))) => {
+            let result = match crate::persister::load_state(&names, timeout).await {
+                Ok(mut state) => {
                     if recovered_this_run(&state) {
                         let _ = me.send_message(FailSafeMsg::RecoveredEarlier);
                     }
                     Ok(state.remove(MODE_KEY))
                 }
-                Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Err(_)) => Err("the state-persister dropped the load".into()),
-                Err(_) => Err(format!(
-                    "the state-persister did not answer the load within {} ms",
-                    timeout.as_millis()
-                )),
+                Err(e) => Err(e),
             };
             let _ = me.send_message(FailSafeMsg::Loaded { attempt, result });
         });

@@ -411,6 +411,58 @@ impl PersisterState {
     }
 }
 
+/// Client side: one `Load` from the persister found by name, bounded by `timeout`. What actors
+/// re-read when they start; the error says why nothing came back.
+pub async fn load_state(
+    names: &Names,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Value>, String> {
+    let persister = names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .ok_or("the state-persister is not running")?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    persister
+        .send_message(PersisterMsg::Load(tx.into()))
+        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(state))) => Ok(state),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the state-persister dropped the load".into()),
+        Err(_) => Err(format!(
+            "the state-persister did not answer within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Client side: one durable commit through the persister found by name; returns once the change
+/// is durable, or an error after `timeout` (the commit may still land).
+pub async fn commit_change(
+    names: &Names,
+    change: Change,
+    timeout: Duration,
+) -> Result<Committed, String> {
+    let persister = names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .ok_or("the state-persister is not running")?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    persister
+        .send_message(PersisterMsg::Commit {
+            change,
+            reply: Some(tx.into()),
+        })
+        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(committed))) => Ok(committed),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
+        Err(_) => Err(format!(
+            "the state-persister did not confirm within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
 impl Actor for PersisterActor {
     type Msg = PersisterMsg;
     type State = PersisterState;

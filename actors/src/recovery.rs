@@ -24,7 +24,7 @@ use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
-use crate::persister::PersisterMsg;
+use crate::persister;
 use crate::strategy::StrategyRecord;
 
 /// The alert key recovery raises.
@@ -495,25 +495,7 @@ async fn gather(names: &Names, config: &RecoveryConfig, currencies: &[String], p
 async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
     let mut last = String::new();
     for attempt in 1..=LOAD_ATTEMPTS {
-        let result = async {
-            let persister = names
-                .lookup::<PersisterMsg>(ChildName::StatePersister)
-                .ok_or("the state-persister is not running".to_string())?;
-            let (tx, rx) = ractor::concurrency::oneshot();
-            persister
-                .send_message(PersisterMsg::Load(tx.into()))
-                .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-            match tokio::time::timeout(LOAD_TIMEOUT, rx).await {
-                Ok(Ok(Ok(state))) => Ok(state),
-                Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Err(_)) => Err("the state-persister dropped the load".to_string()),
-                Err(_) => Err(format!(
-                    "the state-persister did not answer within {} ms",
-                    ms(LOAD_TIMEOUT)
-                )),
-            }
-        }
-        .await;
+        let result = persister::load_state(names, LOAD_TIMEOUT).await;
         match result {
             Ok(state) => return Ok(state),
             Err(e) => {

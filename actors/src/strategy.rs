@@ -23,8 +23,8 @@ use tracing::{error, info, warn};
 
 use crate::broker::protocol::Ticker;
 use crate::metrics::Metrics;
-use crate::names::{ChildName, Names};
-use crate::persister::PersisterMsg;
+use crate::names::Names;
+use crate::persister;
 use crate::store::Change;
 
 pub mod guards;
@@ -416,7 +416,7 @@ impl StrategyState {
     async fn load(&mut self) {
         let mut last_error = String::new();
         for attempt in 1..=LOAD_ATTEMPTS {
-            match load_state(&self.names).await {
+            match persister::load_state(&self.names, LOAD_TIMEOUT).await {
                 Ok(state) => {
                     let restored = self.restore(&state);
                     self.records_loaded = true;
@@ -494,7 +494,9 @@ impl StrategyState {
             json!({ "id": id, "from": from, "to": to, "reason": reason }),
         )
         .set(record_key(id), value);
-        commit(&self.names, change).await.map_err(|e| {
+        persister::commit_change(&self.names, change, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| {
             warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
             format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
         })?;
@@ -537,49 +539,6 @@ impl StrategyState {
             ticks_received: self.ticks_received,
             last_tick_at: self.last_tick_at,
         }
-    }
-}
-
-/// One `Load` from the persister, bounded by [`LOAD_TIMEOUT`].
-async fn load_state(names: &Names) -> Result<BTreeMap<String, Value>, String> {
-    let persister = names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .ok_or("the state-persister is not running")?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    persister
-        .send_message(PersisterMsg::Load(tx.into()))
-        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-    match tokio::time::timeout(LOAD_TIMEOUT, rx).await {
-        Ok(Ok(Ok(state))) => Ok(state),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the state-persister dropped the load".into()),
-        Err(_) => Err(format!(
-            "the state-persister did not answer within {} ms",
-            LOAD_TIMEOUT.as_millis()
-        )),
-    }
-}
-
-/// One durable commit, bounded by [`COMMIT_TIMEOUT`].
-async fn commit(names: &Names, change: Change) -> Result<(), String> {
-    let persister = names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .ok_or("the state-persister is not running")?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    persister
-        .send_message(PersisterMsg::Commit {
-            change,
-            reply: Some(tx.into()),
-        })
-        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-    match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-        Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
-        Err(_) => Err(format!(
-            "the state-persister did not confirm within {} ms",
-            COMMIT_TIMEOUT.as_millis()
-        )),
     }
 }
 
@@ -650,6 +609,7 @@ impl Actor for StrategyActor {
 mod tests {
     use super::*;
     use crate::names::ChildName;
+    use crate::persister::PersisterMsg;
     use ractor::call_t;
 
     fn ticker(instrument: &str, mark: f64) -> Ticker {

@@ -21,7 +21,7 @@ use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::strategy::StrategyMsg;
-use tradebaas_actors::tree::{TreeConfig, start_tree};
+use tradebaas_actors::tree::start_tree;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -62,25 +62,16 @@ async fn main() {
     .unwrap();
     paper.add_credentials("bench", "bench-secret");
     let dir = tempfile::tempdir().unwrap();
-    let c = Config::default();
-    let mut broker = c.broker.clone();
-    broker.channels = vec!["ticker.BTC-PERPETUAL.raw".into()];
-    let tree = TreeConfig {
-        supervisor: c.supervisor.clone(),
-        alert: c.alert.clone(),
-        store_path: dir.path().join("tradebaas.db"),
-        backups_dir: dir.path().join("backups"),
-        store: c.store.clone(),
-        fail_safe: c.fail_safe.clone(),
-        heartbeat: c.heartbeat.clone(),
-        broker,
-        broker_url: paper.url(),
-        credentials: Some(Credentials {
+    let mut c = Config::default();
+    c.broker.channels = vec!["ticker.BTC-PERPETUAL.raw".into()];
+    let tree = c.tree_config(
+        dir.path(),
+        paper.url(),
+        Some(Credentials {
             client_id: "bench".into(),
             client_secret: Secret::new("bench-secret"),
         }),
-        strategies: c.strategies.clone(),
-    };
+    );
     let names = Names::default();
     let metrics = Metrics::new().unwrap();
     let supervisor = start_tree(names.clone(), &tree, metrics.clone())

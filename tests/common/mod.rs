@@ -35,27 +35,17 @@ pub struct Harness {
 
 /// Test-speed configuration: fast heartbeats, real numbers everywhere else.
 pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
-    let c = Config::default();
-    let mut broker = c.broker.clone();
-    broker.heartbeat_interval = Duration::from_secs(1);
-    let mut heartbeat = c.heartbeat.clone();
-    heartbeat.interval = Duration::from_millis(200);
-    TreeConfig {
-        supervisor: c.supervisor.clone(),
-        alert: c.alert.clone(),
-        store_path: dir.join("tradebaas.db"),
-        backups_dir: dir.join("backups"),
-        store: c.store.clone(),
-        fail_safe: c.fail_safe.clone(),
-        heartbeat,
-        broker,
-        broker_url: url,
-        credentials: Some(Credentials {
+    let mut c = Config::default();
+    c.broker.heartbeat_interval = Duration::from_secs(1);
+    c.heartbeat.interval = Duration::from_millis(200);
+    c.tree_config(
+        dir,
+        url,
+        Some(Credentials {
             client_id: "test-client".into(),
             client_secret: Secret::new(SECRET),
         }),
-        strategies: c.strategies.clone(),
-    }
+    )
 }
 
 pub async fn start(customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig)) -> Harness {

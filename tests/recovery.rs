@@ -484,6 +484,17 @@ async fn a_stalled_exchange_is_not_reconciled_and_leaves_observe_only_in_time() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_never_connects_does_not_hang_recovery() {
     let h = common::start(|t, _| t.broker_url = "ws://127.0.0.1:1".into()).await;
+    // The tree's children start after `start_tree` returns; on a loaded CI machine the store can
+    // take longer to open than the 1 s budget. This test is about the broker, so wait for the
+    // persister first (there is no /ready to wait for: the broker never connects).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tradebaas_actors::persister::load_state(&h.names, Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the persister never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let timeout = Duration::from_secs(1);
     let started = Instant::now();
     let report = run_recovery(&h, &config(timeout, &["BTC"])).await;

@@ -16,6 +16,7 @@ use tradebaas_actors::heartbeat::HeartbeatConfig;
 use tradebaas_actors::persister::StoreConfig;
 use tradebaas_actors::recovery::RecoveryConfig;
 use tradebaas_actors::strategy::StrategyEntry;
+use tradebaas_actors::strategy::exec::ExecutionConfig;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
 use tradebaas_actors::tree::TreeConfig;
 
@@ -37,6 +38,8 @@ pub struct Config {
     /// Start-up state restore and exchange reconciliation.
     pub recovery: RecoveryConfig,
     pub store: StoreConfig,
+    /// Order placement, risk guards, protection checks.
+    pub execution: ExecutionConfig,
     /// `[[strategies]]`: one hosted instance each.
     pub strategies: Vec<StrategyEntry>,
 }
@@ -51,12 +54,21 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             paper_exchange: PaperConfig::default(),
             alert: AlertConfig::default(),
-            fail_safe: FailSafeConfig::default(),
+            // The default trades the embedded paper exchange (config/default.toml says why).
+            fail_safe: FailSafeConfig {
+                initial_mode: tradebaas_actors::mode::TradingMode::Aggressive,
+                ..FailSafeConfig::default()
+            },
             heartbeat: HeartbeatConfig::default(),
             recovery: RecoveryConfig::default(),
             store: StoreConfig::default(),
+            execution: ExecutionConfig::default(),
             strategies: vec![StrategyEntry {
-                ma_cross: Default::default(),
+                ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
+                    stop_distance_pct: 0.2,
+                    take_profit_pct: 0.2,
+                    ..Default::default()
+                },
                 id: "example".into(),
                 instrument: "BTC-PERPETUAL".into(),
             }],
@@ -200,6 +212,9 @@ impl Config {
             .map_err(|e| fail("paper_exchange", e))?;
         self.recovery.validate().map_err(|e| fail("recovery", e))?;
         self.store.validate().map_err(|e| fail("store", e))?;
+        self.execution
+            .validate()
+            .map_err(|e| fail("execution", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",
@@ -219,6 +234,13 @@ impl Config {
                     format!("id {:?} is used twice", s.id),
                 ));
             }
+            // Every label this strategy can ever produce must be valid and fit Deribit's 64 chars.
+            tradebaas_actors::orders::labels::intent_label(
+                &self.recovery.label_prefix,
+                &s.id,
+                u64::MAX,
+            )
+            .map_err(|e| fail(&format!("strategies[{i}]"), format!("id: {e}")))?;
             s.ma_cross
                 .validate()
                 .map_err(|e| fail(&format!("strategies[{i}].ma_cross"), e))?;
@@ -252,6 +274,8 @@ impl Config {
             broker_url,
             credentials,
             strategies: self.strategies.clone(),
+            execution: self.execution.clone(),
+            label_prefix: self.recovery.label_prefix.clone(),
         }
     }
 

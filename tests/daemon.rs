@@ -29,12 +29,24 @@ impl Daemon {
 
     /// The same on a given data directory (restarts, a second instance).
     fn start_in(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+        Daemon::start_with(dir, &config, extra, &[])
+    }
+
+    /// `tradebaas run` with `config` on `dir`, with `env` added to the environment.
+    fn start_with(
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
-            .arg(format!("{ROOT}/config/default.toml"))
+            .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .env_remove("TRADEBAAS_LISTEN")
             .env_remove("TRADEBAAS_DATA_DIR")
@@ -440,4 +452,152 @@ async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
         .collect();
     assert_eq!(moved.len(), 1, "the damaged store is kept aside: {moved:?}");
     drop(daemon);
+}
+
+/// Polls `/health` until the strategy instance `id` satisfies `pred`; returns it.
+async fn wait_strategy(base: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    loop {
+        if let Ok((_, body)) = get(base, "/health", Duration::from_secs(2)).await
+            && let Ok(v) = serde_json::from_slice::<Value>(&body)
+        {
+            if let Some(i) = v["actors"]["strategy"]["strategies"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["id"] == id))
+                && pred(i)
+            {
+                return i.clone();
+            }
+            last = v["actors"]["strategy"].clone();
+        }
+        assert!(Instant::now() < deadline, "strategy never {what}: {last:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The idempotency rule across a process death: the daemon commits the entry intent, sends it,
+/// the exchange executes it but holds the answer, and the daemon is SIGKILLed before it hears
+/// back. The restarted daemon finds the order by its label, adopts the position, puts its
+/// protection back, and never sends the entry again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_commit_and_answer_never_duplicates_the_entry() {
+    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
+    let paper = PaperExchange::start(
+        PaperConfig {
+            seed: Some(3),
+            min_heartbeat_interval: Duration::from_millis(100),
+            ..PaperConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    paper.add_credentials("kill-test", "kill-test-secret-0123456789");
+    paper.pause_market(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tradebaas.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[broker]
+url = "{url}"
+heartbeat_interval = "1s"
+
+[fail_safe]
+initial_mode = "AGGRESSIVE"
+
+[execution]
+check_interval = "100ms"
+not_found_grace = "300ms"
+
+[[strategies]]
+id = "x"
+instrument = "BTC-PERPETUAL"
+
+[strategies.ma_cross]
+fast = 2
+slow = 3
+stop_distance_pct = 0.5
+take_profit_pct = 1.0
+min_ticks_between_signals = 1000000
+"#,
+            url = paper.url()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("DERIBIT_CLIENT_ID", "kill-test"),
+        ("DERIBIT_CLIENT_SECRET", "kill-test-secret-0123456789"),
+    ];
+    let data = dir.path().join("data");
+    let mut first = Daemon::start_with(&data, &config, &[], &env);
+    let base = first.base_url();
+    let i = wait_strategy(&base, "x", "analyzing", |i| {
+        i["lifecycle"] == "ANALYZING" && i["last_mark_price"].is_f64()
+    })
+    .await;
+    let p0 = i["last_mark_price"].as_f64().unwrap();
+
+    // The exchange will execute the entry at once and sit on the answer for 3 s.
+    paper
+        .faults()
+        .hold_after_accept("private/buy", 1, Duration::from_secs(3));
+    paper.set_price("BTC-PERPETUAL", p0 * 0.998);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    paper.set_price("BTC-PERPETUAL", p0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = |p: &PaperExchange| {
+        p.all_orders()
+            .into_iter()
+            .filter(|o| o["label"] == "tb-x-0")
+            .count()
+    };
+    while entries(&paper) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the entry never reached the exchange"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Executed on the exchange, answer not sent: the daemon's record says ENTERING_POSITION.
+    first.signal("KILL");
+    assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(-1));
+
+    let second = Daemon::start_with(&data, &config, &[], &env);
+    let base = second.base_url();
+    let i = wait_strategy(&base, "x", "adopted the position", |i| {
+        i["lifecycle"] == "POSITION_OPEN" && i["job"].is_null()
+    })
+    .await;
+    let size = i["position"]["size"].as_f64().unwrap();
+    // The legs the kill's disconnect cancelled are placed again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let open = paper.open_orders();
+        let resting = |l: &str| open.iter().filter(|o| o["label"] == l).count();
+        if resting("tb-x-0-sl") == 1 && resting("tb-x-0-tp") == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "protection never restored: {open:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries(&paper), 1, "the entry was sent twice");
+    assert_eq!(
+        paper.stats().requests_by_method.get("private/buy").copied(),
+        Some(1),
+        "private/buy is the entry only (legs re-placed as sells)"
+    );
+    let position = paper
+        .positions()
+        .into_iter()
+        .find(|p| p["instrument_name"] == "BTC-PERPETUAL")
+        .unwrap();
+    assert_eq!(position["size"].as_f64().unwrap(), size);
+    drop(second);
+    paper.shutdown().await;
 }

@@ -158,7 +158,7 @@ async fn recovery_alerts(h: &common::Harness) -> usize {
 fn config(timeout: Duration, currencies: &[&str]) -> RecoveryConfig {
     RecoveryConfig {
         timeout,
-        label_prefix: "tb-".into(),
+        label_prefix: "tb".into(),
         currencies: currencies.iter().map(|c| (*c).to_string()).collect(),
     }
 }
@@ -175,6 +175,9 @@ fn position(instrument: &str, direction: Side, size: f64, protective: &[&str]) -
             size,
             entry_price: 65_000.0,
             protective_orders: protective.iter().map(|s| (*s).to_string()).collect(),
+            entry_label: None,
+            stop_price: None,
+            take_profit_price: None,
         }),
         intents_in_flight: Vec::new(),
     }
@@ -190,6 +193,8 @@ fn intents(labels: &[&str]) -> TransitionData {
                 side: Side::Buy,
                 size: 10.0,
                 sent_at: Utc::now(),
+                stop_price: None,
+                take_profit_price: None,
             })
             .collect(),
     }

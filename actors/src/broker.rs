@@ -24,6 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
+use crate::orders::rate::{Limits, RateLimiter, method_kind};
 use crate::secret::Secret;
 use crate::strategy::StrategyMsg;
 use protocol::redact_url;
@@ -133,12 +134,16 @@ pub enum BrokerMsg {
     Status(RpcReplyPort<BrokerStatus>),
     /// Liveness.
     Ping(RpcReplyPort<()>),
-    /// Send a JSON-RPC request on the current session.
+    /// Send a JSON-RPC request on the current session, after the client-side rate limiter
+    /// grants its credit (see [`crate::orders::rate`]).
     Request {
         method: String,
         params: Value,
         reply: RpcReplyPort<Result<Value, RequestError>>,
     },
+    /// Authenticate the current session again with the configured credentials (after a 13009
+    /// `unauthorized`). `Err` without credentials, without a session, or when the exchange refuses.
+    Reauthenticate(RpcReplyPort<Result<(), String>>),
     /// Internal: time for connection attempt `generation`.
     Connect { generation: u64 },
     /// Internal: the outcome of connection attempt `conn`.
@@ -279,6 +284,7 @@ pub struct BrokerState {
     malformed_burst: Option<(Instant, u64)>,
     test_requests_before: u64,
     last_error: Option<String>,
+    limiter: Arc<RateLimiter>,
     _check: AbortOnDrop,
 }
 
@@ -302,6 +308,33 @@ fn heartbeat_param(d: Duration) -> Value {
     }
 }
 
+/// `public/auth` with the `client_credentials` grant on session `h`.
+async fn authenticate(
+    h: &session::SessionHandle,
+    c: &Credentials,
+) -> Result<AuthTokens, RequestError> {
+    let result: AuthResult = h
+        .call(
+            "public/auth",
+            json!({
+                "grant_type": "client_credentials",
+                "client_id": c.client_id,
+                "client_secret": c.client_secret.expose(),
+            }),
+        )
+        .await?;
+    if result.access_token.is_empty() {
+        return Err(RequestError::Unexpected {
+            method: "public/auth".into(),
+            reason: "empty access token".into(),
+        });
+    }
+    Ok(AuthTokens {
+        refresh_token: Secret::new(result.refresh_token.unwrap_or_default()),
+        expires_in: Duration::from_secs(result.expires_in.unwrap_or(0)),
+    })
+}
+
 async fn establish(
     conn: u64,
     url: String,
@@ -318,35 +351,14 @@ async fn establish(
     let session = Session::connect(conn, &url, session_config, sink).await?;
     let h = session.handle();
     let auth = match &credentials {
-        Some(c) => {
-            let result: AuthResult = h
-                .call(
-                    "public/auth",
-                    json!({
-                        "grant_type": "client_credentials",
-                        "client_id": c.client_id,
-                        "client_secret": c.client_secret.expose(),
-                    }),
-                )
+        Some(c) => Some(
+            authenticate(&h, c)
                 .await
                 .map_err(|source| ConnectError::Handshake {
                     step: "public/auth",
                     source,
-                })?;
-            if result.access_token.is_empty() {
-                return Err(ConnectError::Handshake {
-                    step: "public/auth",
-                    source: RequestError::Unexpected {
-                        method: "public/auth".into(),
-                        reason: "empty access token".into(),
-                    },
-                });
-            }
-            Some(AuthTokens {
-                refresh_token: Secret::new(result.refresh_token.unwrap_or_default()),
-                expires_in: Duration::from_secs(result.expires_in.unwrap_or(0)),
-            })
-        }
+                })?,
+        ),
         None => None,
     };
     h.call::<Value>(
@@ -539,7 +551,12 @@ impl Actor for BrokerActor {
             .clamp(Duration::from_millis(25), Duration::from_secs(1));
         let check = myself.send_interval(every, || BrokerMsg::Check);
         let safe_url = redact_url(&args.url);
+        let limiter = Arc::new(
+            RateLimiter::new(Limits::default())
+                .map_err(|e| ActorProcessingErr::from(format!("rate limiter: {e}")))?,
+        );
         Ok(BrokerState {
+            limiter,
             reconnector: Reconnector::new(args.config.reconnect),
             safe_url,
             args,
@@ -652,6 +669,12 @@ impl Actor for BrokerActor {
                             since: Instant::now(),
                             since_wall: Utc::now(),
                         };
+                        // Every (re)connect: the strategy re-checks intents, protection, orphans.
+                        if let Some(strategy) =
+                            state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
+                        {
+                            let _ = strategy.send_message(StrategyMsg::Connected { conn });
+                        }
                     }
                     Err(err) => {
                         let next = state
@@ -756,7 +779,9 @@ impl Actor for BrokerActor {
             } => match state.connected_session() {
                 Some(session) => {
                     let h = session.handle();
+                    let limiter = state.limiter.clone();
                     tokio::spawn(async move {
+                        limiter.acquire(method_kind(&method)).await;
                         let result = h.request(&method, params).await.and_then(|raw| {
                             serde_json::from_str(raw.get()).map_err(|e| RequestError::Unexpected {
                                 method: method.clone(),
@@ -770,6 +795,28 @@ impl Actor for BrokerActor {
                     let _ = reply.send(Err(RequestError::NotConnected));
                 }
             },
+            BrokerMsg::Reauthenticate(reply) => {
+                let (Some(session), Some(credentials)) =
+                    (state.connected_session(), state.args.credentials.clone())
+                else {
+                    let _ = reply.send(Err(
+                        "no session, or no credentials configured to authenticate with".into(),
+                    ));
+                    return Ok(());
+                };
+                let h = session.handle();
+                let limiter = state.limiter.clone();
+                tokio::spawn(async move {
+                    limiter.acquire(method_kind("public/auth")).await;
+                    let outcome = authenticate(&h, &credentials).await;
+                    if let Err(e) = &outcome {
+                        warn!(actor = "broker-connection", error = %e, "re-authentication failed");
+                    } else {
+                        info!(actor = "broker-connection", "session re-authenticated");
+                    }
+                    let _ = reply.send(outcome.map(|_| ()).map_err(|e| e.to_string()));
+                });
+            }
             BrokerMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -793,4 +840,24 @@ impl Actor for BrokerActor {
         }
         Ok(())
     }
+}
+
+/// Sends `method` through the `broker-connection` and waits for the answer. The wait is bounded
+/// by the rate limiter and the broker's `request_timeout`; a broker that is not running, or that
+/// drops the request, is [`RequestError::NotConnected`] (nothing was sent by us).
+pub async fn request(names: &Names, method: &str, params: Value) -> Result<Value, RequestError> {
+    let broker: ActorRef<BrokerMsg> = names
+        .lookup(ChildName::BrokerConnection)
+        .ok_or(RequestError::NotConnected)?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    broker
+        .send_message(BrokerMsg::Request {
+            method: method.to_string(),
+            params,
+            reply: tx.into(),
+        })
+        .map_err(|_| RequestError::NotConnected)?;
+    rx.await.map_err(|_| RequestError::Closed {
+        method: method.to_string(),
+    })?
 }

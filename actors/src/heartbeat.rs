@@ -476,11 +476,7 @@ mod tests {
         let (a, _) = Actor::spawn(
             Some(names.of(ChildName::Strategy)),
             StrategyActor,
-            StrategyArgs {
-                names: names.clone(),
-                strategies: Vec::new(),
-                metrics: Metrics::new().unwrap(),
-            },
+            StrategyArgs::new(names.clone(), Vec::new(), Metrics::new().unwrap()),
         )
         .await
         .unwrap();

@@ -10,6 +10,17 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+/// The `result` label values of `tradebaas_orders_total`, present from the start at 0.
+pub const ORDER_RESULTS: [&str; 7] = [
+    "filled",
+    "open",
+    "rejected",
+    "refused",
+    "unknown",
+    "retried",
+    "cancelled",
+];
+
 /// All metrics of one daemon.
 #[derive(Clone)]
 pub struct Metrics {
@@ -41,6 +52,19 @@ pub struct Metrics {
     pub last_recovery_success: IntGauge,
     /// Unclean shutdowns detected when the store was opened.
     pub crashes_total: IntCounter,
+    /// Orders by outcome: `filled`, `open`, `rejected`, `refused` (never sent: a guard or the
+    /// fail-safe said no), `unknown` (no answer; resolved by label), `retried`, `cancelled`.
+    pub orders: IntCounterVec,
+    /// Round trips finished (entry filled, position closed).
+    pub trades: IntCounter,
+    /// Trades closed at a profit (take-profit, or a close above the entry for a long).
+    pub trades_success: IntCounter,
+    /// Trades closed at a loss or rolled back.
+    pub trades_failed: IntCounter,
+    /// Positions the strategies hold (set at scrape time from the strategy actor's status).
+    pub positions_open: IntGauge,
+    /// Order request → answer.
+    pub order_latency: Histogram,
 }
 
 impl Metrics {
@@ -108,6 +132,38 @@ impl Metrics {
             "tradebaas_crashes_total",
             "Unclean shutdowns detected when the store was opened",
         )?;
+        let orders = IntCounterVec::new(
+            Opts::new(
+                "tradebaas_orders_total",
+                "Order requests by result (filled, open, rejected, refused, unknown, retried, cancelled)",
+            ),
+            &["result"],
+        )?;
+        let trades = IntCounter::new(
+            "tradebaas_trades_total",
+            "Trades finished: a filled entry whose position was closed",
+        )?;
+        let trades_success = IntCounter::new(
+            "tradebaas_trades_success_total",
+            "Trades closed at a profit",
+        )?;
+        let trades_failed = IntCounter::new(
+            "tradebaas_trades_failed_total",
+            "Trades closed at a loss, by the stop-loss or a rollback",
+        )?;
+        let positions_open = IntGauge::new(
+            "tradebaas_positions_open",
+            "Positions held by the strategies",
+        )?;
+        let order_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "tradebaas_order_latency_seconds",
+                "Order request to answer from the exchange",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -127,6 +183,12 @@ impl Metrics {
         registry.register(Box::new(last_recovery_duration_seconds.clone()))?;
         registry.register(Box::new(last_recovery_success.clone()))?;
         registry.register(Box::new(crashes_total.clone()))?;
+        registry.register(Box::new(orders.clone()))?;
+        registry.register(Box::new(trades.clone()))?;
+        registry.register(Box::new(trades_success.clone()))?;
+        registry.register(Box::new(trades_failed.clone()))?;
+        registry.register(Box::new(positions_open.clone()))?;
+        registry.register(Box::new(order_latency.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -140,6 +202,9 @@ impl Metrics {
         for child in crate::names::ChildName::START_ORDER {
             // Present from the start at 0, so rate() works before the first restart.
             actor_restarts.with_label_values(&[child.as_str()]);
+        }
+        for result in ORDER_RESULTS {
+            orders.with_label_values(&[result]);
         }
 
         Ok(Self {
@@ -158,6 +223,12 @@ impl Metrics {
             last_recovery_duration_seconds,
             last_recovery_success,
             crashes_total,
+            orders,
+            trades,
+            trades_success,
+            trades_failed,
+            positions_open,
+            order_latency,
         })
     }
 
@@ -204,6 +275,12 @@ mod tests {
             "tradebaas_last_recovery_duration_seconds",
             "tradebaas_last_recovery_success",
             "tradebaas_crashes_total",
+            "tradebaas_orders_total{result=\"filled\"} 0",
+            "tradebaas_trades_total",
+            "tradebaas_trades_success_total",
+            "tradebaas_trades_failed_total",
+            "tradebaas_positions_open",
+            "tradebaas_order_latency_seconds_bucket",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_start_time_seconds",

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -50,7 +49,9 @@ pub struct RecoveryConfig {
     /// Bound on the whole recovery (load, broker wait, exchange queries, decision).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Labels of orders this daemon places start with this; other labelled orders are not ours.
+    /// Labels of orders this daemon places are `<label_prefix>-<strategy>-<seq>[-leg]`; open
+    /// orders with such a label that no strategy owns are orphans, every other order is left
+    /// alone.
     pub label_prefix: String,
     /// Currencies whose positions and open orders are reconciled.
     pub currencies: Vec<String>,
@@ -60,7 +61,7 @@ impl Default for RecoveryConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            label_prefix: "tb-".into(),
+            label_prefix: "tb".into(),
             currencies: vec!["BTC".into()],
         }
     }
@@ -72,9 +73,8 @@ impl RecoveryConfig {
         if self.timeout < Duration::from_millis(100) {
             return Err("timeout must be at least 100ms".into());
         }
-        if self.label_prefix.is_empty() || self.label_prefix.chars().any(char::is_whitespace) {
-            return Err("label_prefix must be non-empty and without whitespace".into());
-        }
+        crate::orders::labels::check_prefix(&self.label_prefix)
+            .map_err(|e| format!("label_prefix: {e}"))?;
         if self.currencies.is_empty() {
             return Err("currencies must name at least one currency".into());
         }
@@ -120,6 +120,13 @@ pub struct ExOrder {
     /// Milliseconds since the epoch; picks the newest of several orders with one label.
     #[serde(default)]
     pub last_update_timestamp: i64,
+    #[serde(default)]
+    pub filled_amount: f64,
+    #[serde(default)]
+    pub average_price: f64,
+    /// Why it was cancelled (`cancel_on_disconnect`, `oco_other_closed`, …).
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
 }
 
 /// One disagreement between the stored state and the exchange.
@@ -248,7 +255,7 @@ pub fn reconcile(
         })
         .collect();
     for o in open_orders {
-        if o.label.starts_with(label_prefix)
+        if crate::orders::labels::owned_by_us(label_prefix, &o.label)
             && !owned.contains(o.label.as_str())
             && !owned.contains(o.order_id.as_str())
         {
@@ -331,7 +338,11 @@ pub async fn recover(
     let clean = p.state_restored && p.broker_reconciled && p.differences.is_empty();
     let mut strategy_resumed = false;
     let current = fail_safe_mode(names, deadline).await;
-    if clean && p.stored_mode == Some(TradingMode::Aggressive) {
+    // Nothing stored yet (a first start): the fail-safe runs on its configured initial mode.
+    let mode_to_resume = p
+        .stored_mode
+        .or(if p.records.is_empty() { current } else { None });
+    if clean && mode_to_resume == Some(TradingMode::Aggressive) {
         if current == Some(TradingMode::Shutdown) {
             p.warnings
                 .push("the fail-safe is in SHUTDOWN; trading stays stopped".into());
@@ -526,20 +537,8 @@ async fn request<T: serde::de::DeserializeOwned>(
     method: &str,
     params: Value,
 ) -> Result<T, String> {
-    let broker: ActorRef<BrokerMsg> = names
-        .lookup(ChildName::BrokerConnection)
-        .ok_or("the broker-connection is not running")?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    broker
-        .send_message(BrokerMsg::Request {
-            method: method.to_string(),
-            params,
-            reply: tx.into(),
-        })
-        .map_err(|e| format!("{method}: could not reach the broker-connection: {e}"))?;
-    let value = rx
+    let value = crate::broker::request(names, method, params)
         .await
-        .map_err(|_| format!("{method}: the broker-connection dropped the request"))?
         .map_err(|e| format!("{method}: {e}"))?;
     serde_json::from_value(value).map_err(|e| format!("{method}: unexpected answer: {e}"))
 }

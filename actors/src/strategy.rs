@@ -11,7 +11,7 @@
 //! awaits its commit inside the handler, so ticks queue behind it for the length of one fsync;
 //! that keeps transitions strictly ordered and is rare next to ticks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +27,9 @@ use crate::names::Names;
 use crate::persister;
 use crate::store::Change;
 
+pub mod exec;
 pub mod guards;
+mod orphans;
 pub mod signal;
 
 /// The state key prefix of strategy records: `strategy.<id>`.
@@ -66,6 +68,23 @@ pub struct StrategyArgs {
     pub names: Names,
     pub strategies: Vec<StrategyEntry>,
     pub metrics: Metrics,
+    /// `[execution]`.
+    pub execution: exec::ExecutionConfig,
+    /// Order labels are `<label_prefix>-<id>-<seq>[-leg]`.
+    pub label_prefix: String,
+}
+
+impl StrategyArgs {
+    /// Default execution settings and the default label prefix (tests, tools).
+    pub fn new(names: Names, strategies: Vec<StrategyEntry>, metrics: Metrics) -> Self {
+        Self {
+            names,
+            strategies,
+            metrics,
+            execution: exec::ExecutionConfig::default(),
+            label_prefix: crate::recovery::RecoveryConfig::default().label_prefix,
+        }
+    }
 }
 
 /// Messages of the strategy actor.
@@ -87,6 +106,20 @@ pub enum StrategyMsg {
         data: Option<TransitionData>,
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// The broker established session `conn` (first connect or reconnect): fetch instrument
+    /// specs, re-check every instance with the exchange, cancel orphan orders.
+    Connected { conn: u64 },
+    /// Internal: periodic re-check of instances with work outstanding.
+    Check,
+    /// Internal: a job of instance `id` ended.
+    JobDone {
+        id: String,
+        outcome: exec::JobOutcome,
+    },
+    /// Internal: instrument specs from `public/get_instruments`.
+    Specs(HashMap<String, guards::InstrumentSpec>),
+    /// The `(strategy id, intent seq)` pairs the records refer to (orphan cleanup).
+    Owned(RpcReplyPort<HashSet<(String, u64)>>),
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -177,6 +210,15 @@ pub struct PositionData {
     /// Labels or order ids of the stop-loss / take-profit orders protecting it.
     #[serde(default)]
     pub protective_orders: Vec<String>,
+    /// The label of the entry that opened it.
+    #[serde(default)]
+    pub entry_label: Option<String>,
+    /// The stop-loss trigger price (to place the leg again).
+    #[serde(default)]
+    pub stop_price: Option<f64>,
+    /// The take-profit price (to place the leg again).
+    #[serde(default)]
+    pub take_profit_price: Option<f64>,
 }
 
 /// An order sent to the exchange whose outcome is not known yet.
@@ -187,6 +229,12 @@ pub struct Intent {
     pub side: Side,
     pub size: f64,
     pub sent_at: DateTime<Utc>,
+    /// The protective stop sent with it (on the tick grid).
+    #[serde(default)]
+    pub stop_price: Option<f64>,
+    /// The take-profit sent with it (on the tick grid).
+    #[serde(default)]
+    pub take_profit_price: Option<f64>,
 }
 
 /// Position and intents carried by a transition.
@@ -206,6 +254,10 @@ pub struct StrategyRecord {
     pub position: Option<PositionData>,
     #[serde(default)]
     pub intents_in_flight: Vec<Intent>,
+    /// The sequence number the next entry's label gets; bumped by every move to
+    /// ENTERING_POSITION, so a label is never used twice.
+    #[serde(default)]
+    pub next_intent_seq: u64,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -217,6 +269,7 @@ impl StrategyRecord {
             lifecycle: Lifecycle::Idle,
             position: None,
             intents_in_flight: Vec::new(),
+            next_intent_seq: 0,
             updated_at: Utc::now(),
         }
     }
@@ -258,9 +311,16 @@ pub struct StrategyInstanceStatus {
     pub last_mark_price: Option<f64>,
     /// Non-hold decisions of its logic since start.
     pub signals: u64,
-    /// The newest non-hold decision (recorded only: no orders are placed yet).
+    /// The newest non-hold decision.
     pub last_decision: Option<signal::Decision>,
     pub last_decision_at: Option<DateTime<Utc>>,
+    /// The job running for it (`enter`, `check`, `close`, …), if any.
+    pub job: Option<&'static str>,
+    /// Why the newest entry was refused (guard, fail-safe, exchange).
+    pub last_refusal: Option<String>,
+    /// The newest job error (retried by the next check).
+    pub last_error: Option<String>,
+    pub next_intent_seq: u64,
 }
 
 /// The strategy actor's answer to `Status`.
@@ -276,6 +336,12 @@ pub struct StrategyStatus {
     /// Every ticker received, for any instrument.
     pub ticks_received: u64,
     pub last_tick_at: Option<DateTime<Utc>>,
+    /// Whether orders are placed and managed (`[execution] enabled`).
+    pub execution_enabled: bool,
+    /// Instruments whose trading rules are known.
+    pub instrument_specs: Vec<String>,
+    /// Orphan orders cancelled since start.
+    pub orphans_cancelled: u64,
 }
 
 struct Instance {
@@ -291,20 +357,80 @@ struct Instance {
     signals: u64,
     last_decision: Option<signal::Decision>,
     last_decision_at: Option<DateTime<Utc>>,
+    /// The job running for this instance; aborted when the actor stops.
+    job: Option<(&'static str, AbortOnDrop)>,
+    last_refusal: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Aborts a job's task when dropped (actor stop or restart), so a job never outlives the actor
+/// state it was spawned from.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Instance {
-    fn on_tick(&mut self, ticker: &Ticker) {
+    /// Feeds the tick to the logic; returns a non-hold decision.
+    fn on_tick(&mut self, ticker: &Ticker) -> Option<signal::Decision> {
         self.ticks += 1;
         self.last_mark_price = Some(ticker.mark_price);
-        if let Some(logic) = self.logic.as_mut() {
-            let decision = logic.on_tick(&signal::MarketTick::from(ticker));
-            if decision != signal::Decision::Hold {
-                // Decisions are recorded, not acted on: order execution is the next issue.
-                self.signals += 1;
-                self.last_decision = Some(decision);
-                self.last_decision_at = Some(Utc::now());
+        let logic = self.logic.as_mut()?;
+        let decision = logic.on_tick(&signal::MarketTick::from(ticker));
+        if decision == signal::Decision::Hold {
+            return None;
+        }
+        self.signals += 1;
+        self.last_decision = Some(decision.clone());
+        self.last_decision_at = Some(Utc::now());
+        Some(decision)
+    }
+
+    /// The job a check should start for this instance, if any.
+    fn pending_job(&self) -> Option<exec::Job> {
+        match self.record.lifecycle {
+            Lifecycle::Idle if self.logic.is_some() => Some(exec::Job::StartAnalyzing),
+            Lifecycle::Idle | Lifecycle::Analyzing => None,
+            Lifecycle::SignalDetected => Some(exec::Job::DropSignal),
+            Lifecycle::EnteringPosition => Some(exec::Job::Resolve),
+            Lifecycle::PositionOpen => Some(exec::Job::Check),
+            Lifecycle::Closing => Some(exec::Job::Close {
+                reason: "finishing a close".into(),
+            }),
+        }
+    }
+
+    /// What a decision means in the current lifecycle.
+    fn job_for(&self, decision: signal::Decision) -> Option<exec::Job> {
+        match (decision, self.record.lifecycle) {
+            (signal::Decision::Hold, _) => None,
+            (
+                signal::Decision::Enter {
+                    side,
+                    stop_price,
+                    take_profit_price,
+                    reason,
+                },
+                Lifecycle::Analyzing,
+            ) => Some(exec::Job::Enter {
+                side,
+                stop_price,
+                take_profit_price,
+                reason,
+            }),
+            (signal::Decision::Enter { .. }, Lifecycle::PositionOpen | Lifecycle::Closing) => {
+                Some(exec::Job::Refuse {
+                    reason: guards::Refusal::PositionAlreadyOpen.to_string(),
+                })
             }
+            (signal::Decision::Exit { reason }, Lifecycle::PositionOpen) => {
+                Some(exec::Job::Close { reason })
+            }
+            // IDLE (not analyzing yet), or an entry under way: nothing to do.
+            _ => None,
         }
     }
 }
@@ -315,6 +441,15 @@ pub struct StrategyActor;
 /// The strategy actor's state.
 pub struct StrategyState {
     names: Names,
+    execution: exec::ExecutionConfig,
+    label_prefix: String,
+    metrics: Metrics,
+    specs: HashMap<String, guards::InstrumentSpec>,
+    entry_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The orphan sweep running, if any.
+    sweep: Option<AbortOnDrop>,
+    orphans_cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _check: Option<AbortOnDrop>,
     instances: Vec<Instance>,
     /// Instrument → indices into `instances`.
     by_instrument: HashMap<String, Vec<usize>>,
@@ -325,7 +460,14 @@ pub struct StrategyState {
 }
 
 impl StrategyState {
-    fn new(names: Names, strategies: Vec<StrategyEntry>) -> Self {
+    fn new(args: StrategyArgs) -> Self {
+        let StrategyArgs {
+            names,
+            strategies,
+            metrics,
+            execution,
+            label_prefix,
+        } = args;
         let mut by_instrument: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in strategies.iter().enumerate() {
             by_instrument
@@ -335,6 +477,14 @@ impl StrategyState {
         }
         Self {
             names,
+            execution,
+            label_prefix,
+            metrics,
+            specs: HashMap::new(),
+            entry_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            sweep: None,
+            orphans_cancelled: std::sync::Arc::default(),
+            _check: None,
             instances: strategies
                 .into_iter()
                 .map(|entry| Instance {
@@ -354,6 +504,9 @@ impl StrategyState {
                     signals: 0,
                     last_decision: None,
                     last_decision_at: None,
+                    job: None,
+                    last_refusal: None,
+                    last_error: None,
                 })
                 .collect(),
             by_instrument,
@@ -364,16 +517,133 @@ impl StrategyState {
         }
     }
 
-    fn on_tick(&mut self, ticker: &Ticker) {
+    fn on_tick(&mut self, myself: &ActorRef<StrategyMsg>, ticker: &Ticker) {
         self.ticks_received += 1;
         self.last_tick_at = Some(Utc::now());
-        if let Some(indices) = self.by_instrument.get(ticker.instrument_name.as_str()) {
-            for &i in indices {
-                if let Some(instance) = self.instances.get_mut(i) {
-                    instance.on_tick(ticker);
+        let Some(indices) = self.by_instrument.get(ticker.instrument_name.as_str()) else {
+            return;
+        };
+        for i in indices.clone() {
+            let job = self
+                .instances
+                .get_mut(i)
+                .and_then(|instance| instance.on_tick(ticker))
+                .and_then(|decision| {
+                    let instance = self.instances.get(i)?;
+                    if instance.job.is_some() {
+                        return None; // busy: the decision is recorded, not acted on
+                    }
+                    instance.job_for(decision)
+                });
+            if let Some(job) = job {
+                self.spawn_job(myself, i, job);
+            }
+        }
+    }
+
+    /// Starts `job` for instance `i` unless execution is off or the instance is busy.
+    fn spawn_job(&mut self, myself: &ActorRef<StrategyMsg>, i: usize, job: exec::Job) {
+        if !self.execution.enabled {
+            return;
+        }
+        let ex = exec::Exec {
+            names: self.names.clone(),
+            config: self.execution.clone(),
+            prefix: self.label_prefix.clone(),
+            metrics: self.metrics.clone(),
+            entry_lock: self.entry_lock.clone(),
+            me: myself.clone(),
+        };
+        let specs = &self.specs;
+        let Some(instance) = self.instances.get_mut(i) else {
+            return;
+        };
+        if instance.job.is_some() {
+            return;
+        }
+        let snap = exec::Snapshot {
+            id: instance.entry.id.clone(),
+            instrument: instance.entry.instrument.clone(),
+            record: instance.record.clone(),
+            spec: specs.get(&instance.entry.instrument).cloned(),
+            mark: instance.last_mark_price,
+        };
+        let name = job.name();
+        let id = snap.id.clone();
+        let me = myself.clone();
+        let task = tokio::spawn(async move {
+            let outcome = exec::run(ex, snap, job).await;
+            let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
+        });
+        instance.job = Some((name, AbortOnDrop(task)));
+    }
+
+    /// Starts the job each idle instance with outstanding work needs.
+    fn check(&mut self, myself: &ActorRef<StrategyMsg>) {
+        if !self.records_loaded {
+            return;
+        }
+        for i in 0..self.instances.len() {
+            let job = self
+                .instances
+                .get(i)
+                .filter(|inst| inst.job.is_none())
+                .and_then(Instance::pending_job);
+            if let Some(job) = job {
+                self.spawn_job(myself, i, job);
+            }
+        }
+    }
+
+    /// After a (re)connect: instrument specs, then orphan cleanup, in one background task.
+    fn on_connected(&mut self, myself: &ActorRef<StrategyMsg>, conn: u64) {
+        if !self.execution.enabled {
+            return;
+        }
+        let mut currencies: Vec<String> = self
+            .instances
+            .iter()
+            .map(|i| exec::currency_of(&i.entry.instrument).to_string())
+            .collect();
+        currencies.sort();
+        currencies.dedup();
+        let names = self.names.clone();
+        let prefix = self.label_prefix.clone();
+        let me = myself.clone();
+        let counter = self.orphans_cancelled.clone();
+        let task = tokio::spawn(async move {
+            let specs = orphans::fetch_specs(&names, &currencies).await;
+            let _ = me.send_message(StrategyMsg::Specs(specs));
+            let cancelled = orphans::sweep(&names, &me, &prefix, &currencies, conn).await;
+            counter.fetch_add(cancelled, std::sync::atomic::Ordering::Relaxed);
+        });
+        self.sweep = Some(AbortOnDrop(task));
+        self.check(myself);
+    }
+
+    /// `(strategy id, intent seq)` of every order label the records refer to.
+    fn owned(&self) -> HashSet<(String, u64)> {
+        let mut owned = HashSet::new();
+        for i in &self.instances {
+            let r = &i.record;
+            let labels = r
+                .intents_in_flight
+                .iter()
+                .map(|intent| intent.label.as_str())
+                .chain(r.position.iter().flat_map(|p| {
+                    p.protective_orders
+                        .iter()
+                        .map(String::as_str)
+                        .chain(p.entry_label.as_deref())
+                }));
+            for label in labels {
+                if let Some(parsed) = crate::orders::labels::parse_label(&self.label_prefix, label)
+                {
+                    owned.insert((parsed.strategy_id, parsed.intent_seq));
                 }
             }
         }
+        owned
     }
 
     /// Applies the stored records; returns how many were restored.
@@ -477,6 +747,9 @@ impl StrategyState {
         let mut next = instance.record.clone();
         next.lifecycle = to;
         next.updated_at = Utc::now();
+        if to == Lifecycle::EnteringPosition {
+            next.next_intent_seq += 1;
+        }
         match data {
             Some(d) => {
                 next.position = d.position;
@@ -532,12 +805,25 @@ impl StrategyState {
                     signals: i.signals,
                     last_decision: i.last_decision.clone(),
                     last_decision_at: i.last_decision_at,
+                    job: i.job.as_ref().map(|(name, _)| *name),
+                    last_refusal: i.last_refusal.clone(),
+                    last_error: i.last_error.clone(),
+                    next_intent_seq: i.record.next_intent_seq,
                 })
                 .collect(),
             records_loaded: self.records_loaded,
             load_error: self.load_error.clone(),
             ticks_received: self.ticks_received,
             last_tick_at: self.last_tick_at,
+            execution_enabled: self.execution.enabled,
+            instrument_specs: {
+                let mut v: Vec<String> = self.specs.keys().cloned().collect();
+                v.sort();
+                v
+            },
+            orphans_cancelled: self
+                .orphans_cancelled
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -549,7 +835,7 @@ impl Actor for StrategyActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let active = args.strategies.len();
@@ -562,26 +848,68 @@ impl Actor for StrategyActor {
             ids = ?args.strategies.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "strategies configured; loading their stored state"
         );
-        Ok(StrategyState::new(args.names, args.strategies))
+        if let Err(e) = crate::orders::labels::check_prefix(&args.label_prefix) {
+            return Err(ActorProcessingErr::from(e));
+        }
+        let every = args.execution.check_interval;
+        let mut state = StrategyState::new(args);
+        state._check = Some(AbortOnDrop(
+            myself.send_interval(every, || StrategyMsg::Check),
+        ));
+        Ok(state)
     }
 
     async fn post_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.load().await;
+        // A restart of this actor alone finds the broker connected already: no Connected comes.
+        if state.execution.enabled
+            && let Some(broker) = state
+                .names
+                .lookup::<crate::broker::BrokerMsg>(crate::names::ChildName::BrokerConnection)
+            && let Ok(ractor::rpc::CallResult::Success(s)) = broker
+                .call(
+                    crate::broker::BrokerMsg::Status,
+                    Some(Duration::from_millis(500)),
+                )
+                .await
+            && s.state == crate::broker::LinkState::Connected
+        {
+            state.on_connected(&myself, 0);
+        }
         Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StrategyMsg::Ticker(ticker) => state.on_tick(&ticker),
+            StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
+            StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
+            StrategyMsg::Check => state.check(&myself),
+            StrategyMsg::JobDone { id, outcome } => {
+                if let Some(i) = state.instances.iter_mut().find(|i| i.entry.id == id) {
+                    i.job = None;
+                    if outcome.refusal.is_some() {
+                        i.last_refusal = outcome.refusal;
+                    }
+                    i.last_error = outcome.error;
+                }
+            }
+            StrategyMsg::Specs(specs) => {
+                for (name, spec) in specs {
+                    state.specs.insert(name, spec);
+                }
+            }
+            StrategyMsg::Owned(reply) => {
+                let _ = reply.send(state.owned());
+            }
             StrategyMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -599,7 +927,7 @@ impl Actor for StrategyActor {
                 let _ = reply.send(result);
             }
             #[cfg(any(test, feature = "test-hooks"))]
-            StrategyMsg::Hook(hook) => hook.act(&_myself.get_cell()).await?,
+            StrategyMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
         }
         Ok(())
     }
@@ -644,11 +972,7 @@ mod tests {
         let (a, _) = Actor::spawn(
             Some(names.of(ChildName::Strategy)),
             StrategyActor,
-            StrategyArgs {
-                names,
-                strategies,
-                metrics: metrics.clone(),
-            },
+            StrategyArgs::new(names, strategies, metrics.clone()),
         )
         .await
         .unwrap();
@@ -795,6 +1119,9 @@ mod tests {
             size: 100.0,
             entry_price: 65_000.0,
             protective_orders: vec!["tb-a-sl".into()],
+            entry_label: None,
+            stop_price: None,
+            take_profit_price: None,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg, StoreConfig};
+use crate::strategy::exec::ExecutionConfig;
 use crate::strategy::{StrategyActor, StrategyArgs, StrategyEntry};
 use crate::supervisor::policy::SupervisorConfig;
 use crate::supervisor::{
@@ -45,6 +46,10 @@ pub struct TreeConfig {
     pub broker_url: String,
     pub credentials: Option<Credentials>,
     pub strategies: Vec<StrategyEntry>,
+    /// `[execution]`.
+    pub execution: ExecutionConfig,
+    /// Order label prefix (`[recovery] label_prefix`).
+    pub label_prefix: String,
 }
 
 /// How long the escalation hook waits for each peer.
@@ -141,6 +146,8 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
                     names: names.clone(),
                     strategies: config.strategies.clone(),
                     metrics: metrics.clone(),
+                    execution: config.execution.clone(),
+                    label_prefix: config.label_prefix.clone(),
                 },
             ),
         },

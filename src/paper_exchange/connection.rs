@@ -391,11 +391,16 @@ impl Connection {
             return Ok(());
         }
         debug!(method = %request.method, id = %request.id, "request");
-        let (injected, drop_after) = {
+        let (injected, drop_after, hold) = {
             let mut faults = self.shared.lock_faults();
             let injected = faults.take_injected(&request.method);
             let drop_after = injected.is_none() && faults.take_drop_after_accept(&request.method);
-            (injected, drop_after)
+            let hold = if injected.is_none() && !drop_after {
+                faults.take_hold_after_accept(&request.method)
+            } else {
+                None
+            };
+            (injected, drop_after, hold)
         };
         if let Some(error) = injected {
             debug!(method = %request.method, code = error.code, "answering injected error");
@@ -419,6 +424,10 @@ impl Connection {
                 if drop_after {
                     info!(method = %request.method, "fault: closing after executing, without answer");
                     return Err(CloseReason::DropAfterAccept);
+                }
+                if let Some(hold) = hold {
+                    info!(method = %request.method, hold_ms = hold.as_millis() as u64, "fault: holding the answer after executing");
+                    tokio::time::sleep(hold).await;
                 }
                 self.reply(&request.id, result, us_in).await
             }

@@ -19,6 +19,7 @@ pub(crate) struct FaultState {
     stall_until: Option<Instant>,
     injected: HashMap<String, (RpcError, u32)>,
     drop_after_accept: HashMap<String, u32>,
+    hold_after_accept: HashMap<String, (u32, Duration)>,
     reject_linked_legs: u32,
 }
 
@@ -52,6 +53,17 @@ impl FaultState {
     /// Consumes one pending drop-after-accept for `method`.
     pub fn take_drop_after_accept(&mut self, method: &str) -> bool {
         take_one(&mut self.drop_after_accept, method)
+    }
+
+    /// Consumes one pending hold-after-accept for `method`: how long to sit on the answer.
+    pub fn take_hold_after_accept(&mut self, method: &str) -> Option<Duration> {
+        let (times, hold) = self.hold_after_accept.get_mut(method)?;
+        let hold = *hold;
+        *times = times.saturating_sub(1);
+        if *times == 0 {
+            self.hold_after_accept.remove(method);
+        }
+        Some(hold)
     }
 
     /// Whether a linked-leg rejection is pending (consumed only once an entry was accepted).
@@ -138,6 +150,20 @@ impl FaultControl {
             faults.drop_after_accept.remove(method);
         } else {
             faults.drop_after_accept.insert(method.to_owned(), times);
+        }
+    }
+
+    /// The next `times` calls of `method` are executed at once, but their answer is held back for
+    /// `hold` (the connection reads nothing meanwhile): a client can be killed between the
+    /// exchange accepting an order and hearing about it.
+    pub fn hold_after_accept(&self, method: &str, times: u32, hold: Duration) {
+        let mut faults = self.shared.lock_faults();
+        if times == 0 {
+            faults.hold_after_accept.remove(method);
+        } else {
+            faults
+                .hold_after_accept
+                .insert(method.to_owned(), (times, hold));
         }
     }
 

@@ -115,6 +115,9 @@ fn healthy_replies() -> Replies {
             load_error: None,
             ticks_received: 1,
             last_tick_at: None,
+            execution_enabled: true,
+            instrument_specs: vec![],
+            orphans_cancelled: 0,
         }),
     }
 }

@@ -66,7 +66,8 @@ fn is_prefix_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-fn check_prefix(prefix: &str) -> Result<(), String> {
+/// Checks a label prefix; the error says what is allowed.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || !prefix.chars().all(is_prefix_char) {
         return Err(format!(
             "label prefix {prefix:?} must be non-empty and use only A-Z, a-z, 0-9 and _"

@@ -21,6 +21,9 @@ fn record(
             size,
             entry_price: 65_000.0,
             protective_orders: protective.iter().map(|s| (*s).to_string()).collect(),
+            entry_label: None,
+            stop_price: None,
+            take_profit_price: None,
         }),
         intents_in_flight: intents
             .iter()
@@ -29,8 +32,11 @@ fn record(
                 side: Side::Buy,
                 size: 10.0,
                 sent_at: Utc::now(),
+                stop_price: None,
+                take_profit_price: None,
             })
             .collect(),
+        next_intent_seq: 0,
         updated_at: Utc::now(),
     }
 }
@@ -60,6 +66,9 @@ fn order(id: &str, label: &str, state: &str) -> ExOrder {
         direction: "sell".into(),
         amount: 10.0,
         last_update_timestamp: 0,
+        filled_amount: 0.0,
+        average_price: 0.0,
+        cancel_reason: None,
     }
 }
 
@@ -204,7 +213,7 @@ fn reconcile_table() {
         },
     ];
     for c in cases {
-        let got = reconcile(&c.local, &c.positions, &c.open, &c.labelled, "tb-");
+        let got = reconcile(&c.local, &c.positions, &c.open, &c.labelled, "tb");
         assert_eq!(got, c.expected, "case: {}", c.name);
     }
 }
@@ -245,13 +254,13 @@ fn exchange_objects_parse_from_deribit_shapes() {
 fn config_defaults_and_validation() {
     let c = RecoveryConfig::default();
     assert_eq!(c.timeout, Duration::from_secs(30));
-    assert_eq!(c.label_prefix, "tb-");
+    assert_eq!(c.label_prefix, "tb");
     assert_eq!(c.currencies, vec!["BTC".to_string()]);
     assert!(c.validate().is_ok());
     let parsed: RecoveryConfig =
         serde_json::from_value(json!({"timeout": "5s", "currencies": ["BTC", "ETH"]})).unwrap();
     assert_eq!(parsed.timeout, Duration::from_secs(5));
-    assert_eq!(parsed.label_prefix, "tb-");
+    assert_eq!(parsed.label_prefix, "tb");
     assert!(serde_json::from_value::<RecoveryConfig>(json!({"timout": "5s"})).is_err());
     for (bad, field) in [
         (json!({"timeout": "10ms"}), "timeout"),

@@ -65,8 +65,8 @@ impl Default for Config {
             execution: ExecutionConfig::default(),
             strategies: vec![StrategyEntry {
                 ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
-                    stop_distance_pct: 0.2,
-                    take_profit_pct: 0.2,
+                    stop_distance_pct: 0.1,
+                    take_profit_pct: 0.1,
                     ..Default::default()
                 },
                 id: "example".into(),

@@ -76,6 +76,10 @@ impl Api {
             self.metrics
                 .strategies_active
                 .set(i64::try_from(s.active).unwrap_or(i64::MAX));
+            let open = s.strategies.iter().filter(|i| i.position.is_some()).count();
+            self.metrics
+                .positions_open
+                .set(i64::try_from(open).unwrap_or(i64::MAX));
         }
     }
 

@@ -182,6 +182,8 @@ async fn a_signal_opens_a_protected_position_and_the_take_profit_closes_it() {
     assert_eq!(stop % 0.5, 0.0);
     assert_eq!(take % 0.5, 0.0);
     assert_eq!(position_size(&h), position.size);
+    let (_, _) = h.get("/health").await; // gauges are set from the replies at scrape time
+    assert_eq!(h.metrics.positions_open.get(), 1);
 
     // The take-profit is hit: the exchange closes the position and cancels the stop (OCO).
     h.paper.set_price(INSTRUMENT, take + 10.0);

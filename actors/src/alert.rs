@@ -8,6 +8,10 @@
 //!
 //! Callers must not put secrets into an alert: its fields are logged and stored verbatim.
 
+pub mod payload;
+pub mod sink;
+pub mod transport;
+
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 

@@ -248,6 +248,16 @@ pub struct AlertState {
     resend: Option<JoinHandle<()>>,
 }
 
+impl Drop for AlertState {
+    /// A state dropped without `post_stop` (a panic) must not leave the re-send timer behind;
+    /// the sinks stop themselves on drop.
+    fn drop(&mut self) {
+        if let Some(timer) = self.resend.take() {
+            timer.abort();
+        }
+    }
+}
+
 impl AlertState {
     fn new(args: AlertArgs) -> Self {
         Self {

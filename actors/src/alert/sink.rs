@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -186,6 +187,10 @@ pub struct SinkStatus {
     pub consecutive_failures: u64,
     /// The last failure, for the operator.
     pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When the receiver last accepted a delivery.
+    pub last_delivered_at: Option<DateTime<Utc>>,
     /// `consecutive_failures` reached `failing_after`, or the sink could not be set up.
     pub failing: bool,
     /// Deliveries given up after `max_attempts`.
@@ -205,6 +210,8 @@ impl SinkStatus {
             failed_attempts: 0,
             consecutive_failures: 0,
             last_error: None,
+            last_error_at: None,
+            last_delivered_at: None,
             failing: false,
             abandoned: 0,
             dropped: 0,
@@ -334,6 +341,7 @@ impl Sink {
                 );
                 let mut s = SinkStatus::new(kind, String::new());
                 s.last_error = Some(reason);
+                s.last_error_at = Some(Utc::now());
                 s.failing = true;
                 (watch::channel(s).1, None)
             }
@@ -413,6 +421,7 @@ async fn run(
                 Ok(()) => {
                     status.send_modify(|s| {
                         s.delivered += 1;
+                        s.last_delivered_at = Some(Utc::now());
                         s.consecutive_failures = 0;
                         s.failing = false;
                     });
@@ -427,6 +436,7 @@ async fn run(
                         s.failing = s.consecutive_failures >= u64::from(config.failing_after);
                         failing = s.failing;
                         s.last_error = Some(error.clone());
+                        s.last_error_at = Some(Utc::now());
                     });
                     warn!(actor = "alert", sink, what = %delivery.what, attempt, failing, error, "alert delivery failed");
                     if attempt >= config.max_attempts {

@@ -215,6 +215,7 @@ impl Config {
         self.execution
             .validate()
             .map_err(|e| fail("execution", e))?;
+        self.alert.validate().map_err(|e| fail("alert", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",
@@ -415,6 +416,22 @@ mod tests {
             Some("supervisor.children.alert.within"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn alert_sink_errors_name_the_key() {
+        let e = err("[alert.webhook]\nenabled = true\nurl = \"ftp://x\"\n");
+        assert_eq!(e.key.as_deref(), Some("alert.webhook.url"), "{e}");
+        let e = err("[alert.telegram]\nenabled = true\n");
+        assert_eq!(e.key.as_deref(), Some("alert.telegram.chat_id"), "{e}");
+        let e = err("[alert.delivery]\nqueue_capacity = 0\n");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("alert.delivery.queue_capacity"),
+            "{e}"
+        );
+        let e = err("[alert.alertmanager]\nenabeld = true\n");
+        assert!(e.to_string().contains("enabeld"), "{e}");
     }
 
     #[test]

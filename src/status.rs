@@ -70,7 +70,7 @@ pub fn render(health: &Value) -> String {
                 "state-persister" => ["last_seq", "writes_failed"].as_slice(),
                 "fail-safe" => ["mode", "reason"].as_slice(),
                 "heartbeat" => ["beats", "unanswered"].as_slice(),
-                "alert" => ["open", "open_critical"].as_slice(),
+                "alert" => ["open", "open_critical", "sinks_failing"].as_slice(),
                 _ => [].as_slice(),
             }
             .iter()

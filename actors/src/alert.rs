@@ -6,7 +6,19 @@
 //! bumps its count, so a flapping cause cannot flood the log or the store. The actor keeps the most
 //! recent records for `/health` and the API; the store holds the full history.
 //!
-//! Callers must not put secrets into an alert: its fields are logged and stored verbatim.
+//! External sinks ([`sink`]: Alertmanager, a webhook in Alertmanager's v4 shape, Telegram) each
+//! get a background task fed by a bounded queue: the actor pushes a prepared body and moves on,
+//! so a slow or dead receiver never blocks it. Alertmanager also gets every open alert again each
+//! `resend_interval`, and a resolved alert once with `endsAt`. Each sink's delivery counts, last
+//! error and `failing` flag are part of this actor's status, hence of `/health`.
+//!
+//! Callers must not put secrets into an alert: its fields are logged, stored and sent verbatim.
+
+pub mod payload;
+pub mod sink;
+#[cfg(test)]
+mod sink_tests;
+pub mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -15,11 +27,18 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use self::sink::{
+    AlertmanagerConfig, Delivery, DeliveryConfig, Sink, SinkKind, SinkStatus, TelegramConfig,
+    WebhookConfig,
+};
+
 use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
+use crate::secret::Secret;
 use crate::store::Change;
 
 /// How urgent an alert is.
@@ -67,6 +86,14 @@ pub struct AlertConfig {
     pub dedup_window: Duration,
     /// Records kept in memory for status.
     pub max_recent: usize,
+    /// `[alert.delivery]`: queue, timeout, retries and backoff of every external sink.
+    pub delivery: DeliveryConfig,
+    /// `[alert.alertmanager]`.
+    pub alertmanager: AlertmanagerConfig,
+    /// `[alert.webhook]`.
+    pub webhook: WebhookConfig,
+    /// `[alert.telegram]`.
+    pub telegram: TelegramConfig,
 }
 
 impl Default for AlertConfig {
@@ -74,6 +101,10 @@ impl Default for AlertConfig {
         Self {
             dedup_window: Duration::from_secs(5 * 60),
             max_recent: 50,
+            delivery: DeliveryConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
+            webhook: WebhookConfig::default(),
+            telegram: TelegramConfig::default(),
         }
     }
 }
@@ -87,8 +118,43 @@ impl AlertConfig {
         if self.max_recent > 10_000 {
             return Err("max_recent must be at most 10000 (the store keeps the history)".into());
         }
+        self.delivery
+            .validate()
+            .map_err(|e| format!("delivery.{e}"))?;
+        let url = |enabled: bool, field: &str, url: &str| -> Result<(), String> {
+            if enabled {
+                transport::Endpoint::parse(url).map_err(|e| format!("{field} {e}"))?;
+            }
+            Ok(())
+        };
+        let am = &self.alertmanager;
+        url(am.enabled, "alertmanager.url", &am.url)?;
+        // Alertmanager resolves an alert `resolve_timeout` (5 min by default) after its last
+        // send; re-sending less often would make open alerts flap.
+        if am.resend_interval.is_zero() || am.resend_interval > Duration::from_secs(5 * 60) {
+            return Err("alertmanager.resend_interval must be between 0 and 5m".into());
+        }
+        url(self.webhook.enabled, "webhook.url", &self.webhook.url)?;
+        let tg = &self.telegram;
+        url(tg.enabled, "telegram.base_url", &tg.base_url)?;
+        if tg.enabled && tg.chat_id.trim().is_empty() {
+            return Err("telegram.chat_id must be set when telegram is enabled".into());
+        }
+        if tg.enabled && tg.token_env.trim().is_empty() {
+            return Err(
+                "telegram.token_env must name the environment variable with the bot token".into(),
+            );
+        }
         Ok(())
     }
+}
+
+/// Errors of alert operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlertError {
+    /// No recent or open alert has this id (the store keeps older ones).
+    #[error("no open or recent alert has id {alert_id}")]
+    UnknownAlert { alert_id: String },
 }
 
 /// What the alert actor is spawned with.
@@ -108,6 +174,14 @@ pub enum AlertMsg {
     Raise(Alert),
     /// Close the open alert with this key, if any.
     Resolve { key: String },
+    /// Mark one alert acknowledged by an operator (stored as an `alert_acknowledged` event);
+    /// answers the updated record.
+    Acknowledge {
+        alert_id: String,
+        reply: RpcReplyPort<Result<AlertRecord, AlertError>>,
+    },
+    /// Re-send open alerts to Alertmanager (sent to itself every `resend_interval`).
+    Resend,
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -145,14 +219,18 @@ pub struct AlertStatus {
     pub deduplicated_total: u64,
     /// Newest last, at most `max_recent`.
     pub recent: Vec<AlertRecord>,
+    /// Enabled external sinks that are currently `failing`.
+    pub sinks_failing: usize,
+    /// One entry per enabled external sink.
+    pub sinks: Vec<SinkStatus>,
 }
 
 /// The alert actor.
 pub struct AlertActor;
 
 struct Open {
-    alert_id: String,
-    severity: Severity,
+    /// The open record as it is now (count and acknowledgement kept current).
+    record: AlertRecord,
     raised_at: Instant,
 }
 
@@ -164,6 +242,20 @@ pub struct AlertState {
     recent: VecDeque<AlertRecord>,
     raised_total: u64,
     deduplicated_total: u64,
+    /// Enabled external sinks; dropping one stops its task.
+    sinks: Vec<Sink>,
+    /// The Alertmanager re-send timer.
+    resend: Option<JoinHandle<()>>,
+}
+
+impl Drop for AlertState {
+    /// A state dropped without `post_stop` (a panic) must not leave the re-send timer behind;
+    /// the sinks stop themselves on drop.
+    fn drop(&mut self) {
+        if let Some(timer) = self.resend.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl AlertState {
@@ -174,6 +266,97 @@ impl AlertState {
             recent: VecDeque::new(),
             raised_total: 0,
             deduplicated_total: 0,
+            sinks: Vec::new(),
+            resend: None,
+        }
+    }
+
+    /// Starts a delivery task for every enabled sink.
+    fn start_sinks(&mut self) {
+        let c = &self.args.config;
+        if c.alertmanager.enabled {
+            self.sinks.push(Sink::start(
+                SinkKind::Alertmanager,
+                &c.alertmanager.url,
+                Ok(Secret::new("/api/v2/alerts")),
+                &c.delivery,
+            ));
+        }
+        if c.webhook.enabled {
+            self.sinks.push(Sink::start(
+                SinkKind::Webhook,
+                &c.webhook.url,
+                Ok(Secret::new("")),
+                &c.delivery,
+            ));
+        }
+        if c.telegram.enabled {
+            let var = &c.telegram.token_env;
+            // The token only ever lives inside the request path, wrapped in `Secret`.
+            let token = c.telegram.token.clone().or_else(|| {
+                std::env::var(var)
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| Secret::new(t.trim()))
+            });
+            let path = token
+                .map(|t| Secret::new(format!("/bot{}/sendMessage", t.expose())))
+                .ok_or_else(|| format!("the bot token variable {var} is not set"));
+            self.sinks.push(Sink::start(
+                SinkKind::Telegram,
+                &c.telegram.base_url,
+                path,
+                &c.delivery,
+            ));
+        }
+    }
+
+    /// Hands a raised or resolved record to every sink (queue only; never waits).
+    fn notify_sinks(&mut self, record: &AlertRecord) {
+        let c = &self.args.config;
+        let what = format!(
+            "{} {}",
+            if record.resolved_at.is_some() {
+                "resolved"
+            } else {
+                "firing"
+            },
+            record.key
+        );
+        for sink in &mut self.sinks {
+            let body = match sink.kind() {
+                SinkKind::Alertmanager => {
+                    payload::alertmanager_body([record], c.alertmanager.generator_url.as_deref())
+                }
+                SinkKind::Webhook => {
+                    payload::webhook_v4(record, &c.webhook.receiver, &c.webhook.external_url)
+                }
+                SinkKind::Telegram => payload::telegram_message(record, &c.telegram.chat_id),
+            };
+            sink.push(Delivery {
+                what: what.clone(),
+                body: body.to_string().into(),
+            });
+        }
+    }
+
+    /// Re-sends every open alert to Alertmanager in one request.
+    fn resend_open(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let mut open: Vec<&AlertRecord> = self.open.values().map(|o| &o.record).collect();
+        open.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        let generator = self.args.config.alertmanager.generator_url.as_deref();
+        let body = payload::alertmanager_body(open, generator).to_string();
+        let n = self.open.len();
+        for sink in &mut self.sinks {
+            if sink.kind() == SinkKind::Alertmanager {
+                sink.push(Delivery {
+                    what: format!("re-send of {n} open alert(s)"),
+                    body: body.clone().into(),
+                });
+            }
         }
     }
 
@@ -187,10 +370,11 @@ impl AlertState {
     /// Raises `alert`; returns the new record, or `None` when it was folded into an open one.
     fn raise(&mut self, alert: Alert, now: Instant) -> Option<AlertRecord> {
         let window = self.args.config.dedup_window;
-        if let Some(open) = self.open.get(&alert.key)
+        if let Some(open) = self.open.get_mut(&alert.key)
             && now.saturating_duration_since(open.raised_at) < window
         {
-            let alert_id = open.alert_id.clone();
+            open.record.count += 1;
+            let alert_id = open.record.alert_id.clone();
             self.deduplicated_total += 1;
             let count = self.record_mut(&alert_id).map(|r| {
                 r.count += 1;
@@ -223,8 +407,7 @@ impl AlertState {
         self.open.insert(
             record.key.clone(),
             Open {
-                alert_id: record.alert_id.clone(),
-                severity: record.severity,
+                record: record.clone(),
                 raised_at: now,
             },
         );
@@ -236,27 +419,51 @@ impl AlertState {
         Some(record)
     }
 
-    /// Resolves the open alert with `key`; returns `(alert_id, resolved_at)`.
-    fn resolve(&mut self, key: &str) -> Option<(String, DateTime<Utc>)> {
-        let open = self.open.remove(key)?;
+    /// Resolves the open alert with `key`; returns the closed record.
+    fn resolve(&mut self, key: &str) -> Option<AlertRecord> {
+        let mut record = self.open.remove(key)?.record;
         let at = Utc::now();
-        if let Some(r) = self.record_mut(&open.alert_id) {
+        record.resolved_at = Some(at);
+        if let Some(r) = self.record_mut(&record.alert_id) {
             r.resolved_at = Some(at);
         }
-        Some((open.alert_id, at))
+        Some(record)
+    }
+
+    /// Marks the alert acknowledged (idempotent); returns the record.
+    fn acknowledge(&mut self, alert_id: &str) -> Result<AlertRecord, AlertError> {
+        let mut found = None;
+        if let Some(open) = self
+            .open
+            .values_mut()
+            .find(|o| o.record.alert_id == alert_id)
+        {
+            open.record.acknowledged = true;
+            found = Some(open.record.clone());
+        }
+        if let Some(r) = self.record_mut(alert_id) {
+            r.acknowledged = true;
+            found = Some(r.clone());
+        }
+        found.ok_or_else(|| AlertError::UnknownAlert {
+            alert_id: alert_id.to_owned(),
+        })
     }
 
     fn status(&self) -> AlertStatus {
+        let sinks: Vec<SinkStatus> = self.sinks.iter().map(Sink::status).collect();
         AlertStatus {
             open: self.open.len(),
             open_critical: self
                 .open
                 .values()
-                .filter(|o| o.severity == Severity::Critical)
+                .filter(|o| o.record.severity == Severity::Critical)
                 .count(),
             raised_total: self.raised_total,
             deduplicated_total: self.deduplicated_total,
             recent: self.recent.iter().cloned().collect(),
+            sinks_failing: sinks.iter().filter(|s| s.failing).count(),
+            sinks,
         }
     }
 
@@ -332,10 +539,43 @@ impl Actor for AlertActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(AlertState::new(args))
+        let mut state = AlertState::new(args);
+        // Spawning tasks is quick; nothing here waits on the network.
+        state.start_sinks();
+        if state
+            .sinks
+            .iter()
+            .any(|s| s.kind() == SinkKind::Alertmanager)
+        {
+            let period = state.args.config.alertmanager.resend_interval;
+            state.resend = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if myself.send_message(AlertMsg::Resend).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.resend.take() {
+            timer.abort();
+        }
+        // Dropping the sinks stops their tasks, so a restart never leaves a second sender.
+        state.sinks.clear();
+        Ok(())
     }
 
     async fn handle(
@@ -352,24 +592,51 @@ impl Actor for AlertActor {
                         |e| json!({ "alert_id": record.alert_id, "encode_error": e.to_string() }),
                     );
                     state.store(Change::event("alert_raised", payload));
+                    state.notify_sinks(&record);
                 }
             }
             AlertMsg::Resolve { key } => match state.resolve(&key) {
-                Some((alert_id, resolved_at)) => {
+                Some(record) => {
                     info!(
                         actor = "alert",
                         alert = true,
-                        alert_id,
+                        alert_id = %record.alert_id,
                         key,
                         "alert resolved"
                     );
                     state.store(Change::event(
                         "alert_resolved",
-                        json!({ "alert_id": alert_id, "key": key, "resolved_at": resolved_at }),
+                        json!({
+                            "alert_id": record.alert_id,
+                            "key": key,
+                            "resolved_at": record.resolved_at,
+                        }),
                     ));
+                    state.notify_sinks(&record);
                 }
                 None => debug!(actor = "alert", key, "resolve for a key with no open alert"),
             },
+            AlertMsg::Acknowledge { alert_id, reply } => {
+                let result = state.acknowledge(&alert_id);
+                if let Ok(record) = &result {
+                    info!(
+                        actor = "alert",
+                        alert_id,
+                        key = %record.key,
+                        "alert acknowledged"
+                    );
+                    state.store(Change::event(
+                        "alert_acknowledged",
+                        json!({
+                            "alert_id": alert_id,
+                            "key": record.key,
+                            "acknowledged_at": Utc::now(),
+                        }),
+                    ));
+                }
+                let _ = reply.send(result);
+            }
+            AlertMsg::Resend => state.resend_open(),
             AlertMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -457,6 +724,7 @@ mod tests {
         let config = AlertConfig {
             dedup_window: Duration::from_secs(60),
             max_recent: 50,
+            ..AlertConfig::default()
         };
         let (_, actor) = spawn("alert-window-", config).await;
         actor
@@ -552,6 +820,94 @@ mod tests {
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, ["alert_raised", "alert_resolved"]);
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_thousand_repeats_are_one_open_alert_counted_a_thousand_times() {
+        tokio::time::pause();
+        let (_, actor) = spawn("alert-thousand-", AlertConfig::default()).await;
+        for _ in 0..1000 {
+            actor
+                .send_message(AlertMsg::Raise(alert(
+                    "failsafe:heartbeat",
+                    Severity::Critical,
+                )))
+                .unwrap();
+        }
+        let s = call_t!(actor, AlertMsg::Status, 5000).unwrap();
+        assert_eq!(s.open, 1);
+        assert_eq!(s.raised_total, 1);
+        assert_eq!(s.deduplicated_total, 999);
+        assert_eq!(s.recent.len(), 1);
+        assert_eq!(s.recent[0].count, 1000);
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn acknowledge_marks_the_record_and_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (names, actor) = spawn("alert-ack-", AlertConfig::default()).await;
+        let (persister, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        actor
+            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .unwrap();
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        let id = s.recent[0].alert_id.clone();
+        assert!(!s.recent[0].acknowledged);
+
+        let acked = call_t!(
+            actor,
+            |reply| AlertMsg::Acknowledge {
+                alert_id: id.clone(),
+                reply
+            },
+            1000
+        )
+        .unwrap()
+        .unwrap();
+        assert!(acked.acknowledged);
+        assert_eq!(acked.alert_id, id);
+        let unknown = call_t!(
+            actor,
+            |reply| AlertMsg::Acknowledge {
+                alert_id: "nope".into(),
+                reply
+            },
+            1000
+        )
+        .unwrap();
+        assert_eq!(
+            unknown,
+            Err(AlertError::UnknownAlert {
+                alert_id: "nope".into()
+            })
+        );
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert!(s.recent[0].acknowledged);
+        // A repeat keeps the acknowledgement (it is the same open alert).
+        actor
+            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .unwrap();
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert!(s.recent[0].acknowledged);
+        assert_eq!(s.recent[0].count, 2);
+
+        call_t!(persister, PersisterMsg::Flush, 5000)
+            .unwrap()
+            .unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+        let store = crate::store::Store::open(&path).unwrap();
+        let events = store.events(0, 10).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["alert_raised", "alert_acknowledged"]);
         actor.stop_and_wait(None, None).await.unwrap();
     }
 

@@ -10,7 +10,8 @@
 //! ```
 //! Actors talk only by messages and find each other by registry name ([`names::Names`]). Pure
 //! logic (backoff, restart policy, protocol codec, reconnect state, health rules, lifecycle) lives
-//! in plain modules without actors or I/O. Nothing here knows about HTTP.
+//! in plain modules without actors or I/O. Nothing here serves HTTP; the only HTTP is the alert
+//! sinks' outbound POSTs (`alert::transport`).
 
 pub mod alert;
 pub mod backoff;

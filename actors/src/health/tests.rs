@@ -65,6 +65,8 @@ fn healthy_replies() -> Replies {
             raised_total: 0,
             deduplicated_total: 0,
             recent: vec![],
+            sinks_failing: 0,
+            sinks: vec![],
         }),
         persister: Reply::Answered(PersisterStatus {
             path: "x.db".into(),

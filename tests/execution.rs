@@ -256,15 +256,7 @@ async fn an_entry_accepted_then_dropped_exists_once_and_is_protected_after_recon
         1,
         "exactly one entry: {all:#?}"
     );
-    assert_eq!(
-        h.paper
-            .stats()
-            .requests_by_method
-            .get("private/buy")
-            .copied()
-            .unwrap_or(0),
-        1
-    );
+    assert_eq!(buys(&h), 1);
     assert_eq!(position_size(&h), open.position.unwrap().size);
     assert_eq!(h.metrics.orders.with_label_values(&["unknown"]).get(), 1);
     h.stop().await;
@@ -394,13 +386,7 @@ async fn a_second_entry_is_refused_and_observe_only_blocks_entries_but_not_exits
     .await;
     assert_eq!(position_size(&h), 0.0);
     // …and a new signal is refused by the fail-safe, nothing is sent.
-    let buys_before = h
-        .paper
-        .stats()
-        .requests_by_method
-        .get("private/buy")
-        .copied()
-        .unwrap_or(0);
+    let buys_before = buys(&h);
     cross(&h, true).await;
     let i = wait_instance(&h, "entry refused in OBSERVE_ONLY", |_, i| {
         i.last_refusal
@@ -409,13 +395,7 @@ async fn a_second_entry_is_refused_and_observe_only_blocks_entries_but_not_exits
     })
     .await;
     assert_eq!(i.lifecycle, Lifecycle::Analyzing);
-    let buys_after = h
-        .paper
-        .stats()
-        .requests_by_method
-        .get("private/buy")
-        .copied()
-        .unwrap_or(0);
+    let buys_after = buys(&h);
     assert_eq!(buys_before, buys_after);
     h.stop().await;
 }

@@ -99,6 +99,15 @@ impl<T> Reply<T> {
             _ => None,
         }
     }
+
+    /// How the actor answered, for error messages: `answered`, `unresponsive`, `not running`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Reply::Answered(_) => "answered",
+            Reply::Unresponsive => "unresponsive",
+            Reply::NotRunning => "not running",
+        }
+    }
 }
 
 /// Every reply a health report is built from.

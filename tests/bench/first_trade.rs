@@ -15,14 +15,9 @@ use tradebaas::status::get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "args.rs"]
+mod args;
+use args::arg;
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()

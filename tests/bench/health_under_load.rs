@@ -23,14 +23,9 @@ use tradebaas_actors::secret::Secret;
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::tree::start_tree;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "args.rs"]
+mod args;
+use args::arg;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -37,6 +37,7 @@ use crate::backoff::Backoff;
 use crate::broker::session::RequestError;
 use crate::broker::{self, BrokerMsg};
 use crate::failsafe::FailSafeMsg;
+use crate::health::{Reply, ask};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::orders::errors::{ErrorClass, RetryPolicy, classify_request_error};
@@ -275,17 +276,10 @@ impl Exec {
     }
 
     async fn reauthenticate(&self) -> Result<(), String> {
-        let broker: ActorRef<BrokerMsg> = self
-            .names
-            .lookup(ChildName::BrokerConnection)
-            .ok_or("the broker-connection is not running")?;
-        match broker
-            .call(BrokerMsg::Reauthenticate, Some(Duration::from_secs(10)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            Ok(_) => Err("the broker-connection did not answer".into()),
-            Err(e) => Err(e.to_string()),
+        let broker = self.names.lookup::<BrokerMsg>(ChildName::BrokerConnection);
+        match ask(broker, BrokerMsg::Reauthenticate, Duration::from_secs(10)).await {
+            Reply::Answered(r) => r,
+            other => Err(format!("the broker-connection is {}", other.describe())),
         }
     }
 
@@ -460,16 +454,13 @@ async fn refuse(ex: &Exec, snap: &Snapshot, reason: &str) {
 }
 
 async fn allow_entry(ex: &Exec) -> Result<(), String> {
-    let fs: ActorRef<FailSafeMsg> = ex
-        .names
-        .lookup(ChildName::FailSafe)
-        .ok_or("fail-safe not running: entries are refused")?;
-    match fs
-        .call(FailSafeMsg::AllowEntry, Some(Duration::from_secs(2)))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(r)) => r,
-        _ => Err("fail-safe did not answer: entries are refused".into()),
+    let fs = ex.names.lookup::<FailSafeMsg>(ChildName::FailSafe);
+    match ask(fs, FailSafeMsg::AllowEntry, Duration::from_secs(2)).await {
+        Reply::Answered(r) => r,
+        other => Err(format!(
+            "fail-safe {}: entries are refused",
+            other.describe()
+        )),
     }
 }
 

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
@@ -27,6 +26,7 @@ use crate::names::{ChildName, Names};
 use crate::orders::rate::{Limits, RateLimiter, method_kind};
 use crate::secret::Secret;
 use crate::strategy::StrategyMsg;
+use crate::task::AbortOnDrop;
 use protocol::redact_url;
 use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
@@ -253,14 +253,6 @@ enum Link {
     Waiting { until: Instant, generation: u64 },
     /// Stopping.
     Closed,
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The broker's state (rebuilt from its arguments on every restart).

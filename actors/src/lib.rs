@@ -31,4 +31,5 @@ pub mod secret;
 pub mod store;
 pub mod strategy;
 pub mod supervisor;
+mod task;
 pub mod tree;

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::persister;
 use crate::store::Change;
+use crate::task::AbortOnDrop;
 
 pub mod exec;
 pub mod guards;
@@ -363,16 +364,6 @@ struct Instance {
     last_error: Option<String>,
 }
 
-/// Aborts a job's task when dropped (actor stop or restart), so a job never outlives the actor
-/// state it was spawned from.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Instance {
     /// Feeds the tick to the logic; returns a non-hold decision.
     fn on_tick(&mut self, ticker: &Ticker) -> Option<signal::Decision> {
@@ -523,21 +514,25 @@ impl StrategyState {
         let Some(indices) = self.by_instrument.get(ticker.instrument_name.as_str()) else {
             return;
         };
-        for i in indices.clone() {
-            let job = self
-                .instances
-                .get_mut(i)
-                .and_then(|instance| instance.on_tick(ticker))
-                .and_then(|decision| {
-                    let instance = self.instances.get(i)?;
-                    if instance.job.is_some() {
-                        return None; // busy: the decision is recorded, not acted on
-                    }
-                    instance.job_for(decision)
-                });
-            if let Some(job) = job {
-                self.spawn_job(myself, i, job);
+        // Disjoint field borrows: no clone of the index list on the tick path, and `jobs` only
+        // allocates on the rare tick that leads to work.
+        let mut jobs = Vec::new();
+        for &i in indices {
+            let Some(instance) = self.instances.get_mut(i) else {
+                continue;
+            };
+            let Some(decision) = instance.on_tick(ticker) else {
+                continue;
+            };
+            // A busy instance records the decision but does not act on it.
+            if instance.job.is_none()
+                && let Some(job) = instance.job_for(decision)
+            {
+                jobs.push((i, job));
             }
+        }
+        for (i, job) in jobs {
+            self.spawn_job(myself, i, job);
         }
     }
 

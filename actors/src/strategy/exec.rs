@@ -724,9 +724,10 @@ async fn on_entry_order(
         return ex.go(&snap.id, Lifecycle::Idle, why, None).await;
     }
     ex.count("filled");
+    let seq = seq_of(ex, snap, &intent.label);
     let seq_labels = (
-        ex.label(snap, seq_of(ex, snap, &intent.label), Leg::StopLoss)?,
-        ex.label(snap, seq_of(ex, snap, &intent.label), Leg::TakeProfit)?,
+        ex.label(snap, seq, Leg::StopLoss)?,
+        ex.label(snap, seq, Leg::TakeProfit)?,
     );
     let position = PositionData {
         instrument: snap.instrument.clone(),

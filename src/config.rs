@@ -270,6 +270,7 @@ impl Config {
             backups_dir: crate::state_cmd::backups_dir(data_dir),
             store: self.store.clone(),
             fail_safe: self.fail_safe.clone(),
+            health: self.health.clone(),
             heartbeat: self.heartbeat.clone(),
             broker: self.broker.clone(),
             broker_url,

@@ -578,6 +578,29 @@ pub async fn emergency_shutdown(limit: Duration) -> bool {
         return false;
     };
     let supervisor = ActorRef::<SupervisorMsg>::from(cell);
+    // An unrecoverable error: latch SHUTDOWN (stored, so it survives the restart that follows)
+    // before stopping, so the next run does not trade until an operator has looked.
+    match names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+        Some(fail_safe) => {
+            let latched = fail_safe
+                .call(
+                    |reply| FailSafeMsg::Trigger {
+                        trigger: "unrecoverable_error".into(),
+                        reason: "the daemon panicked outside the actors".into(),
+                        reply: Some(reply),
+                    },
+                    Some(limit / 2),
+                )
+                .await;
+            match latched {
+                Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
+                    error!("shutdown: trading mode latched to SHUTDOWN")
+                }
+                _ => error!("shutdown: SHUTDOWN could not be confirmed stored"),
+            }
+        }
+        None => error!("shutdown: fail-safe not running; SHUTDOWN not latched"),
+    }
     tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None))
         .await
         .is_ok()

@@ -601,3 +601,74 @@ min_ticks_between_signals = 1000000
     drop(second);
     paper.shutdown().await;
 }
+
+/// Polls `/health` until `pred` holds on its body (any status code).
+async fn wait_health(base: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match get(base, "/health", Duration::from_secs(2)).await {
+            Ok((_, body)) => serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            Err(e) => Value::String(e),
+        };
+        if pred(&last) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health never matched within {timeout:?}; last: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_safe_shutdown_survives_a_process_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // No exchange at all, and the fail-safe's health grace scaled down: the broker stays
+    // disconnected, /health is unhealthy, and the `unhealthy` trigger latches SHUTDOWN.
+    let default = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).unwrap();
+    let mut text = default.clone();
+    for (from, to) in [
+        ("url = \"paper\"", "url = \"ws://127.0.0.1:1/ws/api/v2\""),
+        ("broker_grace = \"5s\"", "broker_grace = \"200ms\""),
+        ("evaluate_interval = \"5s\"", "evaluate_interval = \"50ms\""),
+        ("unhealthy_grace = \"10m\"", "unhealthy_grace = \"300ms\""),
+    ] {
+        assert!(text.contains(from), "default.toml has no {from}");
+        text = text.replace(from, to);
+    }
+    let broken = dir.path().join("no-exchange.toml");
+    std::fs::write(&broken, text).unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_with(&data, &broken, &[], &[]);
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(20), |b| {
+        b["mode"] == "SHUTDOWN" && b["actors"]["fail-safe"]["last_trigger"] == "unhealthy"
+    })
+    .await;
+    assert!(
+        body["actors"]["alert"]["open_critical"].as_u64() >= Some(1),
+        "{body:#}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // A healthy restart with the embedded exchange: the stored SHUTDOWN holds.
+    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let mut daemon = Daemon::start_with(&data, &config, &[], &[]);
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(20), |b| {
+        b["actors"]["fail-safe"]["loaded"] == true
+            && b["actors"]["broker-connection"]["state"] == "connected"
+    })
+    .await;
+    assert_eq!(body["mode"], "SHUTDOWN", "{body:#}");
+    assert!(
+        body["actors"]["fail-safe"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("unhealthy: ")),
+        "{body:#}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}

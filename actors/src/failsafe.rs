@@ -21,10 +21,16 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
+use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
 use crate::store::{Change, Committed, StoreError};
+
+pub mod triggers;
+
+pub use triggers::TriggerConfig;
+use triggers::{Action, Finding, Watch};
 
 /// The state key holding the mode.
 pub const MODE_KEY: &str = "mode";
@@ -46,6 +52,8 @@ pub struct FailSafeConfig {
     /// How long to wait for a mode change to be committed.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
+    /// `[fail_safe.triggers]`: the conditions the fail-safe watches and their thresholds.
+    pub triggers: TriggerConfig,
 }
 
 impl Default for FailSafeConfig {
@@ -56,6 +64,7 @@ impl Default for FailSafeConfig {
             load_attempts: 5,
             load_retry_delay: Duration::from_millis(500),
             commit_timeout: Duration::from_secs(2),
+            triggers: TriggerConfig::default(),
         }
     }
 }
@@ -80,7 +89,7 @@ impl FailSafeConfig {
         if self.load_attempts == 0 {
             return Err("load_attempts must be at least 1".into());
         }
-        Ok(())
+        self.triggers.validate()
     }
 }
 
@@ -89,6 +98,8 @@ impl FailSafeConfig {
 pub struct FailSafeArgs {
     pub names: Names,
     pub config: FailSafeConfig,
+    /// `[health]`: the `unhealthy` trigger applies the same rules as `/health`.
+    pub health: HealthConfig,
 }
 
 /// A reply that comes once a change is stored (or storing it failed).
@@ -131,6 +142,13 @@ pub enum FailSafeMsg {
     RecoveryFinished,
     /// Internal: this run's recovery report was found in the store at load time.
     RecoveredEarlier,
+    /// Internal: the run marker's start time, found in the store at load time (the baseline for
+    /// the watch's ages).
+    RunStarted(DateTime<Utc>),
+    /// Internal: time to evaluate the trigger conditions.
+    Evaluate,
+    /// Internal: every actor's status, gathered for an evaluation.
+    Evaluated(Box<Replies>),
     /// Internal: ask the persister for the stored mode (attempts count from 1).
     Load { attempt: u32 },
     /// Internal: the persister's answer (the stored `"mode"` value, if any).
@@ -166,6 +184,8 @@ pub struct FailSafeStatus {
     pub last_trigger: Option<String>,
     /// This run's start-up recovery has finished (entries are refused until it has).
     pub recovered: bool,
+    /// Trigger conditions holding at the last evaluation (`[fail_safe.triggers]`).
+    pub conditions: Vec<String>,
 }
 
 /// The `"mode"` state value.
@@ -196,6 +216,11 @@ pub struct FailSafeState {
     last_trigger: Option<String>,
     /// Bumped on every in-memory change; a pending change to AGGRESSIVE applies only if unchanged.
     generation: u64,
+    /// The trigger conditions' memory.
+    watch: Watch,
+    /// An evaluation's gather is under way.
+    evaluating: bool,
+    started: tokio::time::Instant,
 }
 
 fn commit_outcome(
@@ -226,6 +251,7 @@ impl FailSafeState {
             triggers: self.triggers,
             last_trigger: self.last_trigger.clone(),
             recovered: self.recovered,
+            conditions: self.watch.active(),
         }
     }
 
@@ -436,6 +462,10 @@ impl FailSafeState {
                 .into(),
             metadata: json!({ "trigger": trigger, "previous_mode": previous }),
         };
+        self.send_alert(alert);
+    }
+
+    fn send_alert(&self, alert: Alert) {
         match self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
             Some(a) => {
                 if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
@@ -444,8 +474,62 @@ impl FailSafeState {
             }
             None => warn!(
                 actor = "fail-safe",
-                trigger, "alert actor not running; fail-safe alert only logged"
+                key = %alert.key, "alert actor not running; fail-safe alert only logged"
             ),
+        }
+    }
+
+    /// Gathers every actor's status in a task (never waiting in the handler) and schedules the
+    /// next evaluation. Nothing is evaluated before the stored mode is loaded.
+    fn start_evaluation(&mut self, myself: &ActorRef<FailSafeMsg>) {
+        let config = &self.args.config.triggers;
+        myself.send_after(config.evaluate_interval, || FailSafeMsg::Evaluate);
+        if !self.loaded || self.evaluating {
+            return;
+        }
+        self.evaluating = true;
+        let names = self.args.names.clone();
+        let timeout = self.args.health.actor_timeout;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let replies = crate::health::gather(&names, timeout).await;
+            let _ = me.send_message(FailSafeMsg::Evaluated(Box::new(replies)));
+        });
+    }
+
+    /// Applies one finding of the watch.
+    fn act_on(&mut self, finding: Finding) {
+        match finding.action {
+            Action::Shutdown => self.trigger(finding.trigger.to_owned(), finding.reason, None),
+            Action::ObserveOnly => {
+                self.triggers += 1;
+                self.last_trigger = Some(finding.trigger.to_owned());
+                error!(actor = "fail-safe", trigger = finding.trigger, reason = %finding.reason, "restricting to OBSERVE_ONLY");
+                self.send_alert(Alert {
+                    key: format!(
+                        "heartbeat:{}",
+                        finding.trigger.trim_start_matches("heartbeat_")
+                    ),
+                    severity: Severity::Critical,
+                    title: "Heartbeat lost: trading is OBSERVE_ONLY".into(),
+                    message: finding.reason.clone(),
+                    root_cause: finding.reason.clone(),
+                    recommended_action: "Read the heartbeat and supervisor logs for a wedged or \
+                                         crashed actor; once /health is healthy, set the mode \
+                                         with `tradebaas mode aggressive --reason …`"
+                        .into(),
+                    metadata: json!({ "trigger": finding.trigger, "previous_mode": self.mode }),
+                });
+                if strictness(TradingMode::ObserveOnly) > strictness(self.mode) {
+                    let reason = format!("{}: {}", finding.trigger, finding.reason);
+                    self.restrict(
+                        TradingMode::ObserveOnly,
+                        reason,
+                        Some(finding.trigger),
+                        None,
+                    );
+                }
+            }
         }
     }
 
@@ -459,6 +543,9 @@ impl FailSafeState {
                 Ok(mut state) => {
                     if recovered_this_run(&state) {
                         let _ = me.send_message(FailSafeMsg::RecoveredEarlier);
+                    }
+                    if let Some(t) = run_started(&state) {
+                        let _ = me.send_message(FailSafeMsg::RunStarted(t));
                     }
                     Ok(state.remove(MODE_KEY))
                 }
@@ -554,6 +641,14 @@ impl Actor for FailSafeActor {
         // The load is a message to ourselves so that pre_start (which the supervisor awaits)
         // stays fast; until it is answered the mode is OBSERVE_ONLY and entries are refused.
         myself.send_message(FailSafeMsg::Load { attempt: 1 })?;
+        myself.send_after(args.config.triggers.evaluate_interval, || {
+            FailSafeMsg::Evaluate
+        });
+        let watch = Watch::new(
+            args.config.triggers.clone(),
+            args.health.clone(),
+            Utc::now(),
+        );
         Ok(FailSafeState {
             args,
             mode: TradingMode::ObserveOnly,
@@ -565,6 +660,9 @@ impl Actor for FailSafeActor {
             triggers: 0,
             last_trigger: None,
             generation: 0,
+            watch,
+            evaluating: false,
+            started: tokio::time::Instant::now(),
         })
     }
 
@@ -583,6 +681,16 @@ impl Actor for FailSafeActor {
                     );
                 }
                 state.recovered = true;
+            }
+            FailSafeMsg::RunStarted(t) => state.watch.set_since(t),
+            FailSafeMsg::Evaluate => state.start_evaluation(&myself),
+            FailSafeMsg::Evaluated(replies) => {
+                state.evaluating = false;
+                let uptime = state.started.elapsed();
+                let findings = state.watch.evaluate(&replies, Utc::now(), uptime);
+                for finding in findings {
+                    state.act_on(finding);
+                }
             }
             FailSafeMsg::AllowEntry(reply) => {
                 let _ = reply.send(state.allow_entry());
@@ -682,6 +790,16 @@ fn recovered_this_run(state: &std::collections::BTreeMap<String, Value>) -> bool
     matches!((started, finished), (Some(s), Some(f)) if f >= s)
 }
 
+/// The stored run marker's start time (`run.started_at`).
+fn run_started(state: &std::collections::BTreeMap<String, Value>) -> Option<DateTime<Utc>> {
+    state
+        .get(crate::store::RUN_KEY)
+        .and_then(|r| r.get("started_at"))
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// How much a mode restricts trading: AGGRESSIVE < OBSERVE_ONLY < SHUTDOWN.
 fn strictness(mode: TradingMode) -> u8 {
     match mode {
@@ -718,6 +836,7 @@ mod tests {
             FailSafeArgs {
                 names: names.clone(),
                 config,
+                health: HealthConfig::default(),
             },
         )
         .await

@@ -472,4 +472,4 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

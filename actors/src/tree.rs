@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::alert::{Alert, AlertActor, AlertArgs, AlertConfig, AlertMsg, Severity};
 use crate::broker::{BrokerActor, BrokerArgs, BrokerConfig, Credentials};
 use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeMsg};
+use crate::health::HealthConfig;
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
@@ -40,6 +41,8 @@ pub struct TreeConfig {
     /// `[store]`: backup interval and retention.
     pub store: StoreConfig,
     pub fail_safe: FailSafeConfig,
+    /// `[health]`: the fail-safe's `unhealthy` trigger applies the same rules as `/health`.
+    pub health: HealthConfig,
     pub heartbeat: HeartbeatConfig,
     pub broker: BrokerConfig,
     /// The resolved exchange URL (`paper` already replaced by the embedded exchange's).
@@ -109,6 +112,7 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
                 FailSafeArgs {
                     names: names.clone(),
                     config: config.fail_safe.clone(),
+                    health: config.health.clone(),
                 },
             ),
         },

@@ -56,7 +56,7 @@ fn broker(state: LinkState, disconnected_ms: Option<u64>, age_ms: u64) -> Broker
     }
 }
 
-fn healthy_replies() -> Replies {
+pub(crate) fn healthy_replies() -> Replies {
     Replies {
         supervisor: Reply::Answered(supervisor(|_| ChildState::Running)),
         alert: Reply::Answered(AlertStatus {
@@ -94,6 +94,7 @@ fn healthy_replies() -> Replies {
             triggers: 0,
             last_trigger: None,
             recovered: true,
+            conditions: vec![],
         }),
         heartbeat: Reply::Answered(HeartbeatStatus {
             beats: 1,
@@ -106,6 +107,7 @@ fn healthy_replies() -> Replies {
                 cpu_percent: 1.0,
                 rss_bytes: 10 << 20,
                 total_memory_bytes: 1 << 30,
+                error_rate_per_minute: 0.0,
             },
             interval_ms: 5000,
         }),

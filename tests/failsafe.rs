@@ -1,0 +1,240 @@
+//! The fail-safe's triggers on the real tree, with scaled-down thresholds: each fires, latches
+//! SHUTDOWN (or OBSERVE_ONLY for a lost heartbeat), raises its CRITICAL alert, and SHUTDOWN
+//! survives a restart of the whole tree on the same store.
+
+mod common;
+
+use std::time::Duration;
+
+use ractor::cast;
+use serde_json::Value;
+use tradebaas_actors::failsafe::TriggerConfig;
+use tradebaas_actors::heartbeat::HeartbeatMsg;
+use tradebaas_actors::hooks::TestHook;
+use tradebaas_actors::mode::TradingMode;
+use tradebaas_actors::names::ChildName;
+use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::store::Change;
+use tradebaas_actors::tree::TreeConfig;
+
+const LONG: Duration = Duration::from_secs(3600);
+
+/// Every trigger far away and evaluated often; each test brings one threshold close.
+fn quiet() -> TriggerConfig {
+    TriggerConfig {
+        evaluate_interval: Duration::from_millis(50),
+        market_data_stalled: LONG,
+        event_log_failing: LONG,
+        snapshot_failing: LONG,
+        unhealthy_grace: LONG,
+        error_rate_per_minute: 1000.0,
+        heartbeat_missing: LONG,
+    }
+}
+
+fn with(t: &mut TreeConfig, triggers: TriggerConfig) {
+    t.fail_safe.triggers = triggers;
+}
+
+/// Waits until `/health` shows the fail-safe in `mode` after `trigger`; returns the body.
+async fn wait_latched(h: &common::Harness, mode: &str, trigger: &str) -> Value {
+    let (_, body) = h
+        .wait_for("/health", Duration::from_secs(10), |_, b| {
+            b["mode"] == mode && b["actors"]["fail-safe"]["last_trigger"] == trigger
+        })
+        .await;
+    body
+}
+
+/// The alert with `key` from `/health`'s alert status.
+async fn alert(h: &common::Harness, key: &str) -> Value {
+    let (_, body) = h
+        .wait_for("/health", Duration::from_secs(5), |_, b| {
+            b["actors"]["alert"]["recent"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|a| a["key"] == key))
+        })
+        .await;
+    body["actors"]["alert"]["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == key)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_data_stalled_latches_shutdown_which_survives_a_restart() {
+    let customize = |t: &mut TreeConfig, _: &mut _| {
+        with(
+            t,
+            TriggerConfig {
+                market_data_stalled: Duration::from_millis(600),
+                ..quiet()
+            },
+        )
+    };
+    let h = common::start(customize).await;
+    h.ready().await;
+    // The exchange goes silent: no ticks, no heartbeats, no answers.
+    h.paper.faults().stall_for(Duration::from_secs(60));
+    let body = wait_latched(&h, "SHUTDOWN", "market_data_stalled").await;
+    let reason = body["actors"]["fail-safe"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("market_data_stalled: no market data"),
+        "{reason}"
+    );
+    let a = alert(&h, "failsafe:market_data_stalled").await;
+    assert_eq!(a["severity"], "CRITICAL", "{a:#}");
+    assert!(a["resolved_at"].is_null(), "{a:#}");
+
+    // Market data is back and the tree restarts on the same store: still SHUTDOWN.
+    let (paper, dir) = h.stop_tree().await;
+    paper.faults().clear();
+    let h = common::start_with(paper, dir, |t, _| with(t, quiet())).await;
+    let (_, body) = h
+        .wait_for("/health", Duration::from_secs(10), |_, b| {
+            b["actors"]["fail-safe"]["loaded"] == true
+        })
+        .await;
+    assert_eq!(body["mode"], "SHUTDOWN", "{body:#}");
+    assert!(
+        body["actors"]["fail-safe"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("market_data_stalled"),
+        "{body:#}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_event_log_writes_latch_shutdown() {
+    let h = common::start(|t, _| {
+        with(
+            t,
+            TriggerConfig {
+                event_log_failing: Duration::from_millis(300),
+                ..quiet()
+            },
+        )
+    })
+    .await;
+    h.ready().await;
+    // Every event insert now fails, as on a full or broken disk.
+    let db = rusqlite::Connection::open(tradebaas::state_cmd::store_path(h.dir.path())).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER fail_events BEFORE INSERT ON events \
+         BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+    )
+    .unwrap();
+    let persister = h
+        .names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .unwrap();
+    cast!(
+        persister,
+        PersisterMsg::Commit {
+            change: Change::event("test", serde_json::json!({})),
+            reply: None,
+        }
+    )
+    .unwrap();
+    let body = wait_latched(&h, "SHUTDOWN", "event_log_failing").await;
+    let reason = body["actors"]["fail-safe"]["reason"].as_str().unwrap();
+    assert!(reason.contains("injected write failure"), "{reason}");
+    alert(&h, "failsafe:event_log_failing").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_snapshot_within_the_threshold_latches_shutdown() {
+    // The harness takes no daily snapshots, so the threshold passes from the run's start.
+    let h = common::start(|t, _| {
+        with(
+            t,
+            TriggerConfig {
+                snapshot_failing: Duration::from_millis(800),
+                ..quiet()
+            },
+        )
+    })
+    .await;
+    let body = wait_latched(&h, "SHUTDOWN", "snapshot_failing").await;
+    assert!(
+        body["actors"]["fail-safe"]["conditions"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("snapshot_failing")),
+        "{body:#}"
+    );
+    alert(&h, "failsafe:snapshot_failing").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_beyond_the_grace_latches_shutdown() {
+    let h = common::start(|t, health| {
+        with(
+            t,
+            TriggerConfig {
+                unhealthy_grace: Duration::from_millis(400),
+                ..quiet()
+            },
+        );
+        t.health.broker_grace = Duration::from_millis(100);
+        health.broker_grace = Duration::from_millis(100);
+    })
+    .await;
+    h.ready().await;
+    // The exchange goes away and stays away: the broker is disconnected past its grace.
+    h.paper.faults().refuse_for(Duration::from_secs(30));
+    h.paper.faults().drop_all();
+    let body = wait_latched(&h, "SHUTDOWN", "unhealthy").await;
+    let reason = body["actors"]["fail-safe"]["reason"].as_str().unwrap();
+    assert!(reason.contains("broker"), "{reason}");
+    alert(&h, "failsafe:unhealthy").await;
+    h.paper.faults().clear();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_heartbeat_restricts_to_observe_only_with_an_alert() {
+    let h = common::start(|t, _| {
+        with(
+            t,
+            TriggerConfig {
+                heartbeat_missing: Duration::from_millis(500),
+                ..quiet()
+            },
+        );
+        t.fail_safe.initial_mode = TradingMode::Aggressive;
+    })
+    .await;
+    h.wait_for("/health", Duration::from_secs(10), |_, b| {
+        b["mode"] == "AGGRESSIVE"
+    })
+    .await;
+    let heartbeat = h
+        .names
+        .lookup::<HeartbeatMsg>(ChildName::Heartbeat)
+        .unwrap();
+    cast!(
+        heartbeat,
+        HeartbeatMsg::Hook(TestHook::Wedge(Duration::from_millis(2500)))
+    )
+    .unwrap();
+    let body = wait_latched(&h, "OBSERVE_ONLY", "heartbeat_missing").await;
+    assert!(
+        body["actors"]["fail-safe"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("heartbeat_missing: no heartbeat"),
+        "{body:#}"
+    );
+    let a = alert(&h, "heartbeat:missing").await;
+    assert_eq!(a["severity"], "CRITICAL", "{a:#}");
+    h.stop().await;
+}

@@ -397,6 +397,35 @@ async fn a_second_entry_is_refused_and_observe_only_blocks_entries_but_not_exits
     assert_eq!(i.lifecycle, Lifecycle::Analyzing);
     let buys_after = buys(&h);
     assert_eq!(buys_before, buys_after);
+    // Every later crossing is refused for the same reason: counted, but recorded only once.
+    let refused = || h.metrics.orders.with_label_values(&["refused"]).get();
+    let counted = refused();
+    for up in [false, true] {
+        cross(&h, up).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused() < counted + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crossings not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = rusqlite::Connection::open(tradebaas::state_cmd::store_path(h.dir.path())).unwrap();
+    let recorded: i64 = db
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'entry.refused' \
+             AND payload LIKE '%OBSERVE_ONLY%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        recorded,
+        1,
+        "one event for {} refusals",
+        refused() - counted + 1
+    );
     h.stop().await;
 }
 

@@ -562,6 +562,7 @@ impl StrategyState {
             record: instance.record.clone(),
             spec: specs.get(&instance.entry.instrument).cloned(),
             mark: instance.last_mark_price,
+            last_refusal: instance.last_refusal.clone(),
         };
         let name = job.name();
         let id = snap.id.clone();

@@ -28,7 +28,7 @@ use chrono::Utc;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::guards::{self, InstrumentSpec, Refusal, RiskConfig};
 use super::{Intent, Lifecycle, PositionData, Side, StrategyMsg, StrategyRecord, TransitionData};
@@ -119,6 +119,8 @@ pub(crate) struct Snapshot {
     pub record: StrategyRecord,
     pub spec: Option<InstrumentSpec>,
     pub mark: Option<f64>,
+    /// The instance's last refusal: the same refusal again is counted, not recorded again.
+    pub last_refusal: Option<String>,
 }
 
 impl Snapshot {
@@ -445,6 +447,12 @@ pub(crate) async fn run(ex: Exec, snap: Snapshot, job: Job) -> JobOutcome {
 
 async fn refuse(ex: &Exec, snap: &Snapshot, reason: &str) {
     ex.count("refused");
+    if snap.last_refusal.as_deref() == Some(reason) {
+        // In OBSERVE_ONLY every crossing is refused for the same reason: one event per change
+        // of reason, the rest only in `tradebaas_orders_total{result="refused"}`.
+        debug!(actor = "strategy", id = %snap.id, reason, "entry refused again");
+        return;
+    }
     info!(actor = "strategy", id = %snap.id, reason, "entry refused");
     ex.event(
         "entry.refused",

@@ -20,6 +20,7 @@ use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeMsg};
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
+use crate::notify::SdNotifier;
 use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg, StoreConfig};
 use crate::strategy::exec::ExecutionConfig;
 use crate::strategy::{StrategyActor, StrategyArgs, StrategyEntry};
@@ -41,6 +42,9 @@ pub struct TreeConfig {
     pub store: StoreConfig,
     pub fail_safe: FailSafeConfig,
     pub heartbeat: HeartbeatConfig,
+    /// systemd notifications (`NOTIFY_SOCKET`, `WATCHDOG_USEC`), read once by the daemon; the
+    /// heartbeat feeds the watchdog through it. `None` outside systemd.
+    pub notifier: Option<SdNotifier>,
     pub broker: BrokerConfig,
     /// The resolved exchange URL (`paper` already replaced by the embedded exchange's).
     pub broker_url: String,
@@ -118,8 +122,8 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
             start: start_fn(
                 || HeartbeatActor,
                 HeartbeatArgs {
-                    names: names.clone(),
-                    config: config.heartbeat.clone(),
+                    notifier: config.notifier.clone(),
+                    ..HeartbeatArgs::new(names.clone(), config.heartbeat.clone(), metrics.clone())
                 },
             ),
         },

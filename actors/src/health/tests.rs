@@ -106,6 +106,7 @@ fn healthy_replies() -> Replies {
                 cpu_percent: 1.0,
                 rss_bytes: 10 << 20,
                 total_memory_bytes: 1 << 30,
+                error_rate_per_minute: 0.0,
             },
             interval_ms: 5000,
         }),

@@ -216,6 +216,9 @@ impl Config {
             .validate()
             .map_err(|e| fail("execution", e))?;
         self.alert.validate().map_err(|e| fail("alert", e))?;
+        self.heartbeat
+            .validate()
+            .map_err(|e| fail("heartbeat", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",
@@ -272,6 +275,7 @@ impl Config {
             fail_safe: self.fail_safe.clone(),
             health: self.health.clone(),
             heartbeat: self.heartbeat.clone(),
+            notifier: None,
             broker: self.broker.clone(),
             broker_url,
             credentials,
@@ -417,6 +421,10 @@ mod tests {
             Some("supervisor.children.alert.within"),
             "{e}"
         );
+        let e = err("[heartbeat]\nunanswered_rounds = 0\n");
+        assert_eq!(e.key.as_deref(), Some("heartbeat.unanswered_rounds"), "{e}");
+        let e = err("[heartbeat]\nevent_interval = \"1ms\"\n");
+        assert_eq!(e.key.as_deref(), Some("heartbeat.event_interval"), "{e}");
     }
 
     #[test]

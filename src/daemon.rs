@@ -4,12 +4,17 @@
 //! Shutdown order (each step logged with its duration; the whole sequence is bounded by
 //! `server.shutdown_timeout`, past which the process exits 1):
 //! 1. `stop_http` — stop accepting HTTP requests, finish the ones in flight;
-//! 2. `stop_trading` — stop the `strategy` actor, then `broker-connection` (which closes the
-//!    WebSocket with a close frame);
+//! 2. `stop_trading` — stop the `heartbeat` (so stopping the trading actors is not taken for a
+//!    wedge), the `strategy` actor, then `broker-connection` (which closes the WebSocket with a
+//!    close frame);
 //! 3. `flush_state` — the persister answers once everything queued before is durable;
 //! 4. `stop_actors` — stop the remaining actors in reverse start order, then the supervisor.
 //!
 //! A second signal during shutdown exits at once with code 1.
+//!
+//! Under systemd (`Type=notify`) the daemon reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and
+//! `WATCHDOG_PID` once ([`systemd_notifier`]), sends `READY=1` when start-up recovery has finished
+//! and `STOPPING=1` when a signal starts the shutdown; the heartbeat sends `WATCHDOG=1`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,6 +31,7 @@ use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::notify::SdNotifier;
 use tradebaas_actors::persister::{PersisterMsg, commit_change};
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
@@ -126,17 +132,35 @@ async fn resolve_exchange(
     Ok((config.broker.url.clone(), credentials, None))
 }
 
-/// Runs the daemon until a signal; returns the process exit code.
-pub async fn run(config: Config) -> i32 {
-    let started = Instant::now();
-    let metrics = match Metrics::new() {
-        Ok(m) => m,
-        Err(e) => {
-            error!(error = %e, "cannot create the metrics registry");
-            return exit::FAILURE;
+/// The systemd notifier, from `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID`: read here once,
+/// at start-up, and passed down (the heartbeat never reads the environment). `None` when the
+/// daemon does not run under systemd's `Type=notify`.
+pub fn systemd_notifier() -> Option<SdNotifier> {
+    let watchdog = sd_notify::watchdog_enabled();
+    match std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) {
+        Some(socket) => {
+            info!(
+                socket = ?socket,
+                watchdog_ms = watchdog.map(|w| w.as_millis() as u64),
+                "systemd notifications enabled"
+            );
+            Some(SdNotifier::new(socket, watchdog))
         }
-    };
+        None => {
+            if watchdog.is_some() {
+                warn!("WATCHDOG_USEC is set but NOTIFY_SOCKET is not: no watchdog notifications");
+            }
+            None
+        }
+    }
+}
+
+/// Runs the daemon until a signal; returns the process exit code. `metrics` is created by
+/// `main` before logging, whose error counter (`tradebaas_errors_total`) it holds.
+pub async fn run(config: Config, metrics: Metrics) -> i32 {
+    let started = Instant::now();
     install_panic_hook(metrics.clone());
+    let notifier = systemd_notifier();
 
     let data_dir: PathBuf = config.server.data_dir.clone();
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
@@ -206,7 +230,8 @@ pub async fn run(config: Config) -> i32 {
             return exit::CONFIG;
         }
     };
-    let tree = config.tree_config(&data_dir, url, credentials);
+    let mut tree = config.tree_config(&data_dir, url, credentials);
+    tree.notifier = notifier.clone();
     let supervisor = match start_tree(names.clone(), &tree, metrics.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -229,6 +254,7 @@ pub async fn run(config: Config) -> i32 {
         let config = config.recovery.clone();
         let metrics = metrics.clone();
         let open_report = open_report.clone();
+        let notifier = notifier.clone();
         tokio::spawn(async move {
             if let Some(alert) = open_report.alert() {
                 // The supervisor starts its children after `start_tree` returns: wait for the
@@ -246,11 +272,24 @@ pub async fn run(config: Config) -> i32 {
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
             // Entries stay refused until the fail-safe hears that recovery finished.
-            if !send_when_running(&names, ChildName::FailSafe, || {
+            if send_when_running(&names, ChildName::FailSafe, || {
                 FailSafeMsg::RecoveryFinished
             })
             .await
             {
+                // Start-up is over: systemd may now consider the service started.
+                if let Some(n) = &notifier {
+                    n.ready(&format!(
+                        "started: recovery finished ({})",
+                        if report.success {
+                            "ok"
+                        } else {
+                            "with problems, see /health"
+                        }
+                    ));
+                }
+            } else {
+                // No READY=1: systemd's start timeout restarts a daemon stuck here.
                 error!("the fail-safe is not running: entries stay refused");
             }
             daily_snapshots(&names, snapshot_interval, &config.currencies).await;
@@ -282,6 +321,9 @@ pub async fn run(config: Config) -> i32 {
         _ = sigint.recv() => "SIGINT",
     };
     info!(signal = signal_name, "shutdown: signal received");
+    if let Some(n) = &notifier {
+        n.stopping(&format!("stopping: {signal_name} received"));
+    }
     readiness.abort();
     recovery.abort();
 
@@ -510,7 +552,11 @@ async fn shutdown(
                 .call(
                     |r| {
                         SupervisorMsg::StopChildren(
-                            vec![ChildName::Strategy, ChildName::BrokerConnection],
+                            vec![
+                                ChildName::Heartbeat,
+                                ChildName::Strategy,
+                                ChildName::BrokerConnection,
+                            ],
                             r,
                         )
                     },
@@ -551,7 +597,12 @@ async fn shutdown(
             .iter()
             .rev()
             .copied()
-            .filter(|c| !matches!(c, ChildName::Strategy | ChildName::BrokerConnection))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    ChildName::Heartbeat | ChildName::Strategy | ChildName::BrokerConnection
+                )
+            })
             .collect();
         let summary = stop_summary(
             supervisor

@@ -7,6 +7,7 @@ use tradebaas::cli::{Cli, Command};
 use tradebaas::config::{Config, ConfigError, LogFormat, Overrides};
 use tradebaas::daemon::{self, exit};
 use tradebaas::{logging, paper_cmd, state_cmd, status};
+use tradebaas_actors::metrics::Metrics;
 
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
@@ -53,7 +54,17 @@ fn main() -> ExitCode {
                 }
             };
             let format = cli.log_format.unwrap_or(config.logging.format);
-            if let Err(e) = logging::init(format, &config.logging.filter) {
+            // Before logging: the subscriber counts ERROR events into `tradebaas_errors_total`.
+            let metrics = match Metrics::new() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("tradebaas: cannot create the metrics registry: {e}");
+                    return code(exit::FAILURE);
+                }
+            };
+            if let Err(e) =
+                logging::init_counting(format, &config.logging.filter, Some(metrics.errors.clone()))
+            {
                 eprintln!("tradebaas: configuration error: {e}");
                 return code(exit::CONFIG);
             }
@@ -66,7 +77,7 @@ fn main() -> ExitCode {
             };
             let limit = config.server.shutdown_timeout;
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rt.block_on(daemon::run(config))
+                rt.block_on(daemon::run(config, metrics))
             }));
             match outcome {
                 Ok(c) => code(c),

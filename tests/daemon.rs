@@ -46,6 +46,10 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
+            // The test runner may itself run under systemd: only what a test passes counts.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .env_remove("TRADEBAAS_LISTEN")
@@ -600,6 +604,142 @@ min_ticks_between_signals = 1000000
     assert_eq!(position["size"].as_f64().unwrap(), size);
     drop(second);
     paper.shutdown().await;
+}
+
+/// A fake systemd notify socket: a Unix datagram socket the test reads from a thread.
+struct FakeNotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    received: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl FakeNotifySocket {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the test process exits; one idle thread per test.
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((Instant::now(), text));
+            }
+        });
+        Self {
+            _dir: dir,
+            path,
+            received,
+        }
+    }
+
+    /// Datagrams carrying `line` (e.g. `READY=1`).
+    fn with(&self, line: &str) -> Vec<(Instant, String)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, d)| d.lines().any(|l| l == line))
+            .cloned()
+            .collect()
+    }
+
+    fn wait(&self, line: &str, n: usize, timeout: Duration) -> Vec<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.with(line);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} {line} within {timeout:?}; received: {:?}",
+                self.received.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_after_recovery_watchdog_while_alive_stopping_on_sigterm() {
+    let systemd = FakeNotifySocket::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let socket = systemd.path.to_str().unwrap().to_owned();
+    // WatchdogSec=1s: heartbeat rounds every 500 ms although `[heartbeat] interval` is 5 s.
+    let mut daemon = Daemon::start_with(
+        dir.path(),
+        &config,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket.as_str()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let base = daemon.base_url();
+
+    // READY=1 only once start-up recovery has finished: its report is already stored.
+    let ready = systemd.wait("READY=1", 1, Duration::from_secs(30));
+    let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
+    let health: Value = serde_json::from_slice(&body).unwrap();
+    let recovery = &health["actors"]["state-persister"]["recovery"];
+    assert!(
+        recovery["finished_at"].is_string(),
+        "READY=1 before the recovery report was stored: {health:#}"
+    );
+    assert!(ready[0].1.contains("STATUS=started"), "{:?}", ready[0].1);
+    assert!(
+        health["system"]["error_rate_per_minute"].is_f64(),
+        "{health:#}"
+    );
+    wait_status(&base, "/ready", 200, Duration::from_secs(10)).await;
+    assert_eq!(systemd.with("READY=1").len(), 1, "READY=1 is sent once");
+
+    // WATCHDOG=1 keeps coming, about every 500 ms.
+    let before = systemd.with("WATCHDOG=1").len();
+    let pings = systemd.wait("WATCHDOG=1", before + 4, Duration::from_secs(10));
+    let mut gaps: Vec<Duration> = pings
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].0))
+        .collect();
+    gaps.sort();
+    // Rounds every half watchdog (500 ms), not every `interval` (5 s); the median tolerates a
+    // loaded machine.
+    assert!(
+        gaps[gaps.len() / 2] < Duration::from_millis(1000),
+        "watchdog gaps {gaps:?} exceed WatchdogSec"
+    );
+    let (_, body) = get(&base, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    assert!(metric(&text, "tradebaas_errors_total ") >= 0.0, "{text}");
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    daemon.signal("TERM");
+    let stopping = systemd.wait("STOPPING=1", 1, Duration::from_secs(10));
+    assert!(stopping[0].0 > ready[0].0);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notify_socket_nothing_is_sent_and_the_daemon_runs() {
+    // The default test daemon has no NOTIFY_SOCKET (and WATCHDOG_USEC alone is ignored).
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let mut daemon = Daemon::start_with(dir.path(), &config, &[], &[("WATCHDOG_USEC", "1000000")]);
+    let base = daemon.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    daemon.wait_line("notify warning", Duration::from_secs(5), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NOTIFY_SOCKET is not"))
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
 }
 
 /// Polls `/health` until `pred` holds on its body (any status code).

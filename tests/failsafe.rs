@@ -238,3 +238,25 @@ async fn a_missing_heartbeat_restricts_to_observe_only_with_an_alert() {
     assert_eq!(a["severity"], "CRITICAL", "{a:#}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_rate_above_the_threshold_latches_shutdown() {
+    let h = common::start(|t, _| {
+        with(
+            t,
+            TriggerConfig {
+                error_rate_per_minute: 10.0,
+                ..quiet()
+            },
+        )
+    })
+    .await;
+    h.ready().await;
+    // What the logging layer does for every ERROR line (unit-tested in src/logging.rs).
+    h.metrics.errors.inc_by(11);
+    let body = wait_latched(&h, "SHUTDOWN", "error_rate").await;
+    let reason = body["actors"]["fail-safe"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("error_rate: 11 errors"), "{reason}");
+    alert(&h, "failsafe:error_rate").await;
+    h.stop().await;
+}

@@ -1,43 +1,67 @@
-//! The `heartbeat` actor: proves every sibling still answers, and samples the process's memory
-//! and CPU.
+//! The `heartbeat` actor: proves every sibling still answers, tells systemd so, and samples the
+//! process's memory, CPU and error rate.
 //!
-//! Every `interval` it pings the other five children by name, concurrently and each with
+//! Every round it pings the other five children by name, concurrently and each with
 //! `ping_timeout`, and samples system stats, all in a task that reports back by message, so the
-//! heartbeat itself never blocks and answers `Status` while a sibling is wedged. A child that
-//! stops answering is logged once at `warn` (and at `info` when it answers again).
+//! heartbeat itself never blocks and answers `Status` while a sibling is wedged. A round runs every
+//! `interval`, and at least every half of the systemd watchdog interval when one is set
+//! ([`round_interval`]).
 //!
-//! It only observes: reacting to a silent child (tripping the fail-safe, asking the supervisor for
-//! a restart) is the job of the health rules, a later change.
+//! After a round in which every child answered it sends `WATCHDOG=1` (and a `STATUS=` line)
+//! through the [`SdNotifier`] it was given; after any other round only the status line, so a wedged
+//! daemon stops feeding the watchdog and systemd restarts it. There is no independent watchdog
+//! timer: the ping is the proof of liveness.
+//!
+//! A child that misses `unanswered_rounds` consecutive rounds restricts trading to OBSERVE_ONLY
+//! through the fail-safe (`Restrict`, never `SetMode`: it cannot clear SHUTDOWN) and raises a
+//! CRITICAL alert `heartbeat:unanswered:<child>`; the alert is resolved when the child answers
+//! again (the mode stays restricted: loosening it is the operator's decision).
+//!
+//! Every `event_interval` it commits a `heartbeat` event (uptime, round trips, unanswered
+//! children) through the persister, awaited in a task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::alert::AlertMsg;
+use crate::alert::{Alert, AlertMsg, Severity};
 use crate::broker::BrokerMsg;
 use crate::failsafe::FailSafeMsg;
+use crate::metrics::Metrics;
+use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
-use crate::persister::PersisterMsg;
+use crate::notify::SdNotifier;
+use crate::persister::{PersisterMsg, commit_change};
+use crate::store::Change;
 use crate::strategy::StrategyMsg;
 
 /// `[heartbeat]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatConfig {
-    /// How often every actor is pinged and system stats are sampled.
+    /// How often every actor is pinged and system stats are sampled (shortened to half the
+    /// systemd watchdog interval when that is shorter).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// How long a ping may take before the actor counts as unanswered.
+    /// How long a ping may take before the actor counts as unanswered (at most one round).
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// How often a `heartbeat` event is written to the event log.
+    #[serde(with = "humantime_serde")]
+    pub event_interval: Duration,
+    /// Consecutive unanswered rounds before a child counts as wedged: trading is restricted to
+    /// OBSERVE_ONLY and an alert raised. 2 lets a supervisor restart that finishes within a
+    /// round pass.
+    pub unanswered_rounds: u32,
 }
 
 impl Default for HeartbeatConfig {
@@ -45,6 +69,8 @@ impl Default for HeartbeatConfig {
         Self {
             interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(1),
+            event_interval: Duration::from_secs(30),
+            unanswered_rounds: 2,
         }
     }
 }
@@ -61,7 +87,25 @@ impl HeartbeatConfig {
         if self.ping_timeout > self.interval {
             return Err("ping_timeout must not be longer than interval".into());
         }
+        if self.event_interval < Duration::from_millis(10) {
+            return Err("event_interval must be at least 10ms".into());
+        }
+        if self.unanswered_rounds == 0 {
+            return Err("unanswered_rounds must be at least 1".into());
+        }
         Ok(())
+    }
+}
+
+/// The shortest round the heartbeat runs, whatever the watchdog says.
+const MIN_ROUND: Duration = Duration::from_millis(10);
+
+/// How often a round runs: `interval`, but at least every half `watchdog` (systemd's
+/// `WATCHDOG_USEC`), so two rounds fit in one watchdog interval.
+pub fn round_interval(config: &HeartbeatConfig, watchdog: Option<Duration>) -> Duration {
+    match watchdog {
+        Some(w) => config.interval.min(w / 2).max(MIN_ROUND),
+        None => config.interval,
     }
 }
 
@@ -70,6 +114,26 @@ impl HeartbeatConfig {
 pub struct HeartbeatArgs {
     pub names: Names,
     pub config: HeartbeatConfig,
+    /// Where `tradebaas_errors_total` is read for the error rate.
+    pub metrics: Metrics,
+    /// systemd's notify socket and watchdog interval; `None` outside systemd.
+    pub notifier: Option<SdNotifier>,
+    /// When the daemon started (the uptime of the heartbeat event; survives restarts of the
+    /// heartbeat because the arguments are cloned).
+    pub started: std::time::Instant,
+}
+
+impl HeartbeatArgs {
+    /// Arguments without a notifier, started now.
+    pub fn new(names: Names, config: HeartbeatConfig, metrics: Metrics) -> Self {
+        Self {
+            names,
+            config,
+            metrics,
+            notifier: None,
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 /// Messages of the heartbeat.
@@ -82,6 +146,8 @@ pub enum HeartbeatMsg {
     Beat,
     /// Internal: a round finished (boxed: the sampler it hands back is large).
     BeatDone(Box<BeatReport>),
+    /// Internal: time to write a `heartbeat` event.
+    Record,
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -127,7 +193,7 @@ pub struct SystemStats {
     pub cpu_percent: f64,
     pub rss_bytes: u64,
     pub total_memory_bytes: u64,
-    /// ERROR-level log events in the last minute.
+    /// ERROR-level log events (`tradebaas_errors_total`) counted over the last 60 s.
     pub error_rate_per_minute: f64,
 }
 
@@ -144,7 +210,89 @@ pub struct HeartbeatStatus {
     /// Of those, the ones not running at all.
     pub absent: Vec<String>,
     pub system: SystemStats,
+    /// The round interval in effect (`interval`, or half the systemd watchdog when shorter).
     pub interval_ms: u64,
+}
+
+/// Counts a monotonically growing total (here `tradebaas_errors_total`) over a sliding window,
+/// from samples taken every round. Pure: the caller passes the clock.
+#[derive(Debug)]
+pub struct ErrorWindow {
+    span: Duration,
+    /// (when, total); the front is the newest sample at or before `now - span` (the baseline).
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl ErrorWindow {
+    /// A window of `span` (the heartbeat uses 60 s).
+    pub fn new(span: Duration) -> Self {
+        Self {
+            span,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Records `total` at `now`; returns how much it grew within the last `span` (since the
+    /// first sample while the window is younger than `span`).
+    pub fn record(&mut self, now: Instant, total: u64) -> u64 {
+        self.samples.push_back((now, total));
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.span)
+        {
+            self.samples.pop_front();
+        }
+        let base = self.samples.front().map_or(total, |(_, b)| *b);
+        total.saturating_sub(base)
+    }
+
+    /// The growth within the window scaled to one minute.
+    pub fn per_minute(&mut self, now: Instant, total: u64) -> f64 {
+        let count = self.record(now, total) as f64;
+        let secs = self.span.as_secs_f64();
+        if secs > 0.0 { count * 60.0 / secs } else { 0.0 }
+    }
+}
+
+/// What a round means for one child's run of misses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do.
+    Steady,
+    /// It just reached the threshold of consecutive misses (this many): restrict and alert.
+    Wedged(u32),
+    /// It answers again after having been declared wedged: resolve the alert.
+    Recovered,
+}
+
+/// Consecutive misses per child and which children are declared wedged. Pure.
+#[derive(Debug, Default)]
+pub struct Misses {
+    runs: BTreeMap<ChildName, u32>,
+    wedged: BTreeSet<ChildName>,
+}
+
+impl Misses {
+    /// Records one round's outcome for `child`; `threshold` consecutive misses declare it
+    /// wedged (once per episode).
+    pub fn observe(&mut self, child: ChildName, answered: bool, threshold: u32) -> Verdict {
+        if answered {
+            self.runs.remove(&child);
+            return if self.wedged.remove(&child) {
+                Verdict::Recovered
+            } else {
+                Verdict::Steady
+            };
+        }
+        let run = self.runs.entry(child).or_insert(0);
+        *run = run.saturating_add(1);
+        if *run >= threshold && self.wedged.insert(child) {
+            Verdict::Wedged(*run)
+        } else {
+            Verdict::Steady
+        }
+    }
 }
 
 /// Reads the process's numbers. Keeps the `System` between samples because CPU use is measured
@@ -243,15 +391,28 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
     }
 }
 
+/// How long the heartbeat waits for the fail-safe and the persister in its background tasks.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The window of the error rate.
+const ERROR_WINDOW: Duration = Duration::from_secs(60);
+
 /// The heartbeat actor.
 pub struct HeartbeatActor;
 
 /// The heartbeat's state.
 pub struct HeartbeatState {
     args: HeartbeatArgs,
+    /// The round interval in effect ([`round_interval`]).
+    round: Duration,
+    /// The ping timeout in effect: `ping_timeout`, at most one round.
+    ping_timeout: Duration,
     ticker: Option<JoinHandle<()>>,
+    event_ticker: Option<JoinHandle<()>>,
     /// The running round and when it started.
     in_flight: Option<(Instant, JoinHandle<()>)>,
+    /// The running `heartbeat` event commit.
+    recording: Option<JoinHandle<()>>,
     /// Lent to the running round, `None` meanwhile.
     sampler: Option<Sampler>,
     beats: u64,
@@ -260,12 +421,47 @@ pub struct HeartbeatState {
     unanswered: BTreeSet<ChildName>,
     absent: Vec<String>,
     system: SystemStats,
+    misses: Misses,
+    errors: ErrorWindow,
+    error_rate: f64,
 }
 
 impl HeartbeatState {
+    fn new(args: HeartbeatArgs) -> Self {
+        let watchdog = args.notifier.as_ref().and_then(SdNotifier::watchdog);
+        let round = round_interval(&args.config, watchdog);
+        let ping_timeout = args.config.ping_timeout.min(round);
+        Self {
+            args,
+            round,
+            ping_timeout,
+            ticker: None,
+            event_ticker: None,
+            in_flight: None,
+            recording: None,
+            sampler: None,
+            beats: 0,
+            last_beat_at: None,
+            round_trip_ms: BTreeMap::new(),
+            unanswered: BTreeSet::new(),
+            absent: Vec::new(),
+            system: SystemStats::default(),
+            misses: Misses::default(),
+            errors: ErrorWindow::new(ERROR_WINDOW),
+            error_rate: 0.0,
+        }
+    }
+
+    fn sample_errors(&mut self) {
+        self.error_rate = self
+            .errors
+            .per_minute(Instant::now(), self.args.metrics.errors.get());
+    }
+
     fn start_round(&mut self, myself: &ActorRef<HeartbeatMsg>) {
+        self.sample_errors();
         // A round ends within ping_timeout plus a sample; one older than this lost its task.
-        let stale = self.args.config.ping_timeout * 2 + Duration::from_secs(1);
+        let stale = self.ping_timeout * 2 + Duration::from_secs(1);
         if let Some((started, _)) = &self.in_flight
             && started.elapsed() < stale
         {
@@ -277,7 +473,7 @@ impl HeartbeatState {
         }
         let sampler = self.sampler.take().or_else(Sampler::new);
         let names = self.args.names.clone();
-        let timeout = self.args.config.ping_timeout;
+        let timeout = self.ping_timeout;
         let me = myself.clone();
         let task = tokio::spawn(async move {
             let report = round(names, timeout, sampler).await;
@@ -300,7 +496,9 @@ impl HeartbeatState {
         self.last_beat_at = Some(Utc::now());
         self.round_trip_ms.clear();
         self.absent.clear();
+        let threshold = self.args.config.unanswered_rounds;
         for (child, outcome) in report.pings {
+            let answered = matches!(outcome, PingOutcome::Answered(_));
             match outcome {
                 PingOutcome::Answered(rtt) => {
                     self.round_trip_ms
@@ -323,7 +521,144 @@ impl HeartbeatState {
                     }
                 }
             }
+            match self.misses.observe(child, answered, threshold) {
+                Verdict::Steady => {}
+                Verdict::Wedged(rounds) => self.wedged(child, outcome, rounds),
+                Verdict::Recovered => self.recovered(child),
+            }
         }
+        self.notify_systemd();
+    }
+
+    /// The systemd side of a round: `WATCHDOG=1` only when every child answered.
+    fn notify_systemd(&self) {
+        let Some(notifier) = &self.args.notifier else {
+            return;
+        };
+        if self.unanswered.is_empty() {
+            let slowest = self.round_trip_ms.values().copied().fold(0.0, f64::max);
+            notifier.watchdog_ok(&format!(
+                "heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms)",
+                self.beats,
+                self.round_trip_ms.len()
+            ));
+        } else {
+            let silent: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
+            notifier.status(&format!(
+                "heartbeat round {}: no answer from {}; watchdog not fed",
+                self.beats,
+                silent.join(", ")
+            ));
+        }
+    }
+
+    fn alert_key(child: ChildName) -> String {
+        format!("heartbeat:unanswered:{child}")
+    }
+
+    /// `child` missed `rounds` consecutive rounds: OBSERVE_ONLY and a CRITICAL alert.
+    fn wedged(&self, child: ChildName, outcome: PingOutcome, rounds: u32) {
+        let names = &self.args.names;
+        let reason = format!(
+            "heartbeat: {child} did not answer {rounds} consecutive rounds ({})",
+            outcome.describe()
+        );
+        error!(actor = "heartbeat", child = %child, rounds, outcome = outcome.describe(),
+            "actor wedged: restricting trading to OBSERVE_ONLY");
+        match names.lookup::<AlertMsg>(ChildName::Alert) {
+            Some(alert) => {
+                let _ = alert.send_message(AlertMsg::Raise(Alert {
+                    key: Self::alert_key(child),
+                    severity: Severity::Critical,
+                    title: format!("{child} does not answer its heartbeat"),
+                    message: format!("{reason}; trading is restricted to OBSERVE_ONLY"),
+                    root_cause: format!("{child}: {}", outcome.describe()),
+                    recommended_action: format!(
+                        "Read the log of {child} around this time. If it answers again the alert \
+                         resolves; the mode stays OBSERVE_ONLY until an operator sets it back. If \
+                         it stays silent, systemd's watchdog restarts the service."
+                    ),
+                    metadata: json!({
+                        "actor": child.as_str(),
+                        "rounds": rounds,
+                        "outcome": outcome.describe(),
+                        "ping_timeout_ms": u64::try_from(self.ping_timeout.as_millis()).unwrap_or(u64::MAX),
+                    }),
+                }));
+            }
+            None => {
+                error!(actor = "heartbeat", child = %child, "alert actor not running; heartbeat alert only logged")
+            }
+        }
+        let Some(fail_safe) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) else {
+            error!(
+                actor = "heartbeat",
+                "fail-safe not running; entries stay refused (fail closed)"
+            );
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = fail_safe
+                .call(
+                    |reply| FailSafeMsg::Restrict {
+                        mode: TradingMode::ObserveOnly,
+                        reason,
+                        reply,
+                    },
+                    Some(PEER_TIMEOUT),
+                )
+                .await;
+            match outcome {
+                Ok(CallResult::Success(Ok(()))) => {
+                    info!(actor = "heartbeat", child = %child, "trading restricted to OBSERVE_ONLY")
+                }
+                Ok(CallResult::Success(Err(e))) => {
+                    error!(actor = "heartbeat", error = %e, "OBSERVE_ONLY not stored")
+                }
+                _ => error!(
+                    actor = "heartbeat",
+                    "fail-safe did not answer the restriction"
+                ),
+            }
+        });
+    }
+
+    /// `child` answers again: resolve its alert (the mode is left to the operator).
+    fn recovered(&self, child: ChildName) {
+        info!(actor = "heartbeat", child = %child, "wedged actor answers again; alert resolved");
+        if let Some(alert) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
+            let _ = alert.send_message(AlertMsg::Resolve {
+                key: Self::alert_key(child),
+            });
+        }
+    }
+
+    /// Commits a `heartbeat` event in a task (one at a time).
+    fn record(&mut self) {
+        if self.recording.as_ref().is_some_and(|t| !t.is_finished()) {
+            debug!(
+                actor = "heartbeat",
+                "previous heartbeat event still being stored"
+            );
+            return;
+        }
+        let unanswered: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
+        let change = Change::event(
+            "heartbeat",
+            json!({
+                "uptime_seconds": self.args.started.elapsed().as_secs(),
+                "beats": self.beats,
+                "round_trip_ms": self.round_trip_ms,
+                "unanswered": unanswered,
+                "error_rate_per_minute": self.error_rate,
+            }),
+        );
+        let names = self.args.names.clone();
+        self.recording = Some(tokio::spawn(async move {
+            if let Err(e) = commit_change(&names, change, PEER_TIMEOUT).await {
+                warn!(actor = "heartbeat", error = %e, "heartbeat event not stored");
+            }
+        }));
     }
 
     fn status(&self) -> HeartbeatStatus {
@@ -337,8 +672,11 @@ impl HeartbeatState {
                 .map(|c| c.as_str().to_string())
                 .collect(),
             absent: self.absent.clone(),
-            system: self.system,
-            interval_ms: u64::try_from(self.args.config.interval.as_millis()).unwrap_or(u64::MAX),
+            system: SystemStats {
+                error_rate_per_minute: self.error_rate,
+                ..self.system
+            },
+            interval_ms: u64::try_from(self.round.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -353,18 +691,7 @@ impl Actor for HeartbeatActor {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(HeartbeatState {
-            args,
-            ticker: None,
-            in_flight: None,
-            sampler: None,
-            beats: 0,
-            last_beat_at: None,
-            round_trip_ms: BTreeMap::new(),
-            unanswered: BTreeSet::new(),
-            absent: Vec::new(),
-            system: SystemStats::default(),
-        })
+        Ok(HeartbeatState::new(args))
     }
 
     async fn post_start(
@@ -377,11 +704,20 @@ impl Actor for HeartbeatActor {
         if let Some(s) = state.sampler.as_mut() {
             state.system = s.sample();
         }
-        state.ticker =
-            Some(myself.send_interval(state.args.config.interval, || HeartbeatMsg::Beat));
+        state.sample_errors();
+        state.ticker = Some(myself.send_interval(state.round, || HeartbeatMsg::Beat));
+        state.event_ticker =
+            Some(myself.send_interval(state.args.config.event_interval, || HeartbeatMsg::Record));
         info!(
             actor = "heartbeat",
             interval_ms = state.status().interval_ms,
+            ping_timeout_ms = u64::try_from(state.ping_timeout.as_millis()).unwrap_or(u64::MAX),
+            watchdog = state
+                .args
+                .notifier
+                .as_ref()
+                .and_then(SdNotifier::watchdog)
+                .is_some(),
             rss_bytes = state.system.rss_bytes,
             "heartbeat started"
         );
@@ -397,6 +733,7 @@ impl Actor for HeartbeatActor {
         match msg {
             HeartbeatMsg::Beat => state.start_round(&myself),
             HeartbeatMsg::BeatDone(report) => state.finish_round(*report),
+            HeartbeatMsg::Record => state.record(),
             HeartbeatMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -414,10 +751,17 @@ impl Actor for HeartbeatActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
+        for t in [state.ticker.take(), state.event_ticker.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         if let Some((_, t)) = state.in_flight.take() {
+            t.abort();
+        }
+        // A commit already sent finishes in the persister; only the wait is dropped.
+        if let Some(t) = state.recording.take() {
             t.abort();
         }
         Ok(())
@@ -427,10 +771,16 @@ impl Actor for HeartbeatActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{AlertActor, AlertArgs, AlertConfig};
-    use crate::metrics::Metrics;
+    use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
+    use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig};
+    use crate::hooks::TestHook;
+    use crate::persister::{PersisterActor, PersisterArgs};
+    use crate::store::Store;
     use crate::strategy::{StrategyActor, StrategyArgs};
     use ractor::call_t;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
 
     /// Registered as the strategy, keeps every ping's reply port and never answers.
     struct Silent;
@@ -461,18 +811,50 @@ mod tests {
         }
     }
 
-    async fn spawn(names: &Names) -> ActorRef<HeartbeatMsg> {
-        let (a, _) = Actor::spawn(
-            Some(names.of(ChildName::Heartbeat)),
-            HeartbeatActor,
-            HeartbeatArgs {
-                names: names.clone(),
-                config: HeartbeatConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
+    /// A stand-in that answers pings and ignores everything else (for the broker, which would
+    /// need an exchange).
+    struct Answering<M>(fn(M) -> Option<RpcReplyPort<()>>);
+
+    impl<M: Message> Actor for Answering<M> {
+        type Msg = M;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            _args: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            _state: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            if let Some(reply) = (self.0)(msg) {
+                let _ = reply.send(());
+            }
+            Ok(())
+        }
+    }
+
+    async fn spawn_with(names: &Names, args: HeartbeatArgs) -> ActorRef<HeartbeatMsg> {
+        let (a, _) = Actor::spawn(Some(names.of(ChildName::Heartbeat)), HeartbeatActor, args)
+            .await
+            .unwrap();
         a
+    }
+
+    async fn spawn(names: &Names) -> ActorRef<HeartbeatMsg> {
+        let args = HeartbeatArgs::new(
+            names.clone(),
+            HeartbeatConfig::default(),
+            Metrics::new().unwrap(),
+        );
+        spawn_with(names, args).await
     }
 
     async fn spawn_strategy(names: &Names) -> ActorRef<StrategyMsg> {
@@ -484,6 +866,31 @@ mod tests {
         .await
         .unwrap();
         a
+    }
+
+    async fn spawn_alert(names: &Names) -> ActorRef<AlertMsg> {
+        let (a, _) = Actor::spawn(
+            Some(names.of(ChildName::Alert)),
+            AlertActor,
+            AlertArgs {
+                names: names.clone(),
+                config: AlertConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+        a
+    }
+
+    async fn spawn_persister(names: &Names, path: &std::path::Path) -> ActorRef<PersisterMsg> {
+        let (p, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        p
     }
 
     /// Lets (paused) time run until `beats` rounds have completed.
@@ -498,20 +905,190 @@ mod tests {
         panic!("fewer than {beats} heartbeat rounds");
     }
 
+    /// A fake `NOTIFY_SOCKET`: a datagram socket in a temp dir, read by a thread.
+    struct FakeSystemd {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        received: Arc<Mutex<Vec<String>>>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl FakeSystemd {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("notify.sock");
+            let sock = UnixDatagram::bind(&path).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (sink, halt) = (Arc::clone(&received), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !halt.load(Ordering::Relaxed) {
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        sink.lock().unwrap().push(text);
+                    }
+                }
+            });
+            Self {
+                _dir: dir,
+                path,
+                received,
+                stop,
+            }
+        }
+
+        fn watchdogs(&self) -> usize {
+            self.received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|d| d.lines().any(|l| l == "WATCHDOG=1"))
+                .count()
+        }
+
+        async fn wait_watchdogs(&self, n: usize, within: Duration) {
+            let deadline = std::time::Instant::now() + within;
+            while self.watchdogs() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "fewer than {n} WATCHDOG=1 within {within:?}: {:?}",
+                    self.received.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    impl Drop for FakeSystemd {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    async fn open_alert(alert: &ActorRef<AlertMsg>, key: &str) -> Option<bool> {
+        let s: AlertStatus = call_t!(alert, AlertMsg::Status, 1000).unwrap();
+        s.recent
+            .iter()
+            .rev()
+            .find(|r| r.key == key)
+            .map(|r| r.resolved_at.is_none())
+    }
+
     #[test]
     fn config_defaults_and_validation() {
         let c = HeartbeatConfig::default();
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.ping_timeout, Duration::from_secs(1));
+        assert_eq!(c.event_interval, Duration::from_secs(30));
+        assert_eq!(c.unanswered_rounds, 2);
         assert_eq!(c.validate(), Ok(()));
         let bad = HeartbeatConfig {
             ping_timeout: Duration::from_secs(10),
-            ..c
+            ..c.clone()
         };
         assert!(bad.validate().unwrap_err().contains("ping_timeout"));
+        let bad = HeartbeatConfig {
+            unanswered_rounds: 0,
+            ..c.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("unanswered_rounds"));
+        let bad = HeartbeatConfig {
+            event_interval: Duration::ZERO,
+            ..c
+        };
+        assert!(bad.validate().unwrap_err().contains("event_interval"));
         let parsed: HeartbeatConfig =
-            serde_json::from_value(serde_json::json!({"interval": "2s"})).unwrap();
+            serde_json::from_value(serde_json::json!({"interval": "2s", "event_interval": "1m"}))
+                .unwrap();
         assert_eq!(parsed.interval, Duration::from_secs(2));
+        assert_eq!(parsed.event_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn rounds_run_at_least_every_half_watchdog() {
+        let c = HeartbeatConfig::default();
+        assert_eq!(round_interval(&c, None), Duration::from_secs(5));
+        // systemd's WatchdogSec=30s: the 5 s interval already fits twice.
+        assert_eq!(
+            round_interval(&c, Some(Duration::from_secs(30))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            round_interval(&c, Some(Duration::from_secs(4))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            round_interval(&c, Some(Duration::from_micros(1))),
+            MIN_ROUND
+        );
+    }
+
+    #[test]
+    fn one_missed_round_is_tolerated_two_declare_a_wedge() {
+        let mut m = Misses::default();
+        let s = ChildName::Strategy;
+        // A supervisor restart within a round: one miss, then an answer.
+        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
+        assert_eq!(m.observe(s, true, 2), Verdict::Steady);
+        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
+        assert_eq!(m.observe(s, false, 2), Verdict::Wedged(2));
+        // Declared once per episode.
+        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
+        assert_eq!(m.observe(ChildName::Alert, true, 2), Verdict::Steady);
+        assert_eq!(m.observe(s, true, 2), Verdict::Recovered);
+        assert_eq!(m.observe(s, true, 2), Verdict::Steady);
+        assert_eq!(m.observe(s, false, 1), Verdict::Wedged(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn error_window_counts_the_last_minute() {
+        let mut w = ErrorWindow::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(w.record(t0, 0), 0);
+        let mut total = 0;
+        // 1 error every 5 s for two minutes.
+        for i in 1..=24u64 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            total += 1;
+            let n = w.record(Instant::now(), total);
+            assert_eq!(n, i.min(12), "after {} s", i * 5);
+        }
+        // Quiet for a minute: back to 0.
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            w.record(Instant::now(), total);
+        }
+        assert_eq!(w.record(Instant::now(), total), 0);
+        // A burst counts at once, per minute.
+        assert_eq!(w.per_minute(Instant::now(), total + 30), 30.0);
+        assert!(
+            w.samples.len() <= 15,
+            "window keeps ~60 s: {}",
+            w.samples.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_reports_the_error_rate_of_the_last_minute() {
+        let names = Names::with_prefix("hb-errors-");
+        let metrics = Metrics::new().unwrap();
+        let hb = spawn_with(
+            &names,
+            HeartbeatArgs::new(names.clone(), HeartbeatConfig::default(), metrics.clone()),
+        )
+        .await;
+        // After the first sample (post_start), so the 7 fall inside the window.
+        call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
+        metrics.errors.inc_by(7);
+        let s = after_beats(&hb, 1).await;
+        assert_eq!(s.system.error_rate_per_minute, 7.0);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let s = after_beats(&hb, s.beats + 1).await;
+        assert_eq!(s.system.error_rate_per_minute, 0.0);
+        hb.stop_and_wait(None, None).await.unwrap();
     }
 
     #[tokio::test]
@@ -530,16 +1107,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_running_siblings_and_lists_the_missing() {
         let names = Names::with_prefix("hb-round-");
-        let (alert, _) = Actor::spawn(
-            Some(names.of(ChildName::Alert)),
-            AlertActor,
-            AlertArgs {
-                names: names.clone(),
-                config: AlertConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
+        let alert = spawn_alert(&names).await;
         let strategy = spawn_strategy(&names).await;
         let hb = spawn(&names).await;
 
@@ -580,5 +1148,189 @@ mod tests {
         assert!(s.round_trip_ms.contains_key("strategy"));
         hb.stop_and_wait(None, None).await.unwrap();
         strategy.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// Real time (the wedge blocks a runtime thread), scaled down: a 100 ms watchdog makes 50 ms
+    /// rounds although the configured interval is 1 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_wedged_actor_stops_the_watchdog_and_restricts_to_observe_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("hb-wedge-");
+        let systemd = FakeSystemd::new();
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let alert = spawn_alert(&names).await;
+        let (fail_safe, _) = Actor::spawn(
+            Some(names.of(ChildName::FailSafe)),
+            FailSafeActor,
+            FailSafeArgs {
+                names: names.clone(),
+                config: FailSafeConfig {
+                    initial_mode: TradingMode::Aggressive,
+                    ..FailSafeConfig::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+        let (broker, _) = Actor::spawn(
+            Some(names.of(ChildName::BrokerConnection)),
+            Answering::<BrokerMsg>(|m| match m {
+                BrokerMsg::Ping(r) => Some(r),
+                _ => None,
+            }),
+            (),
+        )
+        .await
+        .unwrap();
+        let strategy = spawn_strategy(&names).await;
+        // The first-start AGGRESSIVE takes effect once stored.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = call_t!(fail_safe, FailSafeMsg::Status, 1000).unwrap();
+            if s.loaded && s.mode == TradingMode::Aggressive {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mode = || async { call_t!(fail_safe, FailSafeMsg::GetMode, 1000).unwrap() };
+
+        let config = HeartbeatConfig {
+            interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(1),
+            event_interval: Duration::from_secs(3600),
+            unanswered_rounds: 2,
+        };
+        let hb = spawn_with(
+            &names,
+            HeartbeatArgs {
+                notifier: Some(SdNotifier::new(
+                    &systemd.path,
+                    Some(Duration::from_millis(100)),
+                )),
+                ..HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap())
+            },
+        )
+        .await;
+        assert_eq!(
+            call_t!(hb, HeartbeatMsg::Status, 1000).unwrap().interval_ms,
+            50
+        );
+
+        // Everyone answers: the watchdog is fed every round, the mode is untouched.
+        systemd.wait_watchdogs(5, Duration::from_secs(5)).await;
+        assert_eq!(mode().await, TradingMode::Aggressive);
+        let key = "heartbeat:unanswered:strategy";
+        assert_eq!(open_alert(&alert, key).await, None);
+
+        // Wedge the strategy for 2.5 s.
+        strategy
+            .send_message(StrategyMsg::Hook(TestHook::Wedge(Duration::from_millis(
+                2500,
+            ))))
+            .unwrap();
+        let wedged_at = std::time::Instant::now();
+        // A round answered just before the wedge may still be reported; then nothing.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fed = systemd.watchdogs();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while mode().await != TradingMode::ObserveOnly
+            || open_alert(&alert, key).await != Some(true)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no OBSERVE_ONLY and open alert while the strategy is wedged"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            wedged_at.elapsed() < Duration::from_millis(2400),
+            "the machine is too slow for this test's timing"
+        );
+        assert_eq!(
+            systemd.watchdogs(),
+            fed,
+            "WATCHDOG=1 sent while an actor was wedged"
+        );
+        let status = systemd.received.lock().unwrap().last().cloned().unwrap();
+        assert!(status.contains("no answer from strategy"), "{status}");
+        let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
+        assert_eq!(s.unanswered, ["strategy"]);
+
+        // It answers again: the watchdog is fed again, the alert resolves, the mode stays.
+        systemd
+            .wait_watchdogs(fed + 3, Duration::from_secs(5))
+            .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while open_alert(&alert, key).await != Some(false) {
+            assert!(std::time::Instant::now() < deadline, "alert not resolved");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(mode().await, TradingMode::ObserveOnly);
+
+        hb.stop_and_wait(None, None).await.unwrap();
+        strategy.stop_and_wait(None, None).await.unwrap();
+        broker.stop_and_wait(None, None).await.unwrap();
+        fail_safe.stop_and_wait(None, None).await.unwrap();
+        alert.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeat_events_are_written_to_the_event_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let names = Names::with_prefix("hb-events-");
+        let persister = spawn_persister(&names, &path).await;
+        let strategy = spawn_strategy(&names).await;
+        let config = HeartbeatConfig {
+            interval: Duration::from_millis(20),
+            ping_timeout: Duration::from_millis(10),
+            event_interval: Duration::from_millis(100),
+            unanswered_rounds: 1000,
+        };
+        let hb = spawn_with(
+            &names,
+            HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap()),
+        )
+        .await;
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let events = loop {
+            let store = Store::open_read_only(&path).unwrap();
+            let events: Vec<_> = store
+                .events(0, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == "heartbeat")
+                .collect();
+            if events.len() >= 3 {
+                break events;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than 3 heartbeat events: {}",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let last: serde_json::Value = serde_json::from_str(&events[2].payload).unwrap();
+        assert!(last["uptime_seconds"].is_u64(), "{last}");
+        assert!(last["round_trip_ms"]["strategy"].is_f64(), "{last}");
+        assert!(last["round_trip_ms"]["state-persister"].is_f64(), "{last}");
+        let unanswered = last["unanswered"].as_array().unwrap();
+        assert!(
+            unanswered.contains(&serde_json::json!("fail-safe")),
+            "{last}"
+        );
+        assert!(
+            !unanswered.contains(&serde_json::json!("strategy")),
+            "{last}"
+        );
+
+        hb.stop_and_wait(None, None).await.unwrap();
+        strategy.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
     }
 }

@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod mode;
 pub mod names;
+pub mod notify;
 pub mod orders;
 pub mod persister;
 pub mod recovery;

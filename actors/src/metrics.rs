@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Strategies the strategy actor runs.
     pub strategies_active: IntGauge,
     pub panics: IntCounter,
+    /// ERROR-level log events (counted by a `tracing` layer the daemon installs); the heartbeat
+    /// turns it into an error rate per minute.
+    pub errors: IntCounter,
     /// How long the last start-up recovery took.
     pub last_recovery_duration_seconds: Gauge,
     /// 1 when the last start-up recovery succeeded.
@@ -120,6 +123,7 @@ impl Metrics {
             "tradebaas_panics_total",
             "Panics anywhere in the process (inside actors they become supervisor restarts)",
         )?;
+        let errors = IntCounter::new("tradebaas_errors_total", "ERROR-level log events")?;
         let last_recovery_duration_seconds = Gauge::new(
             "tradebaas_last_recovery_duration_seconds",
             "Duration of the last start-up recovery (state load and exchange reconciliation)",
@@ -180,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(health_check_duration.clone()))?;
         registry.register(Box::new(strategies_active.clone()))?;
         registry.register(Box::new(panics.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(last_recovery_duration_seconds.clone()))?;
         registry.register(Box::new(last_recovery_success.clone()))?;
         registry.register(Box::new(crashes_total.clone()))?;
@@ -220,6 +225,7 @@ impl Metrics {
             health_check_duration,
             strategies_active,
             panics,
+            errors,
             last_recovery_duration_seconds,
             last_recovery_success,
             crashes_total,
@@ -275,6 +281,7 @@ mod tests {
             "tradebaas_last_recovery_duration_seconds",
             "tradebaas_last_recovery_success",
             "tradebaas_crashes_total",
+            "tradebaas_errors_total 0",
             "tradebaas_orders_total{result=\"filled\"} 0",
             "tradebaas_trades_total",
             "tradebaas_trades_success_total",

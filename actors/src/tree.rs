@@ -21,6 +21,7 @@ use crate::health::HealthConfig;
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
+use crate::notify::SdNotifier;
 use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg, StoreConfig};
 use crate::strategy::exec::ExecutionConfig;
 use crate::strategy::{StrategyActor, StrategyArgs, StrategyEntry};
@@ -44,6 +45,9 @@ pub struct TreeConfig {
     /// `[health]`: the fail-safe's `unhealthy` trigger applies the same rules as `/health`.
     pub health: HealthConfig,
     pub heartbeat: HeartbeatConfig,
+    /// systemd notifications (`NOTIFY_SOCKET`, `WATCHDOG_USEC`), read once by the daemon; the
+    /// heartbeat feeds the watchdog through it. `None` outside systemd.
+    pub notifier: Option<SdNotifier>,
     pub broker: BrokerConfig,
     /// The resolved exchange URL (`paper` already replaced by the embedded exchange's).
     pub broker_url: String,
@@ -122,8 +126,8 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
             start: start_fn(
                 || HeartbeatActor,
                 HeartbeatArgs {
-                    names: names.clone(),
-                    config: config.heartbeat.clone(),
+                    notifier: config.notifier.clone(),
+                    ..HeartbeatArgs::new(names.clone(), config.heartbeat.clone(), metrics.clone())
                 },
             ),
         },

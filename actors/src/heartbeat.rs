@@ -180,6 +180,8 @@ impl PingOutcome {
 /// The outcome of one round (internal; sent from the round's task).
 pub struct BeatReport {
     pings: Vec<(ChildName, PingOutcome)>,
+    /// The trading mode, from the fail-safe's answer (its liveness ping).
+    mode: Option<TradingMode>,
     system: Option<SystemStats>,
     sampler: Option<Sampler>,
 }
@@ -364,9 +366,29 @@ async fn ping<M: Message>(
     (child, outcome)
 }
 
+/// The fail-safe's ping: `GetMode`, so the round also learns the mode for the status line.
+async fn ping_fail_safe(
+    names: &Names,
+    timeout: Duration,
+) -> ((ChildName, PingOutcome), Option<TradingMode>) {
+    let child = ChildName::FailSafe;
+    let Some(actor) = names.lookup::<FailSafeMsg>(child) else {
+        return ((child, PingOutcome::Absent), None);
+    };
+    let started = Instant::now();
+    match actor.call(FailSafeMsg::GetMode, Some(timeout)).await {
+        Ok(CallResult::Success(mode)) => (
+            (child, PingOutcome::Answered(started.elapsed())),
+            Some(mode),
+        ),
+        Ok(CallResult::Timeout) => ((child, PingOutcome::TimedOut), None),
+        Ok(CallResult::SenderError) | Err(_) => ((child, PingOutcome::Failed), None),
+    }
+}
+
 /// One round: every sibling pinged concurrently, then a system sample.
 async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) -> BeatReport {
-    let (a, p, f, b, s) = tokio::join!(
+    let (a, p, (f, mode), b, s) = tokio::join!(
         ping(&names, ChildName::Alert, AlertMsg::Ping, timeout),
         ping(
             &names,
@@ -374,7 +396,7 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
             PersisterMsg::Ping,
             timeout
         ),
-        ping(&names, ChildName::FailSafe, FailSafeMsg::Ping, timeout),
+        ping_fail_safe(&names, timeout),
         ping(
             &names,
             ChildName::BrokerConnection,
@@ -386,6 +408,7 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
     let system = sampler.as_mut().map(Sampler::sample);
     BeatReport {
         pings: vec![a, p, f, b, s],
+        mode,
         system,
         sampler,
     }
@@ -421,6 +444,8 @@ pub struct HeartbeatState {
     unanswered: BTreeSet<ChildName>,
     absent: Vec<String>,
     system: SystemStats,
+    /// The mode the fail-safe reported in the last round.
+    mode: Option<TradingMode>,
     misses: Misses,
     errors: ErrorWindow,
     error_rate: f64,
@@ -446,6 +471,7 @@ impl HeartbeatState {
             unanswered: BTreeSet::new(),
             absent: Vec::new(),
             system: SystemStats::default(),
+            mode: None,
             misses: Misses::default(),
             errors: ErrorWindow::new(ERROR_WINDOW),
             error_rate: 0.0,
@@ -494,6 +520,7 @@ impl HeartbeatState {
         }
         self.beats += 1;
         self.last_beat_at = Some(Utc::now());
+        self.mode = report.mode;
         self.round_trip_ms.clear();
         self.absent.clear();
         let threshold = self.args.config.unanswered_rounds;
@@ -535,17 +562,18 @@ impl HeartbeatState {
         let Some(notifier) = &self.args.notifier else {
             return;
         };
+        let mode = self.mode.map_or("unknown", TradingMode::as_str);
         if self.unanswered.is_empty() {
             let slowest = self.round_trip_ms.values().copied().fold(0.0, f64::max);
             notifier.watchdog_ok(&format!(
-                "heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms)",
+                "mode {mode}; heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms)",
                 self.beats,
                 self.round_trip_ms.len()
             ));
         } else {
             let silent: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
             notifier.status(&format!(
-                "heartbeat round {}: no answer from {}; watchdog not fed",
+                "mode {mode}; heartbeat round {}: no answer from {}; watchdog not fed",
                 self.beats,
                 silent.join(", ")
             ));
@@ -650,6 +678,7 @@ impl HeartbeatState {
                 "beats": self.beats,
                 "round_trip_ms": self.round_trip_ms,
                 "unanswered": unanswered,
+                "mode": self.mode,
                 "error_rate_per_minute": self.error_rate,
             }),
         );
@@ -1255,6 +1284,7 @@ mod tests {
         );
         let status = systemd.received.lock().unwrap().last().cloned().unwrap();
         assert!(status.contains("no answer from strategy"), "{status}");
+        assert!(status.contains("mode OBSERVE_ONLY"), "{status}");
         let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
         assert_eq!(s.unanswered, ["strategy"]);
 

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
+use crate::checks::ChecksReport;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
@@ -129,6 +130,9 @@ pub enum FailSafeMsg {
     /// This run's start-up recovery has finished (sent by the daemon). Until then, or until a
     /// load shows a stored recovery report newer than this run's start, entries are refused.
     RecoveryFinished,
+    /// The newest run of the start-up / integrity checks (`crate::checks`), shown in `/health`
+    /// and `/ready`. Reporting changes no mode: the runner restricts or triggers separately.
+    ChecksReported(ChecksReport),
     /// Internal: this run's recovery report was found in the store at load time.
     RecoveredEarlier,
     /// Internal: ask the persister for the stored mode (attempts count from 1).
@@ -166,6 +170,8 @@ pub struct FailSafeStatus {
     pub last_trigger: Option<String>,
     /// This run's start-up recovery has finished (entries are refused until it has).
     pub recovered: bool,
+    /// The newest checks report (start-up, periodic or on demand) since this actor started.
+    pub checks: Option<ChecksReport>,
 }
 
 /// The `"mode"` state value.
@@ -196,6 +202,8 @@ pub struct FailSafeState {
     last_trigger: Option<String>,
     /// Bumped on every in-memory change; a pending change to AGGRESSIVE applies only if unchanged.
     generation: u64,
+    /// The newest checks report.
+    checks: Option<ChecksReport>,
 }
 
 fn commit_outcome(
@@ -226,6 +234,7 @@ impl FailSafeState {
             triggers: self.triggers,
             last_trigger: self.last_trigger.clone(),
             recovered: self.recovered,
+            checks: self.checks.clone(),
         }
     }
 
@@ -565,6 +574,7 @@ impl Actor for FailSafeActor {
             triggers: 0,
             last_trigger: None,
             generation: 0,
+            checks: None,
         })
     }
 
@@ -584,6 +594,7 @@ impl Actor for FailSafeActor {
                 }
                 state.recovered = true;
             }
+            FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
             FailSafeMsg::AllowEntry(reply) => {
                 let _ = reply.send(state.allow_entry());
             }

@@ -94,6 +94,7 @@ fn healthy_replies() -> Replies {
             triggers: 0,
             last_trigger: None,
             recovered: true,
+            checks: None,
         }),
         heartbeat: Reply::Answered(HeartbeatStatus {
             beats: 1,

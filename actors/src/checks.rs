@@ -778,6 +778,18 @@ async fn run_with_facts(
     ChecksReport::new(kind, now, checks, started.elapsed())
 }
 
+/// An on-demand run (e.g. the admin socket before it allows AGGRESSIVE): [`run_online`] with
+/// [`RunKind::OnDemand`], its report shown in `/health`. It changes no mode and raises no alert:
+/// the caller refuses AGGRESSIVE unless `passed`.
+pub async fn on_demand(names: &Names, args: &ChecksArgs) -> ChecksReport {
+    let report = run_online(names, args, RunKind::OnDemand).await;
+    report_to_failsafe(names, &report);
+    if !report.passed {
+        warn!(failed = ?report.failed(), "on-demand checks failed");
+    }
+    report
+}
+
 fn raise(names: &Names, alert: Alert) {
     match names.lookup::<AlertMsg>(ChildName::Alert) {
         Some(a) => {
@@ -1350,6 +1362,213 @@ mod tests {
         let r = offline(&dir.path().join("nope.db"));
         assert_eq!(r.failed().len(), 5);
         assert!(!r.passed);
+    }
+
+    mod actors {
+        use ractor::{Actor, ActorRef, call_t};
+
+        use super::*;
+        use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
+        use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeStatus};
+        use crate::metrics::Metrics;
+        use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
+
+        struct Tree {
+            names: Names,
+            alert: ActorRef<AlertMsg>,
+            fail_safe: ActorRef<FailSafeMsg>,
+            persister: ActorRef<PersisterMsg>,
+            _dir: tempfile::TempDir,
+        }
+
+        async fn tree(prefix: &str) -> Tree {
+            let dir = tempfile::tempdir().unwrap();
+            let names = Names::with_prefix(prefix);
+            let (persister, _) = Actor::spawn(
+                Some(names.of(ChildName::StatePersister)),
+                PersisterActor,
+                PersisterArgs::new(
+                    names.clone(),
+                    dir.path().join("tradebaas.db"),
+                    Metrics::new().unwrap(),
+                ),
+            )
+            .await
+            .unwrap();
+            let (alert, _) = Actor::spawn(
+                Some(names.of(ChildName::Alert)),
+                AlertActor,
+                AlertArgs {
+                    names: names.clone(),
+                    config: AlertConfig::default(),
+                },
+            )
+            .await
+            .unwrap();
+            let (fail_safe, _) = Actor::spawn(
+                Some(names.of(ChildName::FailSafe)),
+                FailSafeActor,
+                FailSafeArgs {
+                    names: names.clone(),
+                    config: FailSafeConfig {
+                        initial_mode: TradingMode::Aggressive,
+                        ..FailSafeConfig::default()
+                    },
+                },
+            )
+            .await
+            .unwrap();
+            Tree {
+                names,
+                alert,
+                fail_safe,
+                persister,
+                _dir: dir,
+            }
+        }
+
+        impl Tree {
+            async fn until<T>(
+                &self,
+                what: &str,
+                f: impl Fn(&FailSafeStatus, &AlertStatus) -> Option<T>,
+            ) -> T {
+                for _ in 0..300 {
+                    let fs = call_t!(self.fail_safe, FailSafeMsg::Status, 1000).unwrap();
+                    let al = call_t!(self.alert, AlertMsg::Status, 1000).unwrap();
+                    if let Some(t) = f(&fs, &al) {
+                        return t;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("never {what}");
+            }
+
+            fn stop(self) {
+                self.fail_safe.stop(None);
+                self.alert.stop(None);
+                self.persister.stop(None);
+            }
+        }
+
+        fn report(failing: &[&str]) -> ChecksReport {
+            let checks = [
+                EVENT_LOG,
+                SNAPSHOTS,
+                CAPITAL,
+                STRATEGY_STATES,
+                MODE,
+                EXCHANGE,
+            ]
+            .iter()
+            .map(|n| {
+                if failing.contains(n) {
+                    Check::fail(n, format!("{n} is broken"))
+                } else {
+                    Check::pass(n, "fine")
+                }
+            })
+            .collect();
+            ChecksReport::new(RunKind::Periodic, Utc::now(), checks, Duration::ZERO)
+        }
+
+        fn open(al: &AlertStatus, key: &str) -> bool {
+            al.recent
+                .iter()
+                .any(|r| r.key == key && r.resolved_at.is_none())
+        }
+
+        #[tokio::test]
+        async fn a_periodic_violation_restricts_alerts_and_resolves_when_repaired() {
+            let t = tree("checks-periodic-").await;
+            t.until("AGGRESSIVE", |fs, _| {
+                (fs.mode == TradingMode::Aggressive).then_some(())
+            })
+            .await;
+            act_on_periodic(&t.names, &report(&[STRATEGY_STATES])).await;
+            t.until("restricted with the alert", |fs, al| {
+                (fs.mode == TradingMode::ObserveOnly
+                    && fs
+                        .checks
+                        .as_ref()
+                        .is_some_and(|c| c.failed() == [STRATEGY_STATES])
+                    && open(al, "integrity:strategy_states"))
+                .then_some(())
+            })
+            .await;
+            act_on_periodic(&t.names, &report(&[])).await;
+            t.until("resolved", |fs, al| {
+                (!open(al, "integrity:strategy_states")
+                    && fs.checks.as_ref().is_some_and(|c| c.passed)
+                    && fs.mode == TradingMode::ObserveOnly)
+                    .then_some(())
+            })
+            .await;
+            t.stop();
+        }
+
+        #[tokio::test]
+        async fn a_periodic_capital_failure_triggers_shutdown() {
+            let t = tree("checks-capital-").await;
+            t.until("AGGRESSIVE", |fs, _| {
+                (fs.mode == TradingMode::Aggressive).then_some(())
+            })
+            .await;
+            act_on_periodic(&t.names, &report(&[CAPITAL])).await;
+            t.until("SHUTDOWN", |fs, al| {
+                (fs.mode == TradingMode::Shutdown
+                    && fs.last_trigger.as_deref() == Some(CAPITAL_TRIGGER)
+                    && open(al, "failsafe:capital_inconsistent")
+                    && !open(al, "integrity:capital"))
+                .then_some(())
+            })
+            .await;
+            t.stop();
+        }
+
+        #[tokio::test]
+        async fn a_failed_startup_run_restricts_and_names_each_check_in_one_alert() {
+            let t = tree("checks-startup-").await;
+            t.until("AGGRESSIVE", |fs, _| {
+                (fs.mode == TradingMode::Aggressive).then_some(())
+            })
+            .await;
+            let args = ChecksArgs {
+                store_path: PathBuf::from("unused"),
+                config: ChecksConfig::default(),
+            };
+            // No broker in this tree: `exchange` fails; a bad mode record fails `mode`.
+            let mut facts_state = BTreeMap::new();
+            facts_state.insert(MODE_KEY.to_string(), "{\"mode\": 1}".to_string());
+            let facts = IntegrityFacts {
+                path: "x".into(),
+                chain: crate::store::ChainVerifier::new(),
+                snapshots: vec![],
+                state: facts_state,
+            };
+            let r = startup(&t.names, &args, Ok(facts)).await;
+            assert_eq!(r.failed(), [MODE, EXCHANGE]);
+            let alert = t
+                .until("the alert", |fs, al| {
+                    (fs.mode == TradingMode::ObserveOnly)
+                        .then(|| {
+                            al.recent
+                                .iter()
+                                .find(|a| a.key == STARTUP_ALERT_KEY)
+                                .cloned()
+                        })
+                        .flatten()
+                })
+                .await;
+            assert_eq!(alert.severity, Severity::Critical);
+            assert!(
+                alert.message.contains("mode, exchange"),
+                "{}",
+                alert.message
+            );
+            assert_eq!(alert.metadata["failed"], json!([MODE, EXCHANGE]));
+            t.stop();
+        }
     }
 
     #[test]

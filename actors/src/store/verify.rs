@@ -378,6 +378,8 @@ pub fn read_integrity_facts(path: &Path) -> Result<IntegrityFacts, StoreError> {
     }
     let mut chain = ChainVerifier::new();
     for_each_event(&tx, |row| chain.push(&row)).map_err(err)?;
+    // The id set is only needed while walking; the report must not keep it alive.
+    chain.ids = HashSet::new();
     let mut snapshots = Vec::new();
     if version >= 2 {
         let mut stmt = tx

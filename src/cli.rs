@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `paper-exchange`, `status`, `state`.
+//! The command line: `run`, `check`, `check-config`, `paper-exchange`, `status`, `state`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +32,19 @@ pub enum Command {
         /// Data directory (overrides `server.data_dir` and TRADEBAAS_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Run the offline start-up checks (event log, snapshots, capital consistency, strategy
+    /// states, stored mode) on the configured data directory's store, read-only (safe while the
+    /// daemon runs); print the report; exit 0 when all pass, 1 when one fails, 2 on a bad config.
+    Check {
+        #[arg(long, env = "TRADEBAAS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides `server.data_dir` and TRADEBAAS_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration file and print the effective configuration; exit 2 when invalid.
     CheckConfig {

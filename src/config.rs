@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tradebaas_actors::alert::AlertConfig;
 use tradebaas_actors::broker::{BrokerConfig, Credentials};
+use tradebaas_actors::checks::ChecksConfig;
 use tradebaas_actors::failsafe::FailSafeConfig;
 use tradebaas_actors::health::HealthConfig;
 use tradebaas_actors::heartbeat::HeartbeatConfig;
@@ -38,6 +39,8 @@ pub struct Config {
     /// Start-up state restore and exchange reconciliation.
     pub recovery: RecoveryConfig,
     pub store: StoreConfig,
+    /// Start-up checks and periodic data integrity.
+    pub checks: ChecksConfig,
     /// Order placement, risk guards, protection checks.
     pub execution: ExecutionConfig,
     /// `[[strategies]]`: one hosted instance each.
@@ -62,6 +65,7 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             recovery: RecoveryConfig::default(),
             store: StoreConfig::default(),
+            checks: ChecksConfig::default(),
             execution: ExecutionConfig::default(),
             strategies: vec![StrategyEntry {
                 ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
@@ -212,6 +216,7 @@ impl Config {
             .map_err(|e| fail("paper_exchange", e))?;
         self.recovery.validate().map_err(|e| fail("recovery", e))?;
         self.store.validate().map_err(|e| fail("store", e))?;
+        self.checks.validate().map_err(|e| fail("checks", e))?;
         self.execution
             .validate()
             .map_err(|e| fail("execution", e))?;
@@ -413,6 +418,8 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_key() {
+        let e = err("[checks]\ncapital_tolerance = 2.0\n");
+        assert_eq!(e.key.as_deref(), Some("checks.capital_tolerance"), "{e}");
         let e = err("[broker]\nurl = \"http://example\"\n");
         assert_eq!(e.key.as_deref(), Some("broker.url"), "{e}");
         let e = err("[supervisor.children.alert]\nwithin = \"0s\"\n");

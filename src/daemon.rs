@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use tradebaas_actors::alert::AlertMsg;
 use tradebaas_actors::broker::BrokerMsg;
 use tradebaas_actors::broker::Credentials;
+use tradebaas_actors::checks;
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
@@ -192,6 +193,8 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             return exit::CONFIG;
         }
     };
+    // What the start-up checks judge, read before any actor can write to the store.
+    let store_facts = checks::read_facts(store_path.clone()).await;
     if open_report.crashed {
         metrics.crashes_total.inc();
     }
@@ -247,7 +250,9 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
     );
     // Recovery runs before the strategy may act: reconcile the stored state with the exchange and
     // decide the mode. Its report is committed to the store (event `recovery.completed`, state
-    // key `recovery.last`), where the persister reports it in /health.
+    // key `recovery.last`), where the persister reports it in /health. Then the start-up checks
+    // (`checks::startup`), and every `checks.interval` the same checks (`checks::periodic`).
+    let config_checks = config.checks.clone();
     let recovery = {
         let names = names.clone();
         let snapshot_interval = config.store.snapshot_interval;
@@ -255,6 +260,10 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
         let metrics = metrics.clone();
         let open_report = open_report.clone();
         let notifier = notifier.clone();
+        let checks_args = checks::ChecksArgs {
+            store_path: store_path.clone(),
+            config: config_checks,
+        };
         tokio::spawn(async move {
             if let Some(alert) = open_report.alert() {
                 // The supervisor starts its children after `start_tree` returns: wait for the
@@ -271,6 +280,10 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             }
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
+            // The start-up checks, before the strategy may act: any failure restricts trading to
+            // OBSERVE_ONLY (awaited, so it is in force before entries are allowed) and raises one
+            // `startup_checks` alert.
+            checks::startup(&names, &checks_args, store_facts).await;
             // Entries stay refused until the fail-safe hears that recovery finished.
             if send_when_running(&names, ChildName::FailSafe, || {
                 FailSafeMsg::RecoveryFinished
@@ -292,7 +305,10 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
                 // No READY=1: systemd's start timeout restarts a daemon stuck here.
                 error!("the fail-safe is not running: entries stay refused");
             }
-            daily_snapshots(&names, snapshot_interval, &config.currencies).await;
+            tokio::join!(
+                daily_snapshots(&names, snapshot_interval, &config.currencies),
+                checks::periodic(names.clone(), checks_args),
+            );
         })
     };
     let readiness = tokio::spawn(log_readiness(

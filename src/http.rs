@@ -134,11 +134,17 @@ impl Api {
                         Ok(())
                     }
                 });
+                // Failed start-up/integrity checks are reported, not a reason to be unready:
+                // the daemon serves (and manages positions) in OBSERVE_ONLY.
+                let failed = health::failed_checks(&replies);
                 match ready {
-                    Ok(()) => json_reply(StatusCode::OK, &json!({"ready": true})),
+                    Ok(()) => json_reply(
+                        StatusCode::OK,
+                        &json!({"ready": true, "checks_failed": failed}),
+                    ),
                     Err(reason) => json_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"ready": false, "reason": reason}),
+                        &json!({"ready": false, "reason": reason, "checks_failed": failed}),
                     ),
                 }
             }

@@ -1,5 +1,6 @@
 //! The TradeBaas daemon shell: CLI, configuration, HTTP, shutdown, logging and the paper exchange.
 
+pub mod check_cmd;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,7 @@ use clap::Parser;
 use tradebaas::cli::{Cli, Command};
 use tradebaas::config::{Config, ConfigError, LogFormat, Overrides};
 use tradebaas::daemon::{self, exit};
-use tradebaas::{logging, paper_cmd, state_cmd, status};
+use tradebaas::{check_cmd, logging, paper_cmd, state_cmd, status};
 use tradebaas_actors::metrics::Metrics;
 
 fn code(c: i32) -> ExitCode {
@@ -89,6 +89,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check {
+            config,
+            data_dir,
+            json,
+        } => match load(
+            config.as_deref(),
+            Overrides {
+                data_dir,
+                ..Overrides::default()
+            },
+        ) {
+            Ok(c) => code(check_cmd::run(&c, json)),
+            Err(e) => {
+                eprintln!("tradebaas: configuration error: {e}");
+                code(exit::CONFIG)
+            }
+        },
         Command::CheckConfig { config } => match load(config.as_deref(), Overrides::default()) {
             Ok(c) => {
                 let source = config

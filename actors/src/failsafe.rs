@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
+use crate::checks::ChecksReport;
 use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
@@ -140,6 +141,9 @@ pub enum FailSafeMsg {
     /// This run's start-up recovery has finished (sent by the daemon). Until then, or until a
     /// load shows a stored recovery report newer than this run's start, entries are refused.
     RecoveryFinished,
+    /// The newest run of the start-up / integrity checks (`crate::checks`), shown in `/health`
+    /// and `/ready`. Reporting changes no mode: the runner restricts or triggers separately.
+    ChecksReported(ChecksReport),
     /// Internal: this run's recovery report was found in the store at load time.
     RecoveredEarlier,
     /// Internal: the run marker's start time, found in the store at load time (the baseline for
@@ -186,6 +190,8 @@ pub struct FailSafeStatus {
     pub recovered: bool,
     /// Trigger conditions holding at the last evaluation (`[fail_safe.triggers]`).
     pub conditions: Vec<String>,
+    /// The newest checks report (start-up, periodic or on demand) since this actor started.
+    pub checks: Option<ChecksReport>,
 }
 
 /// The `"mode"` state value.
@@ -221,6 +227,8 @@ pub struct FailSafeState {
     /// An evaluation's gather is under way.
     evaluating: bool,
     started: tokio::time::Instant,
+    /// The newest checks report.
+    checks: Option<ChecksReport>,
 }
 
 fn commit_outcome(
@@ -252,6 +260,7 @@ impl FailSafeState {
             last_trigger: self.last_trigger.clone(),
             recovered: self.recovered,
             conditions: self.watch.active(),
+            checks: self.checks.clone(),
         }
     }
 
@@ -663,6 +672,7 @@ impl Actor for FailSafeActor {
             watch,
             evaluating: false,
             started: tokio::time::Instant::now(),
+            checks: None,
         })
     }
 
@@ -692,6 +702,7 @@ impl Actor for FailSafeActor {
                     state.act_on(finding);
                 }
             }
+            FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
             FailSafeMsg::AllowEntry(reply) => {
                 let _ = reply.send(state.allow_entry());
             }

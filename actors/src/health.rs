@@ -272,6 +272,18 @@ pub fn readiness(replies: &Replies) -> Result<(), String> {
     }
 }
 
+/// The checks that failed in the fail-safe's newest checks report (empty when none failed, no
+/// report yet, or the fail-safe does not answer), with their details: what `/ready` adds to its
+/// body. Failed checks do not make the daemon unready: it runs, observing, in OBSERVE_ONLY.
+pub fn failed_checks(replies: &Replies) -> Vec<crate::checks::Check> {
+    replies
+        .fail_safe
+        .answered()
+        .and_then(|f| f.checks.as_ref())
+        .map(|r| r.checks.iter().filter(|c| !c.passed).cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Whether this run's start-up recovery has finished: the persister reports a stored recovery
 /// report whose `finished_at` is not older than the process start (`uptime` ago).
 pub fn recovery_finished(replies: &Replies, uptime: Duration) -> Result<(), String> {

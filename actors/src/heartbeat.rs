@@ -1197,6 +1197,7 @@ mod tests {
                     initial_mode: TradingMode::Aggressive,
                     ..FailSafeConfig::default()
                 },
+                health: Default::default(),
             },
         )
         .await

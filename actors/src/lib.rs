@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod backoff;
 pub mod broker;
+pub mod checks;
 pub mod failsafe;
 pub mod health;
 pub mod heartbeat;

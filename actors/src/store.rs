@@ -23,8 +23,8 @@ mod verify;
 
 pub use lock::DataDirLock;
 pub use verify::{
-    BackupInfo, OpenReport, VerifyReport, backup_count, backup_file_name, list_backups,
-    open_verified, prune_backups, verify,
+    BackupInfo, ChainVerifier, IntegrityFacts, OpenReport, VerifyReport, backup_count,
+    backup_file_name, list_backups, open_verified, prune_backups, read_integrity_facts, verify,
 };
 
 /// The schema version this binary writes (`PRAGMA user_version`).

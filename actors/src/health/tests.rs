@@ -95,6 +95,7 @@ pub(crate) fn healthy_replies() -> Replies {
             last_trigger: None,
             recovered: true,
             conditions: vec![],
+            checks: None,
         }),
         heartbeat: Reply::Answered(HeartbeatStatus {
             beats: 1,

@@ -1,13 +1,13 @@
 //! Integrity verification, opening with recovery, and the backups directory.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use super::{GENESIS_HASH, SCHEMA_VERSION, Store, StoreError, chain_hash};
+use super::{EventRow, GENESIS_HASH, SCHEMA_VERSION, SnapshotRow, Store, StoreError, chain_hash};
 
 /// At most this many problems are listed one by one; the rest are counted.
 const MAX_LISTED_PROBLEMS: usize = 20;
@@ -148,64 +148,145 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 fn check_events(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
+    let mut chain = ChainVerifier::new();
+    for_each_event(conn, |row| chain.push(&row))?;
+    report.events = chain.events;
+    report.last_seq = chain.last_seq;
+    for p in chain.problems {
+        report.problem(p);
+    }
+    Ok(())
+}
+
+/// Streams every event, oldest first, into `f` (one row in memory at a time).
+pub(crate) fn for_each_event(
+    conn: &Connection,
+    mut f: impl FnMut(EventRow),
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare(
         "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
-    let mut expected_seq: i64 = 1;
-    let mut prev_hash = GENESIS_HASH.to_string();
-    let mut prev_ts: Option<DateTime<Utc>> = None;
-    let mut ids = HashSet::new();
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let event_id: String = r.get(1)?;
-        let ts: String = r.get(2)?;
-        let kind: String = r.get(3)?;
-        let payload: String = r.get(4)?;
-        let stored_prev: String = r.get(5)?;
-        let hash: String = r.get(6)?;
-        report.events += 1;
-        if seq != expected_seq {
-            report.problem(format!(
-                "event seq {seq}: expected seq {expected_seq} (gap or reorder)"
+        f(EventRow {
+            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
+            event_id: r.get(1)?,
+            ts: r.get(2)?,
+            kind: r.get(3)?,
+            payload: r.get(4)?,
+            prev_hash: r.get(5)?,
+            hash: r.get(6)?,
+        });
+    }
+    Ok(())
+}
+
+/// Verifies the event chain one row at a time, oldest first: seq continuous from 1, unique ids,
+/// recomputed hashes, `prev_hash` links, parseable and non-decreasing timestamps, JSON payloads.
+/// Used by [`verify`] and by the integrity checks (`crate::checks`), which also look at
+/// [`ChainVerifier::newest_ts`] (timestamps in the future).
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    expected_seq: u64,
+    prev_hash: String,
+    prev_ts: Option<DateTime<Utc>>,
+    ids: HashSet<String>,
+    /// Events seen.
+    pub events: u64,
+    /// The last event's seq.
+    pub last_seq: u64,
+    /// The newest timestamp seen.
+    pub newest_ts: Option<DateTime<Utc>>,
+    /// What is wrong, at most [`MAX_LISTED_PROBLEMS`] listed (then one "more" line).
+    pub problems: Vec<String>,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainVerifier {
+    /// Before the first event.
+    pub fn new() -> Self {
+        Self {
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+            prev_ts: None,
+            ids: HashSet::new(),
+            events: 0,
+            last_seq: 0,
+            newest_ts: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(p);
+        } else if self.problems.len() == MAX_LISTED_PROBLEMS {
+            self.problems.push("… more problems not listed".into());
+        }
+    }
+
+    /// Checks the next event (rows must come in stored `seq` order).
+    pub fn push(&mut self, row: &EventRow) {
+        let seq = row.seq;
+        self.events += 1;
+        if seq != self.expected_seq {
+            self.problem(format!(
+                "event seq {seq}: expected seq {} (gap or reorder)",
+                self.expected_seq
             ));
         }
-        if !ids.insert(event_id.clone()) {
-            report.problem(format!("event seq {seq}: duplicate event id {event_id}"));
+        if !self.ids.insert(row.event_id.clone()) {
+            self.problem(format!(
+                "event seq {seq}: duplicate event id {}",
+                row.event_id
+            ));
         }
-        if stored_prev != prev_hash {
-            report.problem(format!(
+        if row.prev_hash != self.prev_hash {
+            self.problem(format!(
                 "event seq {seq}: prev_hash does not link to the previous event's hash"
             ));
         }
-        let useq = u64::try_from(seq).unwrap_or_default();
-        if chain_hash(&stored_prev, useq, &event_id, &ts, &kind, &payload) != hash {
-            report.problem(format!(
+        if chain_hash(
+            &row.prev_hash,
+            seq,
+            &row.event_id,
+            &row.ts,
+            &row.kind,
+            &row.payload,
+        ) != row.hash
+        {
+            self.problem(format!(
                 "event seq {seq}: stored hash does not match its contents (edited row)"
             ));
         }
-        match DateTime::parse_from_rfc3339(&ts) {
+        match DateTime::parse_from_rfc3339(&row.ts) {
             Ok(t) => {
                 let t = t.with_timezone(&Utc);
-                if let Some(p) = prev_ts
+                if let Some(p) = self.prev_ts
                     && t < p
                 {
-                    report.problem(format!(
-                        "event seq {seq}: timestamp {ts} is before the previous event's"
+                    self.problem(format!(
+                        "event seq {seq}: timestamp {} is before the previous event's",
+                        row.ts
                     ));
                 }
-                prev_ts = Some(t);
+                self.prev_ts = Some(t);
+                self.newest_ts = Some(self.newest_ts.map_or(t, |n| n.max(t)));
             }
-            Err(e) => report.problem(format!("event seq {seq}: bad timestamp {ts:?}: {e}")),
+            Err(e) => self.problem(format!("event seq {seq}: bad timestamp {:?}: {e}", row.ts)),
         }
-        if serde_json::from_str::<serde_json::Value>(&payload).is_err() {
-            report.problem(format!("event seq {seq}: payload is not JSON"));
+        if serde_json::from_str::<serde_json::Value>(&row.payload).is_err() {
+            self.problem(format!("event seq {seq}: payload is not JSON"));
         }
-        report.last_seq = useq;
-        expected_seq = seq.saturating_add(1);
-        prev_hash = hash;
+        self.last_seq = seq;
+        self.expected_seq = seq.saturating_add(1);
+        self.prev_hash = row.hash.clone();
     }
-    Ok(())
 }
 
 fn check_state(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
@@ -243,6 +324,102 @@ fn check_snapshots(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Re
         prev = Some(taken_at);
     }
     Ok(())
+}
+
+/// What the integrity checks (`crate::checks`) read from a store: the verified event chain, the
+/// snapshots and the raw state values, all from one read transaction (a consistent view even
+/// while the daemon commits).
+#[derive(Debug, Clone)]
+pub struct IntegrityFacts {
+    pub path: String,
+    pub chain: ChainVerifier,
+    /// Oldest first.
+    pub snapshots: Vec<SnapshotRow>,
+    /// Every state key with its stored text (not parsed: an unreadable value is a finding).
+    pub state: BTreeMap<String, String>,
+}
+
+/// Reads [`IntegrityFacts`] from the store at `path`, read-only (no lock, no migration, no
+/// write): safe beside a running daemon. The event chain is streamed, never held in memory.
+pub fn read_integrity_facts(path: &Path) -> Result<IntegrityFacts, StoreError> {
+    let err = |e: rusqlite::Error| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if !path.exists() {
+        return Err(StoreError::Sqlite {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let tx = conn.transaction().map_err(err)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("schema version {version}: not an initialised TradeBaas store"),
+        });
+    }
+    let mut chain = ChainVerifier::new();
+    for_each_event(&tx, |row| chain.push(&row)).map_err(err)?;
+    // The id set is only needed while walking; the report must not keep it alive.
+    chain.ids = HashSet::new();
+    let mut snapshots = Vec::new();
+    if version >= 2 {
+        let mut stmt = tx
+            .prepare("SELECT id, taken_at, kind, payload, event_seq FROM snapshots ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SnapshotRow {
+                    id: r.get(0)?,
+                    taken_at: r.get(1)?,
+                    kind: r.get(2)?,
+                    payload: r.get(3)?,
+                    event_seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or_default(),
+                })
+            })
+            .map_err(err)?;
+        for row in rows {
+            snapshots.push(row.map_err(err)?);
+        }
+    }
+    let mut state = BTreeMap::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT key, value FROM state ORDER BY key")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (k, v) = row.map_err(err)?;
+            state.insert(k, v);
+        }
+    }
+    drop(tx);
+    Ok(IntegrityFacts {
+        path: path.display().to_string(),
+        chain,
+        snapshots,
+        state,
+    })
 }
 
 /// What [`open_verified`] found and did.

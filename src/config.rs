@@ -20,6 +20,7 @@ use tradebaas_actors::strategy::exec::ExecutionConfig;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
 use tradebaas_actors::tree::TreeConfig;
 
+use crate::admin::AdminConfig;
 use crate::paper_exchange::PaperConfig;
 
 /// The whole configuration file.
@@ -40,6 +41,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Order placement, risk guards, protection checks.
     pub execution: ExecutionConfig,
+    /// The local admin socket for operator commands.
+    pub admin: AdminConfig,
     /// `[[strategies]]`: one hosted instance each.
     pub strategies: Vec<StrategyEntry>,
 }
@@ -63,6 +66,7 @@ impl Default for Config {
             recovery: RecoveryConfig::default(),
             store: StoreConfig::default(),
             execution: ExecutionConfig::default(),
+            admin: AdminConfig::default(),
             strategies: vec![StrategyEntry {
                 ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
                     stop_distance_pct: 0.1,
@@ -219,6 +223,7 @@ impl Config {
         self.heartbeat
             .validate()
             .map_err(|e| fail("heartbeat", e))?;
+        self.admin.validate().map_err(|e| fail("admin", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",

@@ -257,18 +257,25 @@ pub fn bind(data_dir: &Path) -> Result<BoundAdmin, String> {
     }
     // Bind inside a private directory, tighten, then rename into place: others can never reach
     // the socket while its mode is still what the umask made it.
-    let private = data_dir.join(format!(
-        ".admin-{}-{:08x}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
+    // A short name: the staged path must fit `sun_path` (108 bytes) as well as the final one.
+    let private = data_dir.join(format!(".a{:08x}", fastrand::u32(..)));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
         .map_err(|e| fail("cannot create a private directory to bind in", e))?;
     let result = (|| {
         let staged = private.join(SOCKET_NAME);
-        let listener = UnixListener::bind(&staged).map_err(|e| fail("cannot bind", e))?;
+        let listener = UnixListener::bind(&staged).map_err(|e| {
+            if staged.as_os_str().len() >= 100 {
+                fail(
+                    "cannot bind (a Unix socket path must be under 108 bytes: use a shorter \
+                     `server.data_dir`)",
+                    e,
+                )
+            } else {
+                fail("cannot bind", e)
+            }
+        })?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| fail("cannot set mode 0600", e))?;
         let own_uid = std::fs::metadata(&staged)
@@ -524,7 +531,16 @@ async fn set_mode(
         );
     }
     let to = mode.trading_mode();
+    // From SHUTDOWN the fail-safe refuses AGGRESSIVE outright: give the operator that answer
+    // rather than the pre-flight results.
+    let current = health::ask(
+        context.names.lookup::<FailSafeMsg>(ChildName::FailSafe),
+        FailSafeMsg::GetMode,
+        ASK_TIMEOUT,
+    )
+    .await;
     if to == TradingMode::Aggressive
+        && current != Reply::Answered(TradingMode::Shutdown)
         && let Err(problems) = aggressive_preflight(&context.names, &context.store_path).await
     {
         let mut r = Response::refused(

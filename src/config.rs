@@ -449,6 +449,16 @@ mod tests {
     }
 
     #[test]
+    fn admin_errors_name_the_key() {
+        let e = err("[admin]\nallowed_uids = [1000, 1000]\n");
+        assert_eq!(e.key.as_deref(), Some("admin.allowed_uids[1]"), "{e}");
+        let e = err("[admin]\nallowed_uids = [-1]\n");
+        assert!(e.to_string().contains("allowed_uids"), "{e}");
+        let e = err("[admin]\nsocket = \"/tmp/x\"\n");
+        assert!(e.to_string().contains("socket"), "{e}");
+    }
+
+    #[test]
     fn an_unknown_child_name_is_refused() {
         let e = err("[supervisor.children.stratgy]\nmax_restarts = 1\n");
         assert!(e.to_string().contains("stratgy"), "{e}");

@@ -311,6 +311,29 @@ async fn shutdown_is_cleared_to_observe_only_first_and_every_action_is_recorded(
     );
     wait_health(&base, "mode OBSERVE_ONLY", |v| v["mode"] == "OBSERVE_ONLY").await;
 
+    // AGGRESSIVE needs the store's integrity at that moment: edit the first event behind the
+    // daemon's back and the pre-flight refuses, naming the check.
+    let db = rusqlite::Connection::open(dir.path().join("tradebaas.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let original: String = db
+        .query_row("SELECT payload FROM events WHERE seq = 1", [], |r| r.get(0))
+        .unwrap();
+    let edit = |payload: &str| {
+        db.execute("UPDATE events SET payload = ?1 WHERE seq = 1", [payload])
+            .unwrap()
+    };
+    edit(r#"{"from":"AGGRESSIVE","to":"SHUTDOWN","reason":"edited"}"#);
+    let out = mode("aggressive", "on a tampered store").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("pre-flight") && stderr.contains("store integrity"),
+        "{}",
+        text(&out)
+    );
+    edit(&original);
+    drop(db);
+
     // Now AGGRESSIVE, once the pre-flight checks pass (this run's recovery reaches the fail-safe
     // just after /ready, so allow a moment).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -351,6 +374,11 @@ async fn shutdown_is_cleared_to_observe_only_first_and_every_action_is_recorded(
     let observe = find("x", "accepted");
     assert_eq!(observe["args"]["mode"], "observe");
     find("checks are green", "accepted");
+    let tampered = find("on a tampered store", "refused");
+    assert!(
+        tampered["problems"].to_string().contains("store integrity"),
+        "{tampered}"
+    );
     let changes = events(dir.path(), "mode_changed");
     let cleared = changes
         .iter()

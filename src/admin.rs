@@ -395,31 +395,24 @@ async fn connection(mut stream: UnixStream, own_uid: u32, context: AdminContext)
     let response = match read_request_line(&mut stream).await {
         Err(response) => response,
         Ok(line) => {
+            // The request is read even from a refused peer, so the attempt is on record.
             let parsed = parse_request(&line);
-            let allowed = match peer_uid {
-                Some(uid) => authorize(uid, own_uid, &context.config),
-                None => Err("the peer's credentials could not be read".into()),
-            };
-            match (allowed, parsed) {
+            let allowed = peer_uid
+                .ok_or_else(|| "the peer's credentials could not be read".to_string())
+                .and_then(|uid| authorize(uid, own_uid, &context.config).map(|()| uid));
+            let (response, request) = match (allowed, parsed) {
                 (Err(why), parsed) => {
                     warn!(peer_uid, reason = %why, "admin: connection refused");
-                    let response = Response::refused(Refusal::Forbidden, why);
-                    if let Ok(request) = parsed
-                        && !matches!(request, Request::Status {})
-                    {
-                        record(&context.names, &request, peer_uid, &response).await;
-                    }
-                    response
+                    (Response::refused(Refusal::Forbidden, why), parsed.ok())
                 }
-                (Ok(()), Err(why)) => Response::refused(Refusal::BadRequest, why),
-                (Ok(()), Ok(request)) => {
-                    let uid = peer_uid.unwrap_or(own_uid);
-                    let response = handle(&context, &request, uid).await;
-                    if !matches!(request, Request::Status {}) {
-                        record(&context.names, &request, peer_uid, &response).await;
-                    }
-                    response
+                (Ok(_), Err(why)) => (Response::refused(Refusal::BadRequest, why), None),
+                (Ok(uid), Ok(request)) => (handle(&context, &request, uid).await, Some(request)),
+            };
+            match request {
+                Some(request) if !matches!(request, Request::Status {}) => {
+                    record(&context.names, &request, peer_uid, response).await
                 }
+                _ => response,
             }
         }
     };
@@ -433,8 +426,14 @@ async fn connection(mut stream: UnixStream, own_uid: u32, context: AdminContext)
     let _ = stream.shutdown().await;
 }
 
-/// Commits the `operator_action` event (bounded); a failure is logged, never hidden.
-async fn record(names: &Names, request: &Request, peer_uid: Option<u32>, response: &Response) {
+/// Commits the `operator_action` event (bounded) and returns the response, which says so when
+/// the event could not be stored (the action itself stands: it was carried out or refused).
+async fn record(
+    names: &Names,
+    request: &Request,
+    peer_uid: Option<u32>,
+    mut response: Response,
+) -> Response {
     let outcome = if response.ok { "accepted" } else { "refused" };
     let event = json!({
         "action": request.action(),
@@ -461,7 +460,11 @@ async fn record(names: &Names, request: &Request, peer_uid: Option<u32>, respons
     .await
     {
         error!(action = request.action(), error = %e, "admin: operator action not recorded in the event log");
+        response
+            .message
+            .push_str(&format!(" (warning: not recorded in the event log: {e})"));
     }
+    response
 }
 
 async fn handle(context: &AdminContext, request: &Request, peer_uid: u32) -> Response {

@@ -26,9 +26,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, Path::new(&format!("{ROOT}/config/default.toml")))
+    }
+
+    fn start_with(dir: &Path, config: &Path) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["--log-format", "json", "run", "--config"])
-            .arg(format!("{ROOT}/config/default.toml"))
+            .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .env_remove("RUST_LOG")
@@ -247,6 +251,53 @@ async fn the_admin_socket_is_0600_and_refuses_other_users() {
             .iter()
             .all(|m| m["to"] != "OBSERVE_ONLY")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_in_allowed_uids_may_act() {
+    if !is_root() {
+        eprintln!("not root: this test needs root to switch users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admin.toml");
+    let default = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).unwrap();
+    let listed = default.replace("allowed_uids = []", &format!("allowed_uids = [{NOBODY}]"));
+    assert_ne!(listed, default);
+    std::fs::write(&config, listed).unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start_with(&data, &config);
+    let path = wait_socket(&daemon, &data);
+    // The operator opens the file modes for that user's group or, as here, for everyone.
+    for (p, mode) in [
+        (dir.path(), 0o755),
+        (data.as_path(), 0o755),
+        (path.as_path(), 0o666),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let sock = path.to_str().unwrap();
+    let out = cli(
+        &[
+            "mode",
+            "observe",
+            "--reason",
+            "listed user",
+            "--socket",
+            sock,
+        ],
+        Some(NOBODY),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let actions = events(&data, "operator_action");
+    let done = actions
+        .iter()
+        .find(|a| a["reason"] == "listed user")
+        .unwrap_or_else(|| panic!("not recorded: {actions:#?}"));
+    assert_eq!(done["peer_uid"], NOBODY);
+    assert_eq!(done["outcome"], "accepted");
+    drop(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

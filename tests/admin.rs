@@ -124,11 +124,36 @@ async fn wait_ready(base: &str) {
     }
 }
 
+/// A path to the binary that another user can execute: the build output itself when every
+/// directory above it is searchable by others, else a link (or copy) in a 0755 temporary
+/// directory (a checkout under a 0700 home would otherwise fail the exec, not the test's point).
+fn binary_for_others() -> (PathBuf, Option<tempfile::TempDir>) {
+    let bin = PathBuf::from(BIN);
+    let searchable = bin
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if searchable {
+        return (bin, None);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("tradebaas");
+    if std::fs::hard_link(&bin, &copy).is_err() {
+        std::fs::copy(&bin, &copy).unwrap();
+    }
+    (copy, Some(dir))
+}
+
 /// Runs the CLI (blocking, on a blocking thread) with `args`, optionally as another uid.
 async fn cli(args: &[&str], uid: Option<u32>) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(BIN);
+        let (bin, _keep) = match uid {
+            Some(_) => binary_for_others(),
+            None => (PathBuf::from(BIN), None),
+        };
+        let mut cmd = Command::new(bin);
         cmd.args(&args)
             .env_remove("TRADEBAAS_CONFIG")
             .env_remove("TRADEBAAS_DATA_DIR")

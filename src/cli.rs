@@ -1,10 +1,12 @@
-//! The command line: `run`, `check`, `check-config`, `paper-exchange`, `status`, `state`.
+//! The command line: `run`, `check`, `check-config`, `paper-exchange`, `status`, `state`, and the
+//! operator commands `mode` and `alerts` (over the local admin socket, see [`crate::admin`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::OperatorMode;
 use crate::config::LogFormat;
 
 /// TradeBaas: a supervised 24/7 runtime for trading strategies on Deribit.
@@ -74,6 +76,56 @@ pub enum Command {
     State {
         #[command(subcommand)]
         action: StateAction,
+    },
+    /// Change the trading mode of the running daemon (over its admin socket), or, without a mode,
+    /// print the mode, why, and the open alerts. Exit 0 done, 1 refused by the daemon, 2 daemon
+    /// not reachable, 3 permission denied.
+    Mode {
+        /// `observe` (OBSERVE_ONLY; also clears SHUTDOWN) or `aggressive` (needs the pre-flight
+        /// checks to pass now; SHUTDOWN must be cleared to observe first).
+        #[arg(value_enum)]
+        mode: Option<OperatorMode>,
+        /// Why (required for a change; stored with the operator_action and mode_changed events).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Operator actions on alerts (over the admin socket).
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
+}
+
+/// Where the admin socket is: `--socket`, else `<server.data_dir>/admin.sock` of the config
+/// (with `--data-dir` / `TRADEBAAS_DATA_DIR` applied as for `run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminTarget {
+    /// The daemon's configuration file (its `server.data_dir` holds the socket).
+    #[arg(long, env = "TRADEBAAS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides the config's `server.data_dir` and TRADEBAAS_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The admin socket itself (overrides the config and the data directory).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+/// `tradebaas alerts …`.
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// Acknowledge an open or recent alert by its `alert_id` (see `/api/alerts` or `/health`).
+    /// Exit codes as for `mode`.
+    Ack {
+        /// The alert's `alert_id`.
+        id: String,
+        /// Why (optional; stored with the operator_action event).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 

@@ -21,6 +21,7 @@ use tradebaas_actors::strategy::exec::ExecutionConfig;
 use tradebaas_actors::supervisor::policy::SupervisorConfig;
 use tradebaas_actors::tree::TreeConfig;
 
+use crate::admin::AdminConfig;
 use crate::paper_exchange::PaperConfig;
 
 /// The whole configuration file.
@@ -43,6 +44,8 @@ pub struct Config {
     pub checks: ChecksConfig,
     /// Order placement, risk guards, protection checks.
     pub execution: ExecutionConfig,
+    /// The local admin socket for operator commands.
+    pub admin: AdminConfig,
     /// `[[strategies]]`: one hosted instance each.
     pub strategies: Vec<StrategyEntry>,
 }
@@ -67,6 +70,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             checks: ChecksConfig::default(),
             execution: ExecutionConfig::default(),
+            admin: AdminConfig::default(),
             strategies: vec![StrategyEntry {
                 ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
                     stop_distance_pct: 0.1,
@@ -224,6 +228,7 @@ impl Config {
         self.heartbeat
             .validate()
             .map_err(|e| fail("heartbeat", e))?;
+        self.admin.validate().map_err(|e| fail("admin", e))?;
         if self.server.shutdown_timeout.is_zero() {
             return Err(fail(
                 "server",
@@ -448,6 +453,16 @@ mod tests {
         );
         let e = err("[alert.alertmanager]\nenabeld = true\n");
         assert!(e.to_string().contains("enabeld"), "{e}");
+    }
+
+    #[test]
+    fn admin_errors_name_the_key() {
+        let e = err("[admin]\nallowed_uids = [1000, 1000]\n");
+        assert_eq!(e.key.as_deref(), Some("admin.allowed_uids[1]"), "{e}");
+        let e = err("[admin]\nallowed_uids = [-1]\n");
+        assert!(e.to_string().contains("allowed_uids"), "{e}");
+        let e = err("[admin]\nsocket = \"/tmp/x\"\n");
+        assert!(e.to_string().contains("socket"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Shutdown order (each step logged with its duration; the whole sequence is bounded by
 //! `server.shutdown_timeout`, past which the process exits 1):
-//! 1. `stop_http` — stop accepting HTTP requests, finish the ones in flight;
+//! 1. `stop_http` — stop accepting HTTP requests, finish the ones in flight; close the admin
+//!    socket (no operator action during shutdown);
 //! 2. `stop_trading` — stop the `heartbeat` (so stopping the trading actors is not taken for a
 //!    wedge), the `strategy` actor, then `broker-connection` (which closes the WebSocket with a
 //!    close frame);
@@ -41,6 +42,7 @@ use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
 use tradebaas_actors::tree::start_tree;
 
+use crate::admin::{self, AdminContext, AdminServer};
 use crate::config::Config;
 use crate::http::{Api, HttpServer};
 use crate::paper_exchange::PaperExchange;
@@ -225,11 +227,21 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             return exit::CONFIG;
         }
     };
+    // The admin socket too (operator commands; see `admin`): bound now, served once the tree runs.
+    let admin = match admin::bind(&data_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("startup check `admin_socket` failed: {e}");
+            http.stop().await;
+            return exit::CONFIG;
+        }
+    };
     let (url, credentials, paper) = match resolve_exchange(&config).await {
         Ok(x) => x,
         Err(e) => {
             error!("{e}");
             http.stop().await;
+            admin.discard();
             return exit::CONFIG;
         }
     };
@@ -240,9 +252,18 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
         Err(e) => {
             error!(error = %e, "cannot start the supervision tree");
             http.stop().await;
+            admin.discard();
             return exit::FAILURE;
         }
     };
+    let admin = admin.serve(AdminContext {
+        names: names.clone(),
+        config: config.admin.clone(),
+        checks: checks::ChecksArgs {
+            store_path: store_path.clone(),
+            config: config.checks.clone(),
+        },
+    });
     info!(
         listen = %http.local_addr,
         took_ms = started.elapsed().as_millis() as u64,
@@ -355,17 +376,21 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
 
     let limit = config.server.shutdown_timeout;
     let stopping = Instant::now();
-    let code =
-        match tokio::time::timeout(limit, shutdown(&names, &supervisor, Some(http), paper)).await {
-            Ok(()) => exit::OK,
-            Err(_) => {
-                error!(
-                    limit_ms = limit.as_millis() as u64,
-                    "shutdown: a step did not finish within the hard limit; exiting 1"
-                );
-                exit::FAILURE
-            }
-        };
+    let code = match tokio::time::timeout(
+        limit,
+        shutdown(&names, &supervisor, Some(http), Some(admin), paper),
+    )
+    .await
+    {
+        Ok(()) => exit::OK,
+        Err(_) => {
+            error!(
+                limit_ms = limit.as_millis() as u64,
+                "shutdown: a step did not finish within the hard limit; exiting 1"
+            );
+            exit::FAILURE
+        }
+    };
     info!(
         exit_code = code,
         shutdown_ms = stopping.elapsed().as_millis() as u64,
@@ -548,17 +573,25 @@ async fn shutdown(
     names: &Names,
     supervisor: &ActorRef<SupervisorMsg>,
     http: Option<HttpServer>,
+    admin: Option<AdminServer>,
     paper: Option<PaperExchange>,
 ) {
     // Generous per-call limit: the overall hard limit is the real bound.
     let call_limit = Duration::from_secs(3600);
     step(1, "stop_http", async {
+        let admin = match admin {
+            Some(admin) => {
+                admin.stop().await;
+                "admin socket closed"
+            }
+            None => "admin socket not open",
+        };
         match http {
             Some(http) => {
                 http.stop().await;
-                "http server stopped".to_owned()
+                format!("http server stopped; {admin}")
             }
-            None => "http server not running".to_owned(),
+            None => format!("http server not running; {admin}"),
         }
     })
     .await;
@@ -668,7 +701,7 @@ pub async fn emergency_shutdown(limit: Duration) -> bool {
         }
         None => error!("shutdown: fail-safe not running; SHUTDOWN not latched"),
     }
-    tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None))
+    tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None, None))
         .await
         .is_ok()
 }

@@ -1,5 +1,7 @@
 //! The TradeBaas daemon shell: CLI, configuration, HTTP, shutdown, logging and the paper exchange.
 
+pub mod admin;
+pub mod admin_cmd;
 pub mod check_cmd;
 pub mod cli;
 pub mod config;

@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tradebaas::cli::{Cli, Command};
+use tradebaas::admin::{self, Request};
+use tradebaas::cli::{AdminTarget, AlertsAction, Cli, Command};
 use tradebaas::config::{Config, ConfigError, LogFormat, Overrides};
 use tradebaas::daemon::{self, exit};
-use tradebaas::{check_cmd, logging, paper_cmd, state_cmd, status};
+use tradebaas::{admin_cmd, check_cmd, logging, paper_cmd, state_cmd, status};
 use tradebaas_actors::metrics::Metrics;
 
 fn code(c: i32) -> ExitCode {
@@ -22,6 +23,32 @@ fn load(path: Option<&std::path::Path>, overrides: Overrides) -> Result<Config, 
     config.apply_env(|k| std::env::var(k).ok())?;
     config.apply(overrides, "command line --")?;
     Ok(config)
+}
+
+/// The admin socket of an operator command: `--socket`, else `<server.data_dir>/admin.sock`.
+fn admin_socket(target: &AdminTarget) -> Result<std::path::PathBuf, ConfigError> {
+    if let Some(socket) = &target.socket {
+        return Ok(socket.clone());
+    }
+    let config = load(
+        target.config.as_deref(),
+        Overrides {
+            data_dir: target.data_dir.clone(),
+            ..Overrides::default()
+        },
+    )?;
+    Ok(admin::socket_path(&config.server.data_dir))
+}
+
+/// Runs one operator command against the daemon's admin socket.
+fn operator(target: &AdminTarget, request: &Request) -> ExitCode {
+    match admin_socket(target) {
+        Ok(socket) => code(admin_cmd::run(&socket, request)),
+        Err(e) => {
+            eprintln!("tradebaas: configuration error: {e}");
+            code(admin_cmd::exit::UNREACHABLE)
+        }
+    }
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -151,6 +178,32 @@ fn main() -> ExitCode {
             }
         }
         Command::State { action } => code(state_cmd::run(&action)),
+        Command::Mode {
+            mode,
+            reason,
+            target,
+        } => {
+            let request = match (mode, reason) {
+                (None, _) => Request::Status {},
+                (Some(mode), Some(reason)) => Request::Mode { mode, reason },
+                (Some(_), None) => {
+                    eprintln!(
+                        "tradebaas: a mode change needs --reason \"…\" (it is stored with the change)"
+                    );
+                    return code(admin_cmd::exit::UNREACHABLE);
+                }
+            };
+            operator(&target, &request)
+        }
+        Command::Alerts {
+            action: AlertsAction::Ack { id, reason, target },
+        } => operator(
+            &target,
+            &Request::AlertsAck {
+                alert_id: id,
+                reason,
+            },
+        ),
         Command::Status { url } => match runtime() {
             Ok(rt) => code(rt.block_on(status::run(&url))),
             Err(e) => {

@@ -293,6 +293,8 @@ async fn a_uid_in_allowed_uids_may_act() {
     let data = dir.path().join("data");
     let daemon = Daemon::start_with(&data, &config);
     let path = wait_socket(&daemon, &data);
+    // Mode changes are refused ("try again shortly") until the fail-safe has loaded the mode.
+    wait_ready(&daemon.base_url()).await;
     // The operator opens the file modes for that user's group or, as here, for everyone.
     for (p, mode) in [
         (dir.path(), 0o755),

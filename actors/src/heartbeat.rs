@@ -127,6 +127,8 @@ pub struct SystemStats {
     pub cpu_percent: f64,
     pub rss_bytes: u64,
     pub total_memory_bytes: u64,
+    /// Errors logged per minute (from `tradebaas_errors_total`; 0 until it is counted).
+    pub error_rate_per_minute: f64,
 }
 
 /// The heartbeat's answer to `Status`.
@@ -191,6 +193,7 @@ impl Sampler {
             cpu_percent: cpu,
             rss_bytes: rss,
             total_memory_bytes: total,
+            error_rate_per_minute: 0.0,
         }
     }
 }

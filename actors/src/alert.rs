@@ -83,6 +83,8 @@ pub const COUNT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 const LOAD_ATTEMPTS: u32 = 100;
 const LOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events kept while the persister has not started yet.
+const PENDING_MAX: usize = 100;
 /// How long a commit may take before it counts as a store failure.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -350,6 +352,9 @@ pub struct AlertState {
     loaded: bool,
     /// Changes made before the load finished, whose state write is still owed.
     unsaved: bool,
+    /// Events raised before the persister was running (it starts after this actor), committed
+    /// once the load finds it; at most `PENDING_MAX`.
+    pending: Vec<Change>,
     load_error: Option<String>,
     store_failures: u64,
     last_store_error: Option<String>,
@@ -380,6 +385,7 @@ impl AlertState {
             counts_scheduled: false,
             loaded: false,
             unsaved: false,
+            pending: Vec::new(),
             load_error: None,
             store_failures: 0,
             last_store_error: None,
@@ -639,6 +645,11 @@ impl AlertState {
             .names
             .lookup::<PersisterMsg>(ChildName::StatePersister)
         else {
+            if !self.loaded && self.pending.len() < PENDING_MAX {
+                // The persister starts after this actor: keep the event until the load finds it.
+                self.pending.push(change);
+                return;
+            }
             warn!(
                 actor = "alert",
                 "state-persister not running; alert logged but not stored"
@@ -778,7 +789,14 @@ impl AlertState {
             recent = self.recent.len(),
             "alert history loaded"
         );
-        if std::mem::take(&mut self.unsaved) {
+        let pending = std::mem::take(&mut self.pending);
+        let owed = std::mem::take(&mut self.unsaved);
+        if !pending.is_empty() {
+            // Now loaded, each commit carries the merged state as well.
+            for change in pending {
+                self.store(myself, change);
+            }
+        } else if owed {
             self.store(
                 myself,
                 Change::event(
@@ -1429,6 +1447,50 @@ mod tests {
         assert_eq!(repeated["alerts"][0]["count"], 1000);
         let stored = store.state().unwrap();
         assert_eq!(stored[ALERTS_STATE_KEY]["open"][0]["count"], 1000);
+    }
+
+    #[tokio::test]
+    async fn an_alert_raised_before_the_persister_starts_is_stored_once_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (names, actor) = spawn("alert-early-", AlertConfig::default()).await;
+        actor
+            .send_message(AlertMsg::Raise(alert(
+                "store:recovered",
+                Severity::Critical,
+            )))
+            .unwrap();
+        call_t!(actor, AlertMsg::Ping, 1000).unwrap();
+        let (persister, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if call_t!(actor, AlertMsg::Status, 1000)
+                .unwrap()
+                .history_loaded
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert!(s.history_loaded);
+        assert_eq!(s.store_failures, 0, "{:?}", s.last_store_error);
+        stop_stored(actor, persister).await;
+        let store = crate::store::Store::open(&path).unwrap();
+        let kinds: Vec<String> = store
+            .events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["alert_raised"]);
+        let state = store.state().unwrap();
+        assert_eq!(state[ALERTS_STATE_KEY]["open"][0]["key"], "store:recovered");
     }
 
     #[tokio::test]

@@ -1,9 +1,12 @@
-//! The read-only HTTP API: `/health`, `/ready`, `/live`, `/metrics`.
+//! The read-only HTTP API: `/health`, `/ready`, `/live`, `/metrics`, and the JSON API
+//! `/api/health`, `/api/health/status`, `/api/health/uptime`, `/api/health/last_snapshot`,
+//! `/api/alerts` (`?severity=CRITICAL|WARNING|INFO`, `?open=true|false`).
 //!
 //! Every answer is assembled from the actors' replies to status requests (see
-//! [`tradebaas_actors::health`]); the HTTP layer holds no status of its own. Only GET and HEAD
-//! are served: any other method on any path is `405`, an unknown path is a `404` with a JSON body.
-//! Nothing here can change the daemon's state.
+//! [`tradebaas_actors::health`]); the HTTP layer holds no status of its own and never calls the
+//! exchange. Only GET and HEAD are served: any other method on any path is `405`, an unknown path
+//! is a `404` with a JSON body, a bad filter a `400` naming it. Nothing here can change the
+//! daemon's state.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,17 +14,31 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
+use tradebaas_actors::alert::{AlertMsg, AlertRecord, AlertStatus, Severity};
 use tradebaas_actors::health::{self, Context, HealthConfig, Replies, Verdict};
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::names::Names;
+use tradebaas_actors::names::{ChildName, Names};
 use warp::Filter;
 use warp::http::{HeaderValue, Method, Response, StatusCode, header};
 use warp::hyper::body::Bytes;
+
+/// Every path served, for the 404 body and the startup log.
+pub const ROUTES: [&str; 9] = [
+    "/health",
+    "/ready",
+    "/live",
+    "/metrics",
+    "/api/health",
+    "/api/health/status",
+    "/api/health/uptime",
+    "/api/health/last_snapshot",
+    "/api/alerts",
+];
 
 /// The Prometheus text exposition format the encoder writes.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -100,7 +117,106 @@ impl Api {
         (report, replies)
     }
 
-    async fn route(&self, method: &Method, path: &str) -> Reply {
+    /// 200, or 503 when the verdict is unhealthy (as `/health`).
+    fn verdict_code(verdict: Verdict) -> StatusCode {
+        if verdict == Verdict::Unhealthy {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    /// `/api/health/status`: the full report plus the facts an operator reads first.
+    async fn api_status(&self) -> Reply {
+        let (report, replies) = self.health().await;
+        let mut body =
+            serde_json::to_value(&report).unwrap_or_else(|e| json!({"error": e.to_string()}));
+        // Checks are whatever an actor reports in a field named `checks` or `*_checks`
+        // (start-up and integrity checks), by actor and field.
+        let checks: serde_json::Map<String, Value> = report
+            .actors
+            .iter()
+            .filter_map(|(name, a)| {
+                let found: serde_json::Map<String, Value> = a
+                    .as_object()?
+                    .iter()
+                    .filter(|(k, _)| *k == "checks" || k.ends_with("_checks"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (!found.is_empty()).then(|| ((*name).to_owned(), Value::Object(found)))
+            })
+            .collect();
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("checks".into(), Value::Object(checks));
+            obj.insert(
+                "recovery".into(),
+                json!(
+                    replies
+                        .persister
+                        .answered()
+                        .and_then(|p| p.recovery.clone())
+                ),
+            );
+            obj.insert(
+                "queue_status".into(),
+                json!(report.system_health.queue_status),
+            );
+        }
+        json_reply(Self::verdict_code(report.status), &body)
+    }
+
+    /// `/api/health/last_snapshot`, from the persister alone.
+    async fn api_last_snapshot(&self) -> Reply {
+        let reply = health::ask(
+            self.names.lookup(ChildName::StatePersister),
+            tradebaas_actors::persister::PersisterMsg::Status,
+            self.health.actor_timeout,
+        )
+        .await;
+        match reply.answered() {
+            Some(p) => {
+                let now = Utc::now();
+                json_reply(
+                    StatusCode::OK,
+                    &json!({
+                        "last_snapshot_at": p.last_snapshot_at,
+                        "age_seconds": p.last_snapshot_at.map(|t| (now - t).num_seconds().max(0)),
+                        "last_backup_at": p.last_backup_at,
+                        "timestamp": now,
+                    }),
+                )
+            }
+            None => json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": format!("state-persister is {}", reply.describe())}),
+            ),
+        }
+    }
+
+    /// `/api/alerts`: open and recent alerts from the alert actor, newest first, filtered.
+    async fn api_alerts(&self, query: &[(String, String)]) -> Reply {
+        let filter = match AlertFilter::parse(query) {
+            Ok(f) => f,
+            Err(message) => {
+                return json_reply(StatusCode::BAD_REQUEST, &json!({"error": message}));
+            }
+        };
+        let reply = health::ask(
+            self.names.lookup(ChildName::Alert),
+            AlertMsg::Status,
+            self.health.actor_timeout,
+        )
+        .await;
+        match reply.answered() {
+            Some(status) => json_reply(StatusCode::OK, &alerts_body(status, &filter)),
+            None => json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": format!("alert actor is {}", reply.describe())}),
+            ),
+        }
+    }
+
+    async fn route(&self, method: &Method, path: &str, query: &[(String, String)]) -> Reply {
         if method != Method::GET && method != Method::HEAD {
             let mut r = json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -158,6 +274,35 @@ impl Api {
                     )
                 }
             }
+            "/api/health" => {
+                let (report, _) = self.health().await;
+                json_reply(
+                    Self::verdict_code(report.status),
+                    &json!({
+                        "status": report.status,
+                        "mode": report.mode,
+                        "uptime_seconds": report.uptime_seconds,
+                        "reasons": report.reasons,
+                        "timestamp": report.timestamp,
+                        "version": report.version,
+                    }),
+                )
+            }
+            "/api/health/status" => self.api_status().await,
+            "/api/health/uptime" => {
+                let now = Utc::now();
+                let uptime = self.started.elapsed();
+                json_reply(
+                    StatusCode::OK,
+                    &json!({
+                        "uptime_seconds": uptime.as_secs(),
+                        "started_at": now - chrono::Duration::from_std(uptime).unwrap_or_default(),
+                        "timestamp": now,
+                    }),
+                )
+            }
+            "/api/health/last_snapshot" => self.api_last_snapshot().await,
+            "/api/alerts" => self.api_alerts(query).await,
             "/metrics" => {
                 let (_, _) = self.health().await;
                 match self.metrics.render() {
@@ -173,8 +318,7 @@ impl Api {
             }
             _ => json_reply(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "not found", "path": path,
-                        "routes": ["/health", "/ready", "/live", "/metrics"]}),
+                &json!({"error": "not found", "path": path, "routes": ROUTES}),
             ),
         }
     }
@@ -183,10 +327,14 @@ impl Api {
     pub fn filter(
         self: Arc<Self>,
     ) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
-        warp::method().and(warp::path::full()).and_then(
-            move |method: Method, path: warp::path::FullPath| {
+        // A query that does not decode is treated as none; `/api/alerts` rejects unknown keys.
+        let query = warp::query::<Vec<(String, String)>>()
+            .or(warp::any().map(Vec::new))
+            .unify();
+        warp::method().and(warp::path::full()).and(query).and_then(
+            move |method: Method, path: warp::path::FullPath, query: Vec<(String, String)>| {
                 let api = Arc::clone(&self);
-                async move { Ok::<_, Infallible>(api.route(&method, path.as_str()).await) }
+                async move { Ok::<_, Infallible>(api.route(&method, path.as_str(), &query).await) }
             },
         )
     }
@@ -219,7 +367,7 @@ impl HttpServer {
                 .run()
                 .await;
         });
-        info!(listen = %local_addr, "http: serving /health /ready /live /metrics");
+        info!(listen = %local_addr, routes = ?ROUTES, "http: serving");
         Ok(HttpServer {
             local_addr,
             stop: Some(tx),
@@ -233,5 +381,204 @@ impl HttpServer {
             let _ = tx.send(());
         }
         let _ = self.task.await;
+    }
+}
+
+/// The filters of `/api/alerts`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFilter {
+    pub severity: Option<Severity>,
+    /// `Some(true)`: open alerts only; `Some(false)`: closed ones only.
+    pub open: Option<bool>,
+}
+
+impl AlertFilter {
+    /// Parses the query; the error names the parameter and the values it takes.
+    pub fn parse(query: &[(String, String)]) -> Result<Self, String> {
+        let mut f = AlertFilter::default();
+        for (key, value) in query {
+            match key.as_str() {
+                "severity" => {
+                    f.severity = Some(match value.to_ascii_uppercase().as_str() {
+                        "CRITICAL" => Severity::Critical,
+                        "WARNING" => Severity::Warning,
+                        "INFO" => Severity::Info,
+                        _ => {
+                            return Err(format!(
+                                "invalid severity {value:?}: use CRITICAL, WARNING or INFO"
+                            ));
+                        }
+                    });
+                }
+                "open" => {
+                    f.open = Some(match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("invalid open {value:?}: use true or false")),
+                    });
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown filter {key:?}: /api/alerts takes severity and open"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// The `/api/alerts` body: every open and recent record (each once, newest first) that passes
+/// `filter`, each with an `open` flag.
+pub fn alerts_body(status: &AlertStatus, filter: &AlertFilter) -> Value {
+    let open_ids: std::collections::HashSet<&str> = status
+        .open_alerts
+        .iter()
+        .map(|r| r.alert_id.as_str())
+        .collect();
+    let mut all: Vec<&AlertRecord> = status.recent.iter().collect();
+    // Open alerts older than the recent window are still shown.
+    for r in &status.open_alerts {
+        if !status.recent.iter().any(|x| x.alert_id == r.alert_id) {
+            all.push(r);
+        }
+    }
+    // An open record's copy in `open_alerts` is the authoritative one.
+    let current = |r: &'_ AlertRecord| -> AlertRecord {
+        status
+            .open_alerts
+            .iter()
+            .find(|o| o.alert_id == r.alert_id)
+            .unwrap_or(r)
+            .clone()
+    };
+    all.sort_by(|a, b| {
+        b.timestamp
+            .cmp(&a.timestamp)
+            .then(b.alert_id.cmp(&a.alert_id))
+    });
+    let alerts: Vec<Value> = all
+        .into_iter()
+        .map(current)
+        .filter(|r| filter.severity.is_none_or(|s| r.severity == s))
+        .filter(|r| {
+            filter
+                .open
+                .is_none_or(|o| o == open_ids.contains(r.alert_id.as_str()))
+        })
+        .map(|r| {
+            let open = open_ids.contains(r.alert_id.as_str());
+            let mut v =
+                serde_json::to_value(&r).unwrap_or_else(|e| json!({"error": e.to_string()}));
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("open".into(), json!(open));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "count": alerts.len(),
+        "open": status.open,
+        "open_critical": status.open_critical,
+        "filters": {
+            "severity": filter.severity.map(Severity::as_str),
+            "open": filter.open,
+        },
+        "alerts": alerts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn record(id: &str, key: &str, severity: Severity, resolved: bool) -> AlertRecord {
+        AlertRecord {
+            alert_id: id.into(),
+            timestamp: format!("2026-01-01T00:00:0{}Z", &id[1..]).parse().unwrap(),
+            severity,
+            title: key.into(),
+            message: String::new(),
+            root_cause: String::new(),
+            recommended_action: String::new(),
+            metadata: json!({}),
+            acknowledged: false,
+            count: 1,
+            last_raised_at: None,
+            acknowledged_at: None,
+            resolved_at: resolved.then(Utc::now),
+            key: key.into(),
+        }
+    }
+
+    #[test]
+    fn alert_filters_parse_and_name_what_is_wrong() {
+        assert_eq!(AlertFilter::parse(&[]), Ok(AlertFilter::default()));
+        assert_eq!(
+            AlertFilter::parse(&q(&[("severity", "warning"), ("open", "true")])),
+            Ok(AlertFilter {
+                severity: Some(Severity::Warning),
+                open: Some(true)
+            })
+        );
+        let e = AlertFilter::parse(&q(&[("severity", "LOUD")])).unwrap_err();
+        assert!(
+            e.contains("severity") && e.contains("CRITICAL, WARNING or INFO"),
+            "{e}"
+        );
+        let e = AlertFilter::parse(&q(&[("open", "1")])).unwrap_err();
+        assert!(e.contains("open") && e.contains("true or false"), "{e}");
+        let e = AlertFilter::parse(&q(&[("limit", "5")])).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn an_open_alert_older_than_the_recent_window_is_still_listed() {
+        let old_open = record("a1", "failsafe:old", Severity::Critical, false);
+        let status = AlertStatus {
+            open: 1,
+            open_critical: 1,
+            raised_total: 2,
+            deduplicated_total: 0,
+            recent: vec![record("a2", "store:backup", Severity::Warning, true)],
+            open_alerts: vec![old_open],
+            refused_total: 0,
+            history_loaded: true,
+            history_load_error: None,
+            store_failures: 0,
+            last_store_error: None,
+            sinks_failing: 0,
+            sinks: vec![],
+        };
+        let all = alerts_body(&status, &AlertFilter::default());
+        assert_eq!(all["count"], 2);
+        assert_eq!(all["alerts"][0]["alert_id"], "a2");
+        assert_eq!(all["alerts"][0]["open"], false);
+        assert_eq!(all["alerts"][1]["alert_id"], "a1");
+        assert_eq!(all["alerts"][1]["open"], true);
+        let open = alerts_body(
+            &status,
+            &AlertFilter {
+                severity: None,
+                open: Some(true),
+            },
+        );
+        assert_eq!(open["count"], 1);
+        assert_eq!(open["alerts"][0]["key"], "failsafe:old");
+        let info = alerts_body(
+            &status,
+            &AlertFilter {
+                severity: Some(Severity::Info),
+                open: None,
+            },
+        );
+        assert_eq!(info["count"], 0);
     }
 }

@@ -248,15 +248,18 @@ async fn each_failed_startup_check_starts_observe_only_with_an_alert_naming_it()
         .await;
         if *name == "none" {
             assert_eq!(checks(&health)["passed"], true, "{health:#}");
-            assert!(alert(&health, "startup_checks").is_none(), "{health:#}");
+            assert!(
+                alert(&health, "startup_checks:failed").is_none(),
+                "{health:#}"
+            );
             continue;
         }
         assert_eq!(failed(&health), [name.to_string()], "{name}: {health:#}");
         let health = wait_health(d, base, "the alert and the restriction", |h| {
-            alert(h, "startup_checks").is_some() && h["mode"] != "AGGRESSIVE"
+            alert(h, "startup_checks:failed").is_some() && h["mode"] != "AGGRESSIVE"
         })
         .await;
-        let a = alert(&health, "startup_checks").unwrap();
+        let a = alert(&health, "startup_checks:failed").unwrap();
         assert_eq!(a["severity"], "CRITICAL");
         assert!(
             a["message"].as_str().unwrap().contains(name),
@@ -300,12 +303,12 @@ async fn an_unreachable_exchange_fails_the_exchange_check() {
     let d = Daemon::start(&root.path().join("data"), &config, &env);
     let base = d.base_url();
     let health = wait_health(&d, &base, "the exchange check failing", |h| {
-        checks(h)["kind"] == "startup" && alert(h, "startup_checks").is_some()
+        checks(h)["kind"] == "startup" && alert(h, "startup_checks:failed").is_some()
     })
     .await;
     assert_eq!(failed(&health), ["exchange"], "{health:#}");
     assert_eq!(health["mode"], "OBSERVE_ONLY");
-    let a = alert(&health, "startup_checks").unwrap();
+    let a = alert(&health, "startup_checks:failed").unwrap();
     assert!(a["message"].as_str().unwrap().contains("exchange"), "{a:#}");
     let (code, body) = get(&base, "/ready", Duration::from_secs(2)).await.unwrap();
     let ready: Value = serde_json::from_slice(&body).unwrap();

@@ -3,8 +3,14 @@
 //! An alert is one structured log line (CRITICAL → `error`, WARNING → `warn`, INFO → `info`, all
 //! with `alert = true`) and one `alert_raised` event in the store, written through the
 //! `state-persister` without waiting for it. A repeat of an open alert inside the dedup window only
-//! bumps its count, so a flapping cause cannot flood the log or the store. The actor keeps the most
-//! recent records for `/health` and the API; the store holds the full history.
+//! bumps its count, so a flapping cause cannot flood the log or the store: the counts reach the
+//! store at most once per [`COUNT_PERSIST_INTERVAL`] (one `alert_repeated` event) and with every
+//! resolve and acknowledgement. Each of these commits also rewrites the state key
+//! [`ALERTS_STATE_KEY`] (open alerts and the newest `max_recent` records), which the actor reloads
+//! when it starts, so history, counts and acknowledgements survive a restart.
+//!
+//! Only the kinds the issue allows are accepted ([`alert_kind`], [`ALLOWED_ALERT_KINDS`]): a raise
+//! with any other key is refused and logged at `error`, so routine events cannot become alerts.
 //!
 //! External sinks ([`sink`]: Alertmanager, a webhook in Alertmanager's v4 shape, Telegram) each
 //! get a background task fed by a bounded queue: the actor pushes a prepared body and moves on,
@@ -20,7 +26,7 @@ pub mod sink;
 mod sink_tests;
 pub mod transport;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -64,10 +70,63 @@ impl Severity {
     }
 }
 
+/// The state key holding `{open: [AlertRecord], recent: [AlertRecord]}`, rewritten with every
+/// stored alert change and reloaded at start.
+pub const ALERTS_STATE_KEY: &str = "alerts";
+
+/// Repeats of open alerts are written to the store at most this often (one `alert_repeated`
+/// event with every changed count), so a storm of repeats costs one write per interval.
+pub const COUNT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often and how long the actor tries to reload the stored alerts at start (the persister
+/// starts after it).
+const LOAD_ATTEMPTS: u32 = 100;
+const LOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events kept while the persister has not started yet.
+const PENDING_MAX: usize = 100;
+/// How long a commit may take before it counts as a store failure.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The alert kinds the issue allows, by the key's first `:`-separated segment: fail-safe triggers
+/// and shutdowns, restart-intensity escalations, start-up check and periodic integrity failures,
+/// prolonged heartbeat loss, capital-integrity violations, backup and store failures, and
+/// unprotected positions (`strategy:<id>:unprotected` only).
+pub const ALLOWED_ALERT_KINDS: [&str; 9] = [
+    "failsafe",
+    "escalation",
+    "startup_checks",
+    "integrity",
+    "heartbeat",
+    "capital",
+    "backup",
+    "store",
+    "strategy",
+];
+
+/// The allowed kind of an alert key, or `None` when the actor must refuse it. `strategy` keys
+/// are allowed only in the shape `strategy:<id>:unprotected`; every other kind needs a
+/// non-empty name after its prefix (`failsafe:heartbeat`).
+pub fn alert_kind(key: &str) -> Option<&'static str> {
+    let (prefix, rest) = key.split_once(':')?;
+    let kind = ALLOWED_ALERT_KINDS.iter().find(|k| **k == prefix)?;
+    if rest.trim().is_empty() {
+        return None;
+    }
+    if *kind == "strategy" {
+        let id = rest.strip_suffix(":unprotected")?;
+        if id.is_empty() || id.contains(':') {
+            return None;
+        }
+    }
+    Some(kind)
+}
+
 /// What a caller raises.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
-    /// Dedup key, e.g. `failsafe:heartbeat` or `broker:circuit_open`.
+    /// Dedup key, e.g. `failsafe:heartbeat`; its prefix must be an allowed kind
+    /// ([`alert_kind`]).
     pub key: String,
     pub severity: Severity,
     pub title: String,
@@ -84,7 +143,8 @@ pub struct AlertConfig {
     /// A repeat of an open alert raised less than this long ago only bumps its count.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
-    /// Records kept in memory for status.
+    /// Records kept in memory for status and in the store's `alerts` state key (open alerts are
+    /// kept besides, however old).
     pub max_recent: usize,
     /// `[alert.delivery]`: queue, timeout, retries and backoff of every external sink.
     pub delivery: DeliveryConfig,
@@ -100,7 +160,7 @@ impl Default for AlertConfig {
     fn default() -> Self {
         Self {
             dedup_window: Duration::from_secs(5 * 60),
-            max_recent: 50,
+            max_recent: 200,
             delivery: DeliveryConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
             webhook: WebhookConfig::default(),
@@ -182,13 +242,24 @@ pub enum AlertMsg {
     },
     /// Re-send open alerts to Alertmanager (sent to itself every `resend_interval`).
     Resend,
+    /// Internal: write the counts of repeated alerts (sent to itself after a repeat).
+    PersistCounts,
+    /// Internal: try to reload the stored alerts (attempt number, from 1).
+    Load { attempt: u32 },
+    /// Internal: what the load task read (the `alerts` state value, if stored).
+    Loaded {
+        attempt: u32,
+        result: Result<Option<Value>, String>,
+    },
+    /// Internal: how a commit handed to the persister ended.
+    Stored(Result<(), String>),
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
 }
 
 /// One alert as recorded and stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
     /// UUID v7.
     pub alert_id: String,
@@ -203,8 +274,23 @@ pub struct AlertRecord {
     pub acknowledged: bool,
     /// Raises folded into this record (1 + repeats inside the dedup window).
     pub count: u64,
+    /// The newest raise folded into it (the first one for a fresh record).
+    #[serde(default)]
+    pub last_raised_at: Option<DateTime<Utc>>,
+    /// When an operator acknowledged it.
+    #[serde(default)]
+    pub acknowledged_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub key: String,
+}
+
+/// The `alerts` state value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredAlerts {
+    #[serde(default)]
+    open: Vec<AlertRecord>,
+    #[serde(default)]
+    recent: Vec<AlertRecord>,
 }
 
 /// The alert actor's answer to `Status`.
@@ -219,6 +305,17 @@ pub struct AlertStatus {
     pub deduplicated_total: u64,
     /// Newest last, at most `max_recent`.
     pub recent: Vec<AlertRecord>,
+    /// The open alerts themselves (one per key), oldest first.
+    pub open_alerts: Vec<AlertRecord>,
+    /// Raises refused because their key is not an allowed kind ([`alert_kind`]).
+    pub refused_total: u64,
+    /// Whether the stored alerts were reloaded (or there were none); false while loading.
+    pub history_loaded: bool,
+    /// Why reloading the stored alerts failed, if it did.
+    pub history_load_error: Option<String>,
+    /// Commits of alert changes that failed or timed out since start.
+    pub store_failures: u64,
+    pub last_store_error: Option<String>,
     /// Enabled external sinks that are currently `failing`.
     pub sinks_failing: usize,
     /// One entry per enabled external sink.
@@ -246,6 +343,21 @@ pub struct AlertState {
     sinks: Vec<Sink>,
     /// The Alertmanager re-send timer.
     resend: Option<JoinHandle<()>>,
+    refused_total: u64,
+    /// Alerts whose count changed since the last stored write.
+    repeated: BTreeSet<String>,
+    /// Whether a `PersistCounts` is scheduled.
+    counts_scheduled: bool,
+    /// Whether the stored alerts were read (or reading them was given up).
+    loaded: bool,
+    /// Changes made before the load finished, whose state write is still owed.
+    unsaved: bool,
+    /// Events raised before the persister was running (it starts after this actor), committed
+    /// once the load finds it; at most `PENDING_MAX`.
+    pending: Vec<Change>,
+    load_error: Option<String>,
+    store_failures: u64,
+    last_store_error: Option<String>,
 }
 
 impl Drop for AlertState {
@@ -268,6 +380,15 @@ impl AlertState {
             deduplicated_total: 0,
             sinks: Vec::new(),
             resend: None,
+            refused_total: 0,
+            repeated: BTreeSet::new(),
+            counts_scheduled: false,
+            loaded: false,
+            unsaved: false,
+            pending: Vec::new(),
+            load_error: None,
+            store_failures: 0,
+            last_store_error: None,
         }
     }
 
@@ -373,13 +494,17 @@ impl AlertState {
         if let Some(open) = self.open.get_mut(&alert.key)
             && now.saturating_duration_since(open.raised_at) < window
         {
+            let at = Utc::now();
             open.record.count += 1;
+            open.record.last_raised_at = Some(at);
             let alert_id = open.record.alert_id.clone();
             self.deduplicated_total += 1;
             let count = self.record_mut(&alert_id).map(|r| {
                 r.count += 1;
+                r.last_raised_at = Some(at);
                 r.count
             });
+            self.repeated.insert(alert_id.clone());
             debug!(
                 actor = "alert",
                 alert_id,
@@ -390,9 +515,10 @@ impl AlertState {
             return None;
         }
         // A repeat after the window is a fresh record (a reminder) that takes the key over.
+        let now_utc = Utc::now();
         let record = AlertRecord {
             alert_id: uuid::Uuid::now_v7().to_string(),
-            timestamp: Utc::now(),
+            timestamp: now_utc,
             severity: alert.severity,
             title: alert.title,
             message: alert.message,
@@ -401,6 +527,8 @@ impl AlertState {
             metadata: alert.metadata,
             acknowledged: false,
             count: 1,
+            last_raised_at: Some(now_utc),
+            acknowledged_at: None,
             resolved_at: None,
             key: alert.key,
         };
@@ -413,9 +541,7 @@ impl AlertState {
         );
         self.raised_total += 1;
         self.recent.push_back(record.clone());
-        while self.recent.len() > self.args.config.max_recent.max(1) {
-            self.recent.pop_front();
-        }
+        self.trim_recent();
         Some(record)
     }
 
@@ -433,16 +559,23 @@ impl AlertState {
     /// Marks the alert acknowledged (idempotent); returns the record.
     fn acknowledge(&mut self, alert_id: &str) -> Result<AlertRecord, AlertError> {
         let mut found = None;
+        let at = Utc::now();
         if let Some(open) = self
             .open
             .values_mut()
             .find(|o| o.record.alert_id == alert_id)
         {
-            open.record.acknowledged = true;
+            if !open.record.acknowledged {
+                open.record.acknowledged = true;
+                open.record.acknowledged_at = Some(at);
+            }
             found = Some(open.record.clone());
         }
         if let Some(r) = self.record_mut(alert_id) {
-            r.acknowledged = true;
+            if !r.acknowledged {
+                r.acknowledged = true;
+                r.acknowledged_at = Some(at);
+            }
             found = Some(r.clone());
         }
         found.ok_or_else(|| AlertError::UnknownAlert {
@@ -462,30 +595,215 @@ impl AlertState {
             raised_total: self.raised_total,
             deduplicated_total: self.deduplicated_total,
             recent: self.recent.iter().cloned().collect(),
+            open_alerts: self.open_records(),
+            refused_total: self.refused_total,
+            history_loaded: self.loaded,
+            history_load_error: self.load_error.clone(),
+            store_failures: self.store_failures,
+            last_store_error: self.last_store_error.clone(),
             sinks_failing: sinks.iter().filter(|s| s.failing).count(),
             sinks,
         }
     }
 
-    /// Fire-and-forget write through the persister; an absent persister is logged, not fatal.
-    fn store(&self, change: Change) {
-        match self
+    fn trim_recent(&mut self) {
+        while self.recent.len() > self.args.config.max_recent.max(1) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The open records, oldest first.
+    fn open_records(&self) -> Vec<AlertRecord> {
+        let mut open: Vec<AlertRecord> = self.open.values().map(|o| o.record.clone()).collect();
+        open.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+        open
+    }
+
+    /// The `alerts` state value as it is now.
+    fn stored_value(&self) -> Value {
+        let stored = StoredAlerts {
+            open: self.open_records(),
+            recent: self.recent.iter().cloned().collect(),
+        };
+        serde_json::to_value(&stored).unwrap_or_else(|e| json!({ "encode_error": e.to_string() }))
+    }
+
+    /// Commits `event` through the persister with the current `alerts` state (once the stored
+    /// alerts are loaded; before that the state write is owed, so the stored history is not
+    /// overwritten by a partial one). Never waits: a task reports the outcome as `Stored`.
+    fn store(&mut self, myself: &ActorRef<AlertMsg>, event: Change) {
+        // Every stored state carries every count, so nothing is owed any more.
+        self.repeated.clear();
+        let change = if self.loaded {
+            event.set(ALERTS_STATE_KEY, self.stored_value())
+        } else {
+            self.unsaved = true;
+            event
+        };
+        let Some(persister) = self
             .args
             .names
             .lookup::<PersisterMsg>(ChildName::StatePersister)
-        {
-            Some(persister) => {
-                if let Err(e) = persister.send_message(PersisterMsg::Commit {
-                    change,
-                    reply: None,
-                }) {
-                    warn!(actor = "alert", error = %e, "could not hand the alert to the state-persister");
-                }
+        else {
+            if !self.loaded && self.pending.len() < PENDING_MAX {
+                // The persister starts after this actor: keep the event until the load finds it.
+                self.pending.push(change);
+                return;
             }
-            None => warn!(
+            warn!(
                 actor = "alert",
                 "state-persister not running; alert logged but not stored"
-            ),
+            );
+            self.store_failed("the state-persister is not running".into());
+            return;
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        if let Err(e) = persister.send_message(PersisterMsg::Commit {
+            change,
+            reply: Some(tx.into()),
+        }) {
+            warn!(actor = "alert", error = %e, "could not hand the alert to the state-persister");
+            self.store_failed(format!("could not reach the state-persister: {e}"));
+            return;
+        }
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
+                Err(_) => Err(format!(
+                    "the state-persister did not commit within {} s",
+                    COMMIT_TIMEOUT.as_secs()
+                )),
+            };
+            let _ = me.send_message(AlertMsg::Stored(outcome));
+        });
+    }
+
+    fn store_failed(&mut self, error: String) {
+        self.store_failures += 1;
+        self.last_store_error = Some(error);
+    }
+
+    /// Writes the counts of repeated alerts (one event for all of them) with the state.
+    fn persist_counts(&mut self, myself: &ActorRef<AlertMsg>) {
+        self.counts_scheduled = false;
+        if self.repeated.is_empty() {
+            return;
+        }
+        let repeated: Vec<Value> = self
+            .repeated
+            .iter()
+            .filter_map(|id| {
+                self.recent
+                    .iter()
+                    .find(|r| &r.alert_id == id)
+                    .or_else(|| {
+                        self.open
+                            .values()
+                            .map(|o| &o.record)
+                            .find(|r| &r.alert_id == id)
+                    })
+                    .map(|r| json!({ "alert_id": r.alert_id, "key": r.key, "count": r.count }))
+            })
+            .collect();
+        self.store(
+            myself,
+            Change::event("alert_repeated", json!({ "alerts": repeated })),
+        );
+    }
+
+    /// Starts one load of the stored alerts in a task that reports back as `Loaded`.
+    fn start_load(&self, myself: &ActorRef<AlertMsg>, attempt: u32) {
+        let names = self.args.names.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = crate::persister::load_state(&names, LOAD_TIMEOUT)
+                .await
+                .map(|mut state| state.remove(ALERTS_STATE_KEY));
+            let _ = me.send_message(AlertMsg::Loaded { attempt, result });
+        });
+    }
+
+    /// Merges the stored alerts under what this run raised already (this run's records win).
+    fn on_loaded(
+        &mut self,
+        myself: &ActorRef<AlertMsg>,
+        attempt: u32,
+        result: Result<Option<Value>, String>,
+    ) {
+        if self.loaded {
+            return;
+        }
+        let stored = match result {
+            Ok(None) => StoredAlerts::default(),
+            Ok(Some(value)) => match serde_json::from_value::<StoredAlerts>(value) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    error!(actor = "alert", error = %e, "the stored alert history is unreadable; starting without it");
+                    self.load_error = Some(format!("stored alert history unreadable: {e}"));
+                    StoredAlerts::default()
+                }
+            },
+            Err(e) if attempt < LOAD_ATTEMPTS => {
+                debug!(actor = "alert", attempt, error = %e, "stored alerts not loaded yet; retrying");
+                let next = attempt + 1;
+                myself.send_after(LOAD_RETRY_DELAY, move || AlertMsg::Load { attempt: next });
+                return;
+            }
+            Err(e) => {
+                error!(actor = "alert", attempts = attempt, error = %e, "giving up reloading the stored alerts; history starts empty");
+                self.load_error = Some(format!("stored alerts could not be loaded: {e}"));
+                StoredAlerts::default()
+            }
+        };
+        self.loaded = true;
+        let ours: HashSet<String> = self.recent.iter().map(|r| r.alert_id.clone()).collect();
+        let mut recent: VecDeque<AlertRecord> = stored
+            .recent
+            .into_iter()
+            .filter(|r| !ours.contains(&r.alert_id))
+            .collect();
+        recent.extend(self.recent.drain(..));
+        self.recent = recent;
+        self.trim_recent();
+        let now = Instant::now();
+        let (restored_open, mut superseded) = (stored.open.len(), 0usize);
+        for record in stored.open {
+            if self.open.contains_key(&record.key) {
+                superseded += 1;
+                continue;
+            }
+            // The dedup window keeps running from the first raise, across the restart.
+            let age = (Utc::now() - record.timestamp).to_std().unwrap_or_default();
+            let raised_at = now.checked_sub(age).unwrap_or(now);
+            self.open
+                .insert(record.key.clone(), Open { record, raised_at });
+        }
+        info!(
+            actor = "alert",
+            open = self.open.len(),
+            restored_open,
+            superseded,
+            recent = self.recent.len(),
+            "alert history loaded"
+        );
+        let pending = std::mem::take(&mut self.pending);
+        let owed = std::mem::take(&mut self.unsaved);
+        if !pending.is_empty() {
+            // Now loaded, each commit carries the merged state as well.
+            for change in pending {
+                self.store(myself, change);
+            }
+        } else if owed {
+            self.store(
+                myself,
+                Change::event(
+                    "alert_history_merged",
+                    json!({ "open": self.open.len(), "recent": self.recent.len() }),
+                ),
+            );
         }
     }
 }
@@ -543,8 +861,9 @@ impl Actor for AlertActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = AlertState::new(args);
-        // Spawning tasks is quick; nothing here waits on the network.
+        // Spawning tasks is quick; nothing here waits on the network or the store.
         state.start_sinks();
+        state.start_load(&myself, 1);
         if state
             .sinks
             .iter()
@@ -580,20 +899,46 @@ impl Actor for AlertActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AlertMsg::Raise(alert) => {
-                if let Some(record) = state.raise(alert, Instant::now()) {
-                    log_raised(&record);
-                    let payload = serde_json::to_value(&record).unwrap_or_else(
-                        |e| json!({ "alert_id": record.alert_id, "encode_error": e.to_string() }),
+                if alert_kind(&alert.key).is_none() {
+                    state.refused_total += 1;
+                    error!(
+                        actor = "alert",
+                        key = %alert.key,
+                        title = %alert.title,
+                        allowed = ?ALLOWED_ALERT_KINDS,
+                        "alert refused: its key is not an allowed alert kind (a routine event must not be an alert)"
                     );
-                    state.store(Change::event("alert_raised", payload));
-                    state.notify_sinks(&record);
+                    return Ok(());
                 }
+                match state.raise(alert, Instant::now()) {
+                    Some(record) => {
+                        log_raised(&record);
+                        let payload = serde_json::to_value(&record).unwrap_or_else(
+                            |e| json!({ "alert_id": record.alert_id, "encode_error": e.to_string() }),
+                        );
+                        state.store(&myself, Change::event("alert_raised", payload));
+                        state.notify_sinks(&record);
+                    }
+                    None if !state.counts_scheduled => {
+                        state.counts_scheduled = true;
+                        myself.send_after(COUNT_PERSIST_INTERVAL, || AlertMsg::PersistCounts);
+                    }
+                    None => {}
+                }
+            }
+            AlertMsg::PersistCounts => state.persist_counts(&myself),
+            AlertMsg::Load { attempt } => state.start_load(&myself, attempt),
+            AlertMsg::Loaded { attempt, result } => state.on_loaded(&myself, attempt, result),
+            AlertMsg::Stored(Ok(())) => {}
+            AlertMsg::Stored(Err(e)) => {
+                error!(actor = "alert", error = %e, "an alert change was not stored");
+                state.store_failed(e);
             }
             AlertMsg::Resolve { key } => match state.resolve(&key) {
                 Some(record) => {
@@ -604,14 +949,18 @@ impl Actor for AlertActor {
                         key,
                         "alert resolved"
                     );
-                    state.store(Change::event(
-                        "alert_resolved",
-                        json!({
-                            "alert_id": record.alert_id,
-                            "key": key,
-                            "resolved_at": record.resolved_at,
-                        }),
-                    ));
+                    state.store(
+                        &myself,
+                        Change::event(
+                            "alert_resolved",
+                            json!({
+                                "alert_id": record.alert_id,
+                                "key": key,
+                                "count": record.count,
+                                "resolved_at": record.resolved_at,
+                            }),
+                        ),
+                    );
                     state.notify_sinks(&record);
                 }
                 None => debug!(actor = "alert", key, "resolve for a key with no open alert"),
@@ -625,14 +974,18 @@ impl Actor for AlertActor {
                         key = %record.key,
                         "alert acknowledged"
                     );
-                    state.store(Change::event(
-                        "alert_acknowledged",
-                        json!({
-                            "alert_id": alert_id,
-                            "key": record.key,
-                            "acknowledged_at": Utc::now(),
-                        }),
-                    ));
+                    state.store(
+                        &myself,
+                        Change::event(
+                            "alert_acknowledged",
+                            json!({
+                                "alert_id": alert_id,
+                                "key": record.key,
+                                "count": record.count,
+                                "acknowledged_at": record.acknowledged_at,
+                            }),
+                        ),
+                    );
                 }
                 let _ = reply.send(result);
             }
@@ -644,7 +997,7 @@ impl Actor for AlertActor {
                 let _ = reply.send(());
             }
             #[cfg(any(test, feature = "test-hooks"))]
-            AlertMsg::Hook(hook) => hook.act(&_myself.get_cell()).await?,
+            AlertMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
         }
         Ok(())
     }
@@ -703,7 +1056,7 @@ mod tests {
         let (_, actor) = spawn("alert-dedup-", AlertConfig::default()).await;
         for _ in 0..3 {
             actor
-                .send_message(AlertMsg::Raise(alert("k", Severity::Critical)))
+                .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
                 .unwrap();
         }
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
@@ -728,12 +1081,12 @@ mod tests {
         };
         let (_, actor) = spawn("alert-window-", config).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
             .unwrap();
         call_t!(actor, AlertMsg::Ping, 1000).unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
             .unwrap();
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         assert_eq!(s.raised_total, 2);
@@ -748,10 +1101,12 @@ mod tests {
     async fn resolve_closes_and_a_new_raise_opens_again() {
         let (_, actor) = spawn("alert-resolve-", AlertConfig::default()).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Critical)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
             .unwrap();
         actor
-            .send_message(AlertMsg::Resolve { key: "k".into() })
+            .send_message(AlertMsg::Resolve {
+                key: "failsafe:k".into(),
+            })
             .unwrap();
         actor
             .send_message(AlertMsg::Resolve {
@@ -762,7 +1117,7 @@ mod tests {
         assert_eq!(s.open, 0);
         assert!(s.recent[0].resolved_at.is_some());
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Critical)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
             .unwrap();
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         assert_eq!(s.open, 1);
@@ -779,13 +1134,16 @@ mod tests {
         let (_, actor) = spawn("alert-cap-", config).await;
         for i in 0..10 {
             actor
-                .send_message(AlertMsg::Raise(alert(&format!("k{i}"), Severity::Info)))
+                .send_message(AlertMsg::Raise(alert(
+                    &format!("failsafe:k{i}"),
+                    Severity::Info,
+                )))
                 .unwrap();
         }
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         assert_eq!(s.raised_total, 10);
         assert_eq!(s.recent.len(), 3);
-        assert_eq!(s.recent[2].key, "k9");
+        assert_eq!(s.recent[2].key, "failsafe:k9");
         actor.stop_and_wait(None, None).await.unwrap();
     }
 
@@ -793,19 +1151,15 @@ mod tests {
     async fn raised_and_resolved_alerts_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let (names, actor) = spawn("alert-store-", AlertConfig::default()).await;
-        let (persister, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            PersisterActor,
-            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
-        )
-        .await
-        .unwrap();
+        // Loaded first: a load finishing mid-test would add its own event.
+        let (actor, persister) = spawn_stored("alert-store-", &path).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Critical)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
             .unwrap();
         actor
-            .send_message(AlertMsg::Resolve { key: "k".into() })
+            .send_message(AlertMsg::Resolve {
+                key: "failsafe:k".into(),
+            })
             .unwrap();
         call_t!(actor, AlertMsg::Ping, 1000).unwrap();
         call_t!(persister, PersisterMsg::Flush, 5000)
@@ -848,16 +1202,10 @@ mod tests {
     async fn acknowledge_marks_the_record_and_is_stored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let (names, actor) = spawn("alert-ack-", AlertConfig::default()).await;
-        let (persister, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            PersisterActor,
-            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
-        )
-        .await
-        .unwrap();
+        // Loaded first: a load finishing mid-test would add its own event.
+        let (actor, persister) = spawn_stored("alert-ack-", &path).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
             .unwrap();
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         let id = s.recent[0].alert_id.clone();
@@ -894,7 +1242,7 @@ mod tests {
         assert!(s.recent[0].acknowledged);
         // A repeat keeps the acknowledgement (it is the same open alert).
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Warning)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
             .unwrap();
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         assert!(s.recent[0].acknowledged);
@@ -911,11 +1259,245 @@ mod tests {
         actor.stop_and_wait(None, None).await.unwrap();
     }
 
+    #[test]
+    fn only_the_allowed_kinds_are_alert_keys() {
+        for key in [
+            "failsafe:heartbeat",
+            "escalation:strategy",
+            "startup_checks:event_log",
+            "integrity:hash_chain",
+            "heartbeat:lost",
+            "capital:recovery_differences",
+            "backup:failed",
+            "store:backup",
+            "store:recovered",
+            "strategy:ma-1:unprotected",
+        ] {
+            assert!(alert_kind(key).is_some(), "{key} must be allowed");
+        }
+        assert_eq!(alert_kind("failsafe:heartbeat"), Some("failsafe"));
+        assert_eq!(alert_kind("strategy:ma-1:unprotected"), Some("strategy"));
+        for key in [
+            "broker:reconnect",
+            "strategy:ma-1:entry_blocked",
+            "strategy::unprotected",
+            "strategy:a:b:unprotected",
+            "failsafe",
+            "failsafe:",
+            "",
+            "FAILSAFE:heartbeat",
+            "trade:blocked",
+        ] {
+            assert_eq!(alert_kind(key), None, "{key} must be refused");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_routine_event_is_refused_and_counted() {
+        let (_, actor) = spawn("alert-refuse-", AlertConfig::default()).await;
+        actor
+            .send_message(AlertMsg::Raise(alert(
+                "broker:reconnect",
+                Severity::Warning,
+            )))
+            .unwrap();
+        actor
+            .send_message(AlertMsg::Raise(alert(
+                "strategy:s1:entry_blocked",
+                Severity::Info,
+            )))
+            .unwrap();
+        actor
+            .send_message(AlertMsg::Raise(alert(
+                "strategy:s1:unprotected",
+                Severity::Critical,
+            )))
+            .unwrap();
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(s.refused_total, 2);
+        assert_eq!(s.raised_total, 1);
+        assert_eq!(s.open, 1);
+        assert_eq!(s.recent.len(), 1);
+        assert_eq!(s.recent[0].key, "strategy:s1:unprotected");
+        actor.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// An alert actor and a persister on `path` under fresh names, the history loaded.
+    async fn spawn_stored(
+        prefix: &str,
+        path: &std::path::Path,
+    ) -> (ActorRef<AlertMsg>, ActorRef<PersisterMsg>) {
+        let (names, actor) = spawn(prefix, AlertConfig::default()).await;
+        let (persister, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if call_t!(actor, AlertMsg::Status, 1000)
+                .unwrap()
+                .history_loaded
+            {
+                return (actor, persister);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the alert history was never loaded");
+    }
+
+    async fn stop_stored(actor: ActorRef<AlertMsg>, persister: ActorRef<PersisterMsg>) {
+        call_t!(actor, AlertMsg::Ping, 1000).unwrap();
+        call_t!(persister, PersisterMsg::Flush, 5000)
+            .unwrap()
+            .unwrap();
+        actor.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_alert_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (actor, persister) = spawn_stored("alert-restart-a-", &path).await;
+        actor
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
+            .unwrap();
+        actor
+            .send_message(AlertMsg::Raise(alert("store:backup", Severity::Warning)))
+            .unwrap();
+        actor
+            .send_message(AlertMsg::Resolve {
+                key: "store:backup".into(),
+            })
+            .unwrap();
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        let id = s.recent[0].alert_id.clone();
+        call_t!(
+            actor,
+            |reply| AlertMsg::Acknowledge {
+                alert_id: id.clone(),
+                reply
+            },
+            1000
+        )
+        .unwrap()
+        .unwrap();
+        stop_stored(actor, persister).await;
+
+        let (actor, persister) = spawn_stored("alert-restart-b-", &path).await;
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(s.history_load_error, None);
+        assert_eq!(s.store_failures, 0, "{:?}", s.last_store_error);
+        assert_eq!(s.recent.len(), 2);
+        assert_eq!(s.open, 1, "the open alert is open again");
+        let r = &s.open_alerts[0];
+        assert_eq!(r.alert_id, id);
+        assert!(r.acknowledged);
+        assert!(r.acknowledged_at.is_some());
+        assert_eq!(r.severity, Severity::Critical);
+        assert_eq!(r.title, "failsafe:k happened");
+        assert_eq!(r.root_cause, "a test");
+        assert_eq!(r.recommended_action, "nothing");
+        assert_eq!(r.metadata, json!({ "n": 1 }));
+        assert!(s.recent[1].resolved_at.is_some(), "{:?}", s.recent);
+        // The open alert is the same one: a repeat inside the window bumps its count.
+        actor
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
+            .unwrap();
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(s.open_alerts[0].alert_id, id);
+        assert_eq!(s.open_alerts[0].count, 2);
+        assert!(s.open_alerts[0].acknowledged);
+        // Resolving it after the restart closes it for good.
+        actor
+            .send_message(AlertMsg::Resolve {
+                key: "failsafe:k".into(),
+            })
+            .unwrap();
+        stop_stored(actor, persister).await;
+        let (actor, persister) = spawn_stored("alert-restart-c-", &path).await;
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(s.open, 0);
+        assert_eq!(s.recent.len(), 2);
+        assert!(s.recent.iter().all(|r| r.resolved_at.is_some()));
+        stop_stored(actor, persister).await;
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_repeats_is_stored_as_one_count_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (actor, persister) = spawn_stored("alert-storm-", &path).await;
+        for _ in 0..1000 {
+            actor
+                .send_message(AlertMsg::Raise(alert("heartbeat:lost", Severity::Critical)))
+                .unwrap();
+        }
+        call_t!(actor, AlertMsg::Ping, 5000).unwrap();
+        // The counts are written once, one interval after the first repeat.
+        tokio::time::sleep(COUNT_PERSIST_INTERVAL + Duration::from_millis(300)).await;
+        stop_stored(actor, persister).await;
+        let store = crate::store::Store::open(&path).unwrap();
+        let events = store.events(0, 100).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["alert_raised", "alert_repeated"]);
+        let repeated: Value = serde_json::from_str(&events[1].payload).unwrap();
+        assert_eq!(repeated["alerts"][0]["count"], 1000);
+        let stored = store.state().unwrap();
+        assert_eq!(stored[ALERTS_STATE_KEY]["open"][0]["count"], 1000);
+    }
+
+    #[tokio::test]
+    async fn an_alert_raised_before_the_persister_starts_is_stored_once_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (names, actor) = spawn("alert-early-", AlertConfig::default()).await;
+        actor
+            .send_message(AlertMsg::Raise(alert(
+                "store:recovered",
+                Severity::Critical,
+            )))
+            .unwrap();
+        call_t!(actor, AlertMsg::Ping, 1000).unwrap();
+        let (persister, _) = Actor::spawn(
+            Some(names.of(ChildName::StatePersister)),
+            PersisterActor,
+            PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if call_t!(actor, AlertMsg::Status, 1000)
+                .unwrap()
+                .history_loaded
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
+        assert!(s.history_loaded);
+        assert_eq!(s.store_failures, 0, "{:?}", s.last_store_error);
+        stop_stored(actor, persister).await;
+        let store = crate::store::Store::open(&path).unwrap();
+        let kinds: Vec<String> = store
+            .events(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["alert_raised"]);
+        let state = store.state().unwrap();
+        assert_eq!(state[ALERTS_STATE_KEY]["open"][0]["key"], "store:recovered");
+    }
+
     #[tokio::test]
     async fn an_absent_persister_does_not_stop_alerts() {
         let (_, actor) = spawn("alert-nopersist-", AlertConfig::default()).await;
         actor
-            .send_message(AlertMsg::Raise(alert("k", Severity::Critical)))
+            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
             .unwrap();
         let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
         assert_eq!(s.open, 1);

@@ -48,7 +48,7 @@ pub const MODE: &str = "mode";
 pub const EXCHANGE: &str = "exchange";
 
 /// The alert key of failed start-up checks (one alert naming every failed check).
-pub const STARTUP_ALERT_KEY: &str = "startup_checks";
+pub const STARTUP_ALERT_KEY: &str = "startup_checks:failed";
 /// The fail-safe trigger fired when the periodic capital reconciliation fails.
 pub const CAPITAL_TRIGGER: &str = "capital_inconsistent";
 

@@ -6,7 +6,10 @@
 //! Rules (documented in `docs/ARCHITECTURE.md`, pinned by the tests below):
 //! - **unhealthy** when the supervisor or any actor is unresponsive or not running, a child is
 //!   escalated, the broker has been disconnected longer than `broker_grace` or its circuit
-//!   breaker is open, or market data is older than `market_data_stale`;
+//!   breaker is open, market data is older than `market_data_stale`, errors are logged faster
+//!   than `error_rate_unhealthy_per_minute`, the event log was last written longer than
+//!   `event_log_stale` ago, or the execution queue is STALLED (a strategy job running longer
+//!   than `queue_stalled_after`);
 //! - **degraded** when memory or CPU is above its threshold, or the broker is reconnecting within
 //!   its grace period;
 //! - **healthy** otherwise.
@@ -46,6 +49,15 @@ pub struct HealthConfig {
     pub memory_degraded_percent: f64,
     /// Process CPU above this (percent of one core) is degraded.
     pub cpu_degraded_percent: f64,
+    /// More errors per minute than this is unhealthy.
+    pub error_rate_unhealthy_per_minute: f64,
+    /// An event log last written longer ago than this is unhealthy (the heartbeat writes one
+    /// event per interval, so a healthy daemon writes far more often).
+    #[serde(with = "humantime_serde")]
+    pub event_log_stale: Duration,
+    /// A strategy job running longer than this makes the execution queue STALLED (unhealthy).
+    #[serde(with = "humantime_serde")]
+    pub queue_stalled_after: Duration,
 }
 
 impl Default for HealthConfig {
@@ -56,6 +68,9 @@ impl Default for HealthConfig {
             market_data_stale: Duration::from_secs(300),
             memory_degraded_percent: 80.0,
             cpu_degraded_percent: 90.0,
+            error_rate_unhealthy_per_minute: 10.0,
+            event_log_stale: Duration::from_secs(10 * 60),
+            queue_stalled_after: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -68,6 +83,17 @@ impl HealthConfig {
         }
         if self.market_data_stale.is_zero() {
             return Err("market_data_stale must be greater than 0".into());
+        }
+        if self.event_log_stale.is_zero() {
+            return Err("event_log_stale must be greater than 0".into());
+        }
+        if self.queue_stalled_after.is_zero() {
+            return Err("queue_stalled_after must be greater than 0".into());
+        }
+        if !(self.error_rate_unhealthy_per_minute.is_finite()
+            && self.error_rate_unhealthy_per_minute >= 0.0)
+        {
+            return Err("error_rate_unhealthy_per_minute must be a number of at least 0".into());
         }
         for (name, v) in [
             ("memory_degraded_percent", self.memory_degraded_percent),
@@ -226,6 +252,64 @@ pub struct Context {
     pub version: &'static str,
 }
 
+/// The execution queue: whether strategy jobs are running, and whether one runs too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QueueStatus {
+    /// No job running.
+    Idle,
+    /// Jobs running, none longer than `queue_stalled_after`.
+    Processing,
+    /// A job has run longer than `queue_stalled_after`.
+    Stalled,
+    /// The strategy actor did not answer.
+    Unknown,
+}
+
+/// The queue status from the strategy's reply: the oldest running job decides.
+pub fn queue_status(
+    strategy: &Reply<StrategyStatus>,
+    now: DateTime<Utc>,
+    stalled_after: Duration,
+) -> QueueStatus {
+    let Some(s) = strategy.answered() else {
+        return QueueStatus::Unknown;
+    };
+    let running: Vec<Option<DateTime<Utc>>> = s
+        .strategies
+        .iter()
+        .filter(|i| i.job.is_some())
+        .map(|i| i.job_started_at)
+        .collect();
+    if running.is_empty() {
+        return QueueStatus::Idle;
+    }
+    let limit = chrono::Duration::from_std(stalled_after).unwrap_or(chrono::Duration::MAX);
+    if running
+        .iter()
+        .flatten()
+        .any(|started| now - *started > limit)
+    {
+        QueueStatus::Stalled
+    } else {
+        QueueStatus::Processing
+    }
+}
+
+/// The activity facts of the brief's system health, each from the actor that owns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemHealth {
+    /// From the heartbeat's system sample.
+    pub error_rate_per_minute: f64,
+    /// From the broker.
+    pub last_market_data_at: Option<DateTime<Utc>>,
+    /// The persister's last successful write (`last_write_at`).
+    pub last_event_log_write_at: Option<DateTime<Utc>>,
+    /// The persister's newest snapshot.
+    pub last_snapshot_at: Option<DateTime<Utc>>,
+    pub queue_status: QueueStatus,
+}
+
 /// A health report, serialized as the `/health` body.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -238,6 +322,8 @@ pub struct HealthReport {
     pub reasons: Vec<String>,
     pub actors: BTreeMap<&'static str, Value>,
     pub system: SystemStats,
+    /// Error rate, last market data, last event-log and snapshot writes, execution queue.
+    pub system_health: SystemHealth,
 }
 
 /// The readiness verdict: ready, or the reason why not.
@@ -458,6 +544,52 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
         ));
     }
 
+    if system.error_rate_per_minute > config.error_rate_unhealthy_per_minute {
+        unhealthy.push(format!(
+            "error rate {:.1}/min (limit {:.1}/min)",
+            system.error_rate_per_minute, config.error_rate_unhealthy_per_minute
+        ));
+    }
+
+    let persister = replies.persister.answered();
+    if let Some(p) = persister {
+        let stale = config.event_log_stale;
+        let limit = chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+        match p.last_write_at {
+            Some(at) if ctx.now - at > limit => unhealthy.push(format!(
+                "event log last written {} s ago (limit {} s)",
+                (ctx.now - at).num_seconds(),
+                stale.as_secs()
+            )),
+            Some(_) => {}
+            // Nothing written this run: stale once the process is older than the limit.
+            None if ctx.uptime > stale => unhealthy.push(format!(
+                "no event-log write in {} s since start (limit {} s)",
+                ctx.uptime.as_secs(),
+                stale.as_secs()
+            )),
+            None => {}
+        }
+    }
+
+    let queue = queue_status(&replies.strategy, ctx.now, config.queue_stalled_after);
+    if queue == QueueStatus::Stalled {
+        unhealthy.push(format!(
+            "execution queue STALLED: a strategy job has run longer than {} s",
+            config.queue_stalled_after.as_secs()
+        ));
+    }
+    let system_health = SystemHealth {
+        error_rate_per_minute: system.error_rate_per_minute,
+        last_market_data_at: replies
+            .broker
+            .answered()
+            .and_then(|b| b.last_market_data_at),
+        last_event_log_write_at: persister.and_then(|p| p.last_write_at),
+        last_snapshot_at: persister.and_then(|p| p.last_snapshot_at),
+        queue_status: queue,
+    };
+
     let status = if !unhealthy.is_empty() {
         Verdict::Unhealthy
     } else if !degraded.is_empty() {
@@ -480,6 +612,7 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
         reasons: unhealthy,
         actors,
         system,
+        system_health,
     }
 }
 

@@ -27,7 +27,7 @@ use crate::persister;
 use crate::strategy::StrategyRecord;
 
 /// The alert key recovery raises.
-pub const ALERT_KEY: &str = "recovery:differences";
+pub const ALERT_KEY: &str = "capital:recovery_differences";
 
 /// Sizes closer than this are equal.
 const SIZE_EPSILON: f64 = 1e-9;

@@ -317,6 +317,8 @@ pub struct StrategyInstanceStatus {
     pub last_decision_at: Option<DateTime<Utc>>,
     /// The job running for it (`enter`, `check`, `close`, …), if any.
     pub job: Option<&'static str>,
+    /// When that job started (health calls the queue STALLED past `queue_stalled_after`).
+    pub job_started_at: Option<DateTime<Utc>>,
     /// Why the newest entry was refused (guard, fail-safe, exchange).
     pub last_refusal: Option<String>,
     /// The newest job error (retried by the next check).
@@ -358,8 +360,8 @@ struct Instance {
     signals: u64,
     last_decision: Option<signal::Decision>,
     last_decision_at: Option<DateTime<Utc>>,
-    /// The job running for this instance; aborted when the actor stops.
-    job: Option<(&'static str, AbortOnDrop)>,
+    /// The job running for this instance, with when it started; aborted when the actor stops.
+    job: Option<(&'static str, DateTime<Utc>, AbortOnDrop)>,
     last_refusal: Option<String>,
     last_error: Option<String>,
 }
@@ -571,7 +573,7 @@ impl StrategyState {
             let outcome = exec::run(ex, snap, job).await;
             let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
         });
-        instance.job = Some((name, AbortOnDrop(task)));
+        instance.job = Some((name, Utc::now(), AbortOnDrop(task)));
     }
 
     /// Starts the job each idle instance with outstanding work needs.
@@ -801,7 +803,8 @@ impl StrategyState {
                     signals: i.signals,
                     last_decision: i.last_decision.clone(),
                     last_decision_at: i.last_decision_at,
-                    job: i.job.as_ref().map(|(name, _)| *name),
+                    job: i.job.as_ref().map(|(name, _, _)| *name),
+                    job_started_at: i.job.as_ref().map(|(_, at, _)| *at),
                     last_refusal: i.last_refusal.clone(),
                     last_error: i.last_error.clone(),
                     next_intent_seq: i.record.next_intent_seq,

@@ -181,6 +181,8 @@ mod tests {
             metadata: json!({"trigger": "heartbeat"}),
             acknowledged: false,
             count: 3,
+            last_raised_at: None,
+            acknowledged_at: None,
             resolved_at: None,
             key: "failsafe:heartbeat".into(),
         }

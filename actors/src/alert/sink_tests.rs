@@ -243,8 +243,12 @@ async fn alertmanager_re_sends_open_alerts_and_stops_after_the_resolve() {
     config.alertmanager.url = rx.url.clone();
     config.alertmanager.resend_interval = Duration::from_millis(30);
     let actor = spawn("alert-am-resend-", config).await;
-    actor.send_message(AlertMsg::Raise(alert("a"))).unwrap();
-    actor.send_message(AlertMsg::Raise(alert("b"))).unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:a")))
+        .unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:b")))
+        .unwrap();
     // The raises, then at least two re-sends carrying both open alerts.
     let seen = rx.wait_for(4).await;
     assert!(
@@ -254,10 +258,14 @@ async fn alertmanager_re_sends_open_alerts_and_stops_after_the_resolve() {
     );
 
     actor
-        .send_message(AlertMsg::Resolve { key: "a".into() })
+        .send_message(AlertMsg::Resolve {
+            key: "failsafe:a".into(),
+        })
         .unwrap();
     actor
-        .send_message(AlertMsg::Resolve { key: "b".into() })
+        .send_message(AlertMsg::Resolve {
+            key: "failsafe:b".into(),
+        })
         .unwrap();
     until(|| {
         rx.seen()
@@ -373,7 +381,9 @@ async fn a_permanently_failing_sink_is_reported_failing() {
     config.webhook.enabled = true;
     config.webhook.url = rx.url.clone();
     let actor = spawn("alert-failing-", config).await;
-    actor.send_message(AlertMsg::Raise(alert("k"))).unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:k")))
+        .unwrap();
     let mut last = None;
     for _ in 0..1000 {
         let s = sink_status(&actor, SinkKind::Webhook).await;
@@ -412,11 +422,13 @@ async fn a_hanging_receiver_never_blocks_the_actor_and_a_full_queue_drops_the_ol
     config.webhook.enabled = true;
     config.webhook.url = rx.url.clone();
     let actor = spawn("alert-hang-", config).await;
-    actor.send_message(AlertMsg::Raise(alert("k0"))).unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:k0")))
+        .unwrap();
     rx.wait_for(1).await; // k0 is in flight and will never be answered
     for i in 1..=5 {
         actor
-            .send_message(AlertMsg::Raise(alert(&format!("k{i}"))))
+            .send_message(AlertMsg::Raise(alert(&format!("failsafe:k{i}"))))
             .unwrap();
     }
     let started = std::time::Instant::now();
@@ -475,7 +487,9 @@ async fn telegram_without_a_token_is_failing_and_names_the_variable() {
     config.telegram.chat_id = "1".into();
     config.telegram.token_env = "TRADEBAAS_TEST_TOKEN_THAT_IS_NEVER_SET".into();
     let actor = spawn("alert-telegram-notoken-", config).await;
-    actor.send_message(AlertMsg::Raise(alert("k"))).unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:k")))
+        .unwrap();
     let s = sink_status(&actor, SinkKind::Telegram).await;
     assert!(s.failing);
     assert!(
@@ -512,7 +526,9 @@ async fn an_https_sink_speaks_tls_and_reports_a_failed_handshake() {
     config.webhook.enabled = true;
     config.webhook.url = url;
     let actor = spawn("alert-tls-", config).await;
-    actor.send_message(AlertMsg::Raise(alert("k"))).unwrap();
+    actor
+        .send_message(AlertMsg::Raise(alert("failsafe:k")))
+        .unwrap();
     let mut s = sink_status(&actor, SinkKind::Webhook).await;
     for _ in 0..1000 {
         if s.abandoned == 1 {

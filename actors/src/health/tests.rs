@@ -65,6 +65,12 @@ pub(crate) fn healthy_replies() -> Replies {
             raised_total: 0,
             deduplicated_total: 0,
             recent: vec![],
+            open_alerts: vec![],
+            refused_total: 0,
+            history_loaded: true,
+            history_load_error: None,
+            store_failures: 0,
+            last_store_error: None,
             sinks_failing: 0,
             sinks: vec![],
         }),
@@ -268,11 +274,156 @@ fn the_report_serializes_in_the_documented_shape() {
         "mode",
         "actors",
         "system",
+        "system_health",
     ] {
         assert!(!v[k].is_null(), "missing {k}");
     }
     assert_eq!(v["status"], "healthy");
-    for k in ["memory_percent", "cpu_percent", "rss_bytes"] {
+    for k in [
+        "memory_percent",
+        "cpu_percent",
+        "rss_bytes",
+        "error_rate_per_minute",
+    ] {
         assert!(v["system"][k].is_number(), "system.{k}");
     }
+    assert_eq!(v["system_health"]["queue_status"], "IDLE");
+    for k in [
+        "last_market_data_at",
+        "last_event_log_write_at",
+        "last_snapshot_at",
+    ] {
+        assert!(v["system_health"].get(k).is_some(), "system_health.{k}");
+    }
+}
+
+/// A strategy instance running `job` since `started_ago` (none when `started_ago` is None).
+fn instance(started_ago: Option<Duration>) -> crate::strategy::StrategyInstanceStatus {
+    crate::strategy::StrategyInstanceStatus {
+        id: "s1".into(),
+        instrument: "BTC-PERPETUAL".into(),
+        lifecycle: crate::strategy::Lifecycle::Idle,
+        position: None,
+        intents_in_flight: 0,
+        restored: false,
+        updated_at: None,
+        ticks: 0,
+        last_mark_price: None,
+        signals: 0,
+        last_decision: None,
+        last_decision_at: None,
+        job: started_ago.map(|_| "check"),
+        job_started_at: started_ago.map(|d| ctx().now - chrono::Duration::from_std(d).unwrap()),
+        last_refusal: None,
+        last_error: None,
+        next_intent_seq: 0,
+    }
+}
+
+#[test]
+fn an_error_rate_above_the_limit_is_unhealthy() {
+    let mut r = healthy_replies();
+    if let Reply::Answered(h) = &mut r.heartbeat {
+        h.system.error_rate_per_minute = 10.0;
+    }
+    assert_eq!(verdict(&r).0, Verdict::Healthy, "the limit itself is fine");
+    if let Reply::Answered(h) = &mut r.heartbeat {
+        h.system.error_rate_per_minute = 10.5;
+    }
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(reasons, ["error rate 10.5/min (limit 10.0/min)"]);
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.system_health.error_rate_per_minute, 10.5);
+}
+
+#[test]
+fn an_event_log_older_than_the_limit_is_unhealthy() {
+    let c = ctx();
+    let mut r = healthy_replies();
+    if let Reply::Answered(p) = &mut r.persister {
+        p.last_write_at = Some(c.now - chrono::Duration::seconds(599));
+    }
+    assert_eq!(verdict(&r).0, Verdict::Healthy);
+    if let Reply::Answered(p) = &mut r.persister {
+        p.last_write_at = Some(c.now - chrono::Duration::seconds(601));
+    }
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(reasons, ["event log last written 601 s ago (limit 600 s)"]);
+
+    // Nothing written yet is fine while the process is younger than the limit, not after.
+    let mut r = healthy_replies();
+    let young = assess(&r, &HealthConfig::default(), &c);
+    assert_eq!(young.status, Verdict::Healthy);
+    let old = Context {
+        uptime: Duration::from_secs(601),
+        ..ctx()
+    };
+    let report = assess(&r, &HealthConfig::default(), &old);
+    assert_eq!(report.status, Verdict::Unhealthy);
+    assert!(
+        report.reasons[0].starts_with("no event-log write"),
+        "{:?}",
+        report.reasons
+    );
+    if let Reply::Answered(p) = &mut r.persister {
+        p.last_write_at = Some(old.now);
+        p.last_snapshot_at = Some(old.now - chrono::Duration::hours(1));
+    }
+    let report = assess(&r, &HealthConfig::default(), &old);
+    assert_eq!(report.status, Verdict::Healthy);
+    assert_eq!(report.system_health.last_event_log_write_at, Some(old.now));
+    assert!(report.system_health.last_snapshot_at.is_some());
+}
+
+#[test]
+fn the_queue_is_idle_processing_or_stalled_and_stalled_is_unhealthy() {
+    let config = HealthConfig::default();
+    let mut r = healthy_replies();
+    let queue = |r: &Replies| assess(r, &config, &ctx()).system_health.queue_status;
+    assert_eq!(queue(&r), QueueStatus::Idle);
+    if let Reply::Answered(s) = &mut r.strategy {
+        s.strategies = vec![instance(None), instance(Some(Duration::from_secs(10)))];
+    }
+    assert_eq!(queue(&r), QueueStatus::Processing);
+    assert_eq!(verdict(&r).0, Verdict::Healthy);
+    if let Reply::Answered(s) = &mut r.strategy {
+        s.strategies.push(instance(Some(Duration::from_secs(301))));
+    }
+    assert_eq!(queue(&r), QueueStatus::Stalled);
+    let (v, reasons) = verdict(&r);
+    assert_eq!(v, Verdict::Unhealthy);
+    assert_eq!(
+        reasons,
+        ["execution queue STALLED: a strategy job has run longer than 300 s"]
+    );
+    r.strategy = Reply::Unresponsive;
+    assert_eq!(queue(&r), QueueStatus::Unknown);
+    let v = serde_json::to_value(QueueStatus::Stalled).unwrap();
+    assert_eq!(v, "STALLED");
+}
+
+#[test]
+fn new_health_keys_are_validated_by_name() {
+    let bad = HealthConfig {
+        event_log_stale: Duration::ZERO,
+        ..HealthConfig::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("event_log_stale"));
+    let bad = HealthConfig {
+        queue_stalled_after: Duration::ZERO,
+        ..HealthConfig::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("queue_stalled_after"));
+    let bad = HealthConfig {
+        error_rate_unhealthy_per_minute: f64::NAN,
+        ..HealthConfig::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("error_rate_unhealthy_per_minute")
+    );
+    assert_eq!(HealthConfig::default().validate(), Ok(()));
 }

@@ -376,17 +376,23 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(&err)?;
-        let (last_seq, last_hash): (i64, String) = tx
+        let (last_seq, last_hash, last_ts): (i64, String, Option<String>) = tx
             .query_row(
-                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, hash, ts FROM events ORDER BY seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, Some(r.get(2)?))),
             )
             .optional()
             .map_err(&err)?
-            .unwrap_or((0, GENESIS_HASH.to_string()));
+            .unwrap_or((0, GENESIS_HASH.to_string(), None));
         let seq = u64::try_from(last_seq).unwrap_or_default() + 1;
-        let at = Utc::now();
+        // Event times never go backwards, even when the wall clock steps back (an NTP
+        // correction): verification refuses a backwards timestamp, and a store that fails
+        // verification at start is moved aside and restored from a backup.
+        let previous = last_ts
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let at = previous.map_or_else(Utc::now, |p| Utc::now().max(p));
         let ts = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let event_id = uuid::Uuid::now_v7().to_string();
         let payload = change.event.payload.to_string();
@@ -695,6 +701,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         (dir, path)
+    }
+
+    #[test]
+    fn event_times_never_go_backwards_when_the_clock_steps_back() {
+        let (_dir, path) = temp();
+        let mut store = Store::open(&path).unwrap();
+        store.commit(&Change::event("a", json!({}))).unwrap();
+        // As if the clock had been an hour ahead when event 1 was written: rewrite its time and
+        // hash consistently.
+        let ahead =
+            (Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let (id, kind, payload): (String, String, String) = store
+            .conn
+            .query_row(
+                "SELECT event_id, kind, payload FROM events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let hash = chain_hash(GENESIS_HASH, 1, &id, &ahead, &kind, &payload);
+        store
+            .conn
+            .execute(
+                "UPDATE events SET ts = ?1, hash = ?2 WHERE seq = 1",
+                params![ahead, hash],
+            )
+            .unwrap();
+        drop(store);
+        let mut store = Store::open(&path).unwrap();
+        let c = store.commit(&Change::event("b", json!({}))).unwrap();
+        assert_eq!(
+            c.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            ahead,
+            "clamped to the previous event's time"
+        );
+        drop(store);
+        let report = verify(&path);
+        assert!(report.ok, "{report:?}");
     }
 
     #[test]

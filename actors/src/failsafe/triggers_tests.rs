@@ -86,7 +86,7 @@ fn market_data_stalled_fires_after_its_threshold_and_once_per_episode() {
 #[test]
 fn market_data_is_not_expected_without_subscriptions_and_counts_from_the_run_start() {
     let mut w = watch();
-    let mut r = fresh(at(0 * MIN));
+    let mut r = fresh(t0());
     if let Reply::Answered(b) = &mut r.broker {
         b.last_market_data_at = None;
         b.subscriptions.clear();
@@ -176,7 +176,7 @@ fn error_rate_fires_above_ten_per_minute() {
 #[test]
 fn unhealthy_fires_only_beyond_its_grace() {
     let mut w = watch();
-    let mut r = fresh(at(0 * MIN));
+    let mut r = fresh(t0());
     r.strategy = Reply::Unresponsive;
     let mut now = at(MIN);
     for _ in 0..10 {

@@ -89,6 +89,27 @@ async fn market_data_stalled_latches_shutdown_which_survives_a_restart() {
     assert_eq!(a["severity"], "CRITICAL", "{a:#}");
     assert!(a["resolved_at"].is_null(), "{a:#}");
 
+    // SHUTDOWN is in memory at once and stored just after; wait for the store (the harness
+    // stops the persister without the daemon's flush step).
+    let db = rusqlite::Connection::open(tradebaas::state_cmd::store_path(h.dir.path())).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored: Option<String> = db
+            .query_row("SELECT value FROM state WHERE key = 'mode'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        if stored.is_some_and(|v| v.contains("SHUTDOWN")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SHUTDOWN never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(db);
+
     // Market data is back and the tree restarts on the same store: still SHUTDOWN.
     let (paper, dir) = h.stop_tree().await;
     paper.faults().clear();

@@ -31,7 +31,6 @@ use tradebaas_actors::checks;
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::notify::SdNotifier;
 use tradebaas_actors::persister::{PersisterMsg, commit_change};
@@ -297,7 +296,7 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
                 }
             }
             if open_report.degraded() {
-                restrict_to_observe_only(&names, "the store was restored from a backup").await;
+                checks::restrict(&names, "the store was restored from a backup").await;
             }
             let report = recover(&names, &config, &config.currencies, &metrics).await;
             record_recovery(&names, &report).await;
@@ -482,28 +481,6 @@ async fn send_when_running<M: ractor::Message>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
-}
-
-/// Restricts trading to OBSERVE_ONLY (SHUTDOWN stays), retrying while the fail-safe loads.
-async fn restrict_to_observe_only(names: &Names, reason: &str) {
-    for _ in 0..50 {
-        if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
-            && let Ok(CallResult::Success(Ok(()))) = fs
-                .call(
-                    |reply| FailSafeMsg::Restrict {
-                        mode: TradingMode::ObserveOnly,
-                        reason: reason.to_owned(),
-                        reply,
-                    },
-                    Some(Duration::from_secs(2)),
-                )
-                .await
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    error!("could not restrict trading to OBSERVE_ONLY; entries stay refused until the mode loads");
 }
 
 /// Commits the recovery report through the persister (bounded; a failure is logged).

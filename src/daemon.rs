@@ -399,18 +399,39 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
     code
 }
 
-/// Takes a `daily` snapshot of capital and positions whenever the newest one is older than
-/// `interval` (checked every minute, and once right after recovery). Capital comes from the
-/// exchange (`private/get_account_summary` per currency), positions from the strategy actor.
+/// How soon a failed snapshot (one holding an error instead of an account summary) is retried.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a `daily` snapshot is due at `now`: the newest snapshot *with capital* is older than
+/// `interval` (or there is none), and no failed one was taken within `min(interval,
+/// SNAPSHOT_RETRY)`. A failed snapshot does not count as taken: it is retried within minutes,
+/// not a day later (by then `snapshot_failing` would have shut the daemon down).
+fn snapshot_due(
+    now: chrono::DateTime<chrono::Utc>,
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    last_capital: Option<chrono::DateTime<chrono::Utc>>,
+    interval: Duration,
+) -> bool {
+    let older = |t: Option<chrono::DateTime<chrono::Utc>>, d: Duration| {
+        t.is_none_or(|t| now - t >= chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+    };
+    older(last_capital, interval) && older(last, interval.min(SNAPSHOT_RETRY))
+}
+
+/// Takes a `daily` snapshot of capital and positions whenever [`snapshot_due`] (checked every
+/// minute, and once right after recovery). Capital comes from the exchange
+/// (`private/get_account_summary` per currency), positions from the strategy actor.
 async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String]) {
     let ask = Duration::from_secs(5);
     loop {
         let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
         let due = match health::ask(persister, PersisterMsg::Status, ask).await {
-            health::Reply::Answered(s) => s.last_snapshot_at.is_none_or(|t| {
-                chrono::Utc::now() - t
-                    >= chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX)
-            }),
+            health::Reply::Answered(s) => snapshot_due(
+                chrono::Utc::now(),
+                s.last_snapshot_at,
+                s.last_capital_snapshot_at,
+                interval,
+            ),
             _ => false,
         };
         if due {
@@ -444,6 +465,7 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
                 _ => serde_json::json!({ "error": "strategy did not answer" }),
             };
             let payload = serde_json::json!({ "capital": capital, "positions": positions });
+            let missing = tradebaas_actors::checks::capital_missing(&payload);
             let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
             match health::ask(
                 persister,
@@ -456,7 +478,15 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
             )
             .await
             {
-                health::Reply::Answered(Ok(c)) => info!(seq = c.seq, "daily snapshot taken"),
+                health::Reply::Answered(Ok(c)) => match missing {
+                    None => info!(seq = c.seq, "daily snapshot taken"),
+                    Some(why) => warn!(
+                        seq = c.seq,
+                        reason = %why,
+                        "daily snapshot stored without capital (a failed snapshot); retried in \
+                         at most 10 minutes"
+                    ),
+                },
                 health::Reply::Answered(Err(e)) => warn!(error = %e, "daily snapshot failed"),
                 _ => warn!("daily snapshot failed: the persister did not answer"),
             }
@@ -681,4 +711,27 @@ pub async fn emergency_shutdown(limit: Duration) -> bool {
     tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None, None))
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_snapshot_is_retried_within_minutes_a_good_one_waits_the_interval() {
+        let t0 = chrono::Utc::now();
+        let day = Duration::from_secs(24 * 3600);
+        let mins = |m: i64| t0 + chrono::Duration::minutes(m);
+        // None yet: due.
+        assert!(snapshot_due(t0, None, None, day));
+        // A good snapshot just now: not due until a day later.
+        assert!(!snapshot_due(mins(60), Some(t0), Some(t0), day));
+        assert!(snapshot_due(mins(24 * 60), Some(t0), Some(t0), day));
+        // A day later the snapshot failed (no capital): retried 10 minutes after, not a day.
+        let failed = Some(mins(24 * 60));
+        assert!(!snapshot_due(mins(24 * 60 + 5), failed, Some(t0), day));
+        assert!(snapshot_due(mins(24 * 60 + 10), failed, Some(t0), day));
+        // Only failed snapshots so far: also retried.
+        assert!(snapshot_due(mins(24 * 60 + 10), failed, None, day));
+    }
 }

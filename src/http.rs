@@ -181,6 +181,7 @@ impl Api {
                     &json!({
                         "last_snapshot_at": p.last_snapshot_at,
                         "age_seconds": p.last_snapshot_at.map(|t| (now - t).num_seconds().max(0)),
+                        "last_capital_snapshot_at": p.last_capital_snapshot_at,
                         "last_backup_at": p.last_backup_at,
                         "timestamp": now,
                     }),

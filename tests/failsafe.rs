@@ -14,7 +14,7 @@ use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::persister::PersisterMsg;
-use tradebaas_actors::store::Change;
+use tradebaas_actors::store::{Change, SnapshotKind};
 use tradebaas_actors::tree::TreeConfig;
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -191,6 +191,50 @@ async fn no_snapshot_within_the_threshold_latches_shutdown() {
             .contains(&Value::from("snapshot_failing")),
         "{body:#}"
     );
+    alert(&h, "failsafe:snapshot_failing").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_holding_an_error_instead_of_capital_do_not_hold_off_snapshot_failing() {
+    let h = common::start(|t, _| {
+        with(
+            t,
+            TriggerConfig {
+                snapshot_failing: Duration::from_millis(1500),
+                ..quiet()
+            },
+        )
+    })
+    .await;
+    // A failed snapshot (the exchange did not answer) every 100 ms, well within the threshold.
+    let persister = h
+        .names
+        .lookup::<PersisterMsg>(ChildName::StatePersister)
+        .unwrap();
+    let snapshots = tokio::spawn(async move {
+        loop {
+            let _ = cast!(
+                persister,
+                PersisterMsg::Snapshot {
+                    kind: SnapshotKind::OnDemand,
+                    payload: serde_json::json!({
+                        "capital": {"BTC": {"error": "broker-connection did not answer"}},
+                        "positions": [],
+                    }),
+                    reply: None,
+                }
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let body = wait_latched(&h, "SHUTDOWN", "snapshot_failing").await;
+    snapshots.abort();
+    let reason = body["actors"]["fail-safe"]["reason"].as_str().unwrap();
+    assert!(reason.contains("holds no capital"), "{reason}");
+    let p = &body["actors"]["state-persister"];
+    assert!(p["last_snapshot_at"].is_string(), "{p:#}");
+    assert!(p["last_capital_snapshot_at"].is_null(), "{p:#}");
     alert(&h, "failsafe:snapshot_failing").await;
     h.stop().await;
 }

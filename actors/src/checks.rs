@@ -7,9 +7,11 @@
 //!   not later than now + `clock_skew`;
 //! - `snapshots` — unique, chronological, not in the future, each after the previous one's event,
 //!   payloads JSON objects;
-//! - `capital` — the newest snapshot's per-currency account summaries are internally consistent
-//!   (see [`capital`]); online, its equity agrees with a fresh `private/get_account_summary`
-//!   within `capital_tolerance`;
+//! - `capital` — the newest snapshot *with capital* ([`capital_missing`]) has per-currency
+//!   account summaries that are internally consistent (see [`capital`]); online, its equity
+//!   agrees with a fresh `private/get_account_summary` within `capital_tolerance`. A snapshot
+//!   holding an error instead of an account summary is a failed snapshot: it is looked past,
+//!   never passed on;
 //! - `strategy_states` — every `strategy.<id>` record deserializes and its lifecycle and position
 //!   agree ([`record_problems`]);
 //! - `mode` — the stored `mode` value is a valid [`StoredMode`];
@@ -419,6 +421,35 @@ pub fn local_capital(payload: &Value) -> Result<LocalCapital, Vec<String>> {
     }
 }
 
+/// Why a snapshot payload holds no capital, or `None` when it does: a `capital` object with at
+/// least one currency, each an account summary object without an `error`. A snapshot without
+/// capital (the exchange did not answer when it was taken, for any one currency) is a failed
+/// snapshot: the `snapshot_failing` trigger's clock is not reset by it (the persister tracks
+/// `last_capital_snapshot_at` with this rule) and the `capital` check looks past it.
+pub fn capital_missing(payload: &Value) -> Option<String> {
+    let Some(capital) = payload.get("capital").and_then(Value::as_object) else {
+        return Some("no `capital` object".into());
+    };
+    if capital.is_empty() {
+        return Some("`capital` names no currency".into());
+    }
+    let missing: Vec<String> = capital
+        .iter()
+        .filter_map(|(currency, summary)| match summary.as_object() {
+            None => Some(format!("{currency}: not an account summary")),
+            Some(o) => o.get("error").map(|e| {
+                let reason = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
+                format!("{currency}: {reason}")
+            }),
+        })
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(missing.join("; "))
+    }
+}
+
 /// The relative difference |a − b| / max(|a|, |b|) (0 when both are 0).
 pub fn relative_difference(a: f64, b: f64) -> f64 {
     let scale = a.abs().max(b.abs());
@@ -432,25 +463,62 @@ pub fn relative_difference(a: f64, b: f64) -> f64 {
 /// What the exchange said about one currency's account: its summary, or why there is none.
 pub type FreshSummary = Result<Value, String>;
 
-/// `capital`: the newest snapshot's capital is consistent ([`local_capital`]); when `fresh`
-/// holds exchange answers, each currency's equity agrees with the exchange's within
-/// `tolerance`. No snapshot yet passes with a note; a currency the exchange did not answer for
-/// is not compared (noted; reachability is the `exchange` check's job).
+/// The newest of `rows` (oldest first) that holds capital ([`capital_missing`]), with its
+/// parsed payload, and the newer ones looked past (id, why they hold none). A payload that is not
+/// JSON stops the walk: `Err((id, parse error))`.
+pub fn newest_with_capital(
+    rows: &[SnapshotRow],
+) -> Result<(Option<(&SnapshotRow, Value)>, Vec<(i64, String)>), (i64, String)> {
+    let mut skipped = Vec::new();
+    for row in rows.iter().rev() {
+        let payload: Value =
+            serde_json::from_str(&row.payload).map_err(|e| (row.id, e.to_string()))?;
+        match capital_missing(&payload) {
+            None => return Ok((Some((row, payload)), skipped)),
+            Some(why) => skipped.push((row.id, why)),
+        }
+    }
+    Ok((None, skipped))
+}
+
+/// `capital`: the newest snapshot with capital ([`newest_with_capital`]) is consistent
+/// ([`local_capital`]); when `fresh` holds exchange answers, each currency's equity agrees with
+/// the exchange's within `tolerance`. Newer snapshots without capital (failed snapshots) are
+/// looked past and named in the detail, never passed on. No snapshot with capital yet passes
+/// with a note, as no snapshot at all does (nothing to reconcile; the `snapshot_failing`
+/// trigger watches how long that lasts); a currency the exchange did not answer for now is not
+/// compared (noted; reachability is the `exchange` check's job).
 pub fn capital(
-    newest: Option<&SnapshotRow>,
+    rows: &[SnapshotRow],
     fresh: Option<&BTreeMap<String, FreshSummary>>,
     tolerance: f64,
 ) -> Check {
-    let Some(row) = newest else {
-        return Check::pass(
-            CAPITAL,
-            "no snapshot yet: nothing to reconcile (the first daily snapshot is taken after \
-             start-up)",
-        );
+    let (found, skipped) = match newest_with_capital(rows) {
+        Ok(f) => f,
+        Err((id, e)) => return Check::fail(CAPITAL, format!("snapshot {id}: not JSON: {e}")),
     };
-    let payload: Value = match serde_json::from_str(&row.payload) {
-        Ok(v) => v,
-        Err(e) => return Check::fail(CAPITAL, format!("snapshot {}: not JSON: {e}", row.id)),
+    let skipped_note = |skipped: &[(i64, String)]| {
+        let newest = skipped
+            .first()
+            .map(|(id, why)| format!("newest, snapshot {id}: {why}"))
+            .unwrap_or_default();
+        format!(
+            "{} newer snapshot(s) without capital looked past ({newest})",
+            skipped.len()
+        )
+    };
+    let Some((row, payload)) = found else {
+        let note = if skipped.is_empty() {
+            "no snapshot yet: nothing to reconcile (the first daily snapshot is taken after \
+             start-up)"
+                .to_string()
+        } else {
+            format!(
+                "no snapshot with capital: nothing to reconcile; {}",
+                skipped_note(&skipped)
+            )
+        };
+        return Check::pass(CAPITAL, note);
     };
     let local = match local_capital(&payload) {
         Ok(l) => l,
@@ -480,6 +548,9 @@ pub fn capital(
         notes.push(format!(
             "{currency}: no account summary in the snapshot ({reason})"
         ));
+    }
+    if !skipped.is_empty() {
+        notes.push(skipped_note(&skipped));
     }
     let Some(fresh) = fresh else {
         notes.push("not compared with the exchange (offline)".into());
@@ -666,7 +737,7 @@ pub fn evaluate_store(
             now,
             config.clock_skew,
         ),
-        capital(facts.snapshots.last(), fresh, config.capital_tolerance),
+        capital(&facts.snapshots, fresh, config.capital_tolerance),
         strategy_states(&facts.state),
         mode(&facts.state),
     ]
@@ -750,11 +821,10 @@ async fn run_with_facts(
     let mut checks = match &facts {
         Ok(facts) => {
             let mut fresh = BTreeMap::new();
-            let currencies = facts
-                .snapshots
-                .last()
-                .and_then(|s| serde_json::from_str::<Value>(&s.payload).ok())
-                .and_then(|p| local_capital(&p).ok())
+            let currencies = newest_with_capital(&facts.snapshots)
+                .ok()
+                .and_then(|(found, _)| found)
+                .and_then(|(_, p)| local_capital(&p).ok())
                 .map(|l| l.equity.into_keys().collect::<Vec<_>>())
                 .unwrap_or_default();
             for currency in currencies {
@@ -1253,15 +1323,73 @@ mod tests {
         );
         let fresh =
             |eq: f64| BTreeMap::from([("BTC".to_string(), Ok::<_, String>(json!({"equity": eq})))]);
-        assert!(capital(Some(&row), Some(&fresh(9.5)), 0.10).passed);
-        let c = capital(Some(&row), Some(&fresh(5.0)), 0.10);
+        assert!(capital(std::slice::from_ref(&row), Some(&fresh(9.5)), 0.10).passed);
+        let c = capital(std::slice::from_ref(&row), Some(&fresh(5.0)), 0.10);
         assert!(!c.passed && c.detail.contains("differ by 50.00%"), "{c:?}");
         let down = BTreeMap::from([("BTC".to_string(), Err("not connected".to_string()))]);
-        let c = capital(Some(&row), Some(&down), 0.10);
+        let c = capital(std::slice::from_ref(&row), Some(&down), 0.10);
         assert!(c.passed && c.detail.contains("not compared"), "{c:?}");
-        let c = capital(None, Some(&fresh(5.0)), 0.10);
+        let c = capital(&[], Some(&fresh(5.0)), 0.10);
         assert!(c.passed && c.detail.contains("no snapshot yet"), "{c:?}");
         assert_eq!(relative_difference(0.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn a_snapshot_with_an_error_instead_of_capital_is_looked_past_never_passed_on() {
+        let failed = json!({"capital": {"BTC": {"error": "not connected"}}}).to_string();
+        assert_eq!(
+            capital_missing(&serde_json::from_str(&failed).unwrap()).as_deref(),
+            Some("BTC: not connected")
+        );
+        assert!(capital_missing(&json!({"capital": btc(1.0)})).is_none());
+        assert!(capital_missing(&json!({"capital": {}})).is_some());
+        assert!(capital_missing(&json!({"positions": []})).is_some());
+        // One currency answered, one did not: still a failed snapshot.
+        let mut partial = btc(1.0);
+        partial["ETH"] = json!({"error": "timeout"});
+        assert!(capital_missing(&json!({ "capital": partial })).is_some());
+
+        // An inconsistent snapshot followed by a failed one: the check still sees the
+        // inconsistent one and fails.
+        let mut bad = btc(10.0);
+        bad["BTC"]["balance"] = json!(3.0);
+        let rows = [
+            snap(
+                1,
+                "2026-01-01T00:00:00Z",
+                1,
+                &json!({ "capital": bad }).to_string(),
+            ),
+            snap(2, "2026-01-02T00:00:00Z", 2, &failed),
+        ];
+        let c = capital(&rows, None, 0.10);
+        assert!(!c.passed && c.detail.contains("snapshot 1"), "{c:?}");
+
+        // A good snapshot followed by a failed one: the good one is compared with the exchange.
+        let rows = [
+            snap(
+                1,
+                "2026-01-01T00:00:00Z",
+                1,
+                &json!({"capital": btc(10.0)}).to_string(),
+            ),
+            snap(2, "2026-01-02T00:00:00Z", 2, &failed),
+        ];
+        let fresh = BTreeMap::from([("BTC".to_string(), Ok::<_, String>(json!({"equity": 5.0})))]);
+        let c = capital(&rows, Some(&fresh), 0.10);
+        assert!(!c.passed && c.detail.contains("differ by 50.00%"), "{c:?}");
+        let fresh = BTreeMap::from([("BTC".to_string(), Ok::<_, String>(json!({"equity": 10.0})))]);
+        let c = capital(&rows, Some(&fresh), 0.10);
+        assert!(c.passed, "{c:?}");
+        assert!(
+            c.detail.contains("snapshot 1") && c.detail.contains("snapshot 2: BTC: not connected"),
+            "{c:?}"
+        );
+
+        // Only failed snapshots: nothing reconciled, and the detail says so.
+        let c = capital(&rows[1..], Some(&fresh), 0.10);
+        assert!(c.detail.contains("no snapshot with capital"), "{c:?}");
+        assert!(!c.detail.contains("consistent"), "{c:?}");
     }
 
     fn position() -> PositionData {

@@ -307,6 +307,8 @@ pub struct SystemHealth {
     pub last_event_log_write_at: Option<DateTime<Utc>>,
     /// The persister's newest snapshot.
     pub last_snapshot_at: Option<DateTime<Utc>>,
+    /// The persister's newest snapshot with capital (a failed snapshot holds an error instead).
+    pub last_capital_snapshot_at: Option<DateTime<Utc>>,
     pub queue_status: QueueStatus,
 }
 
@@ -587,6 +589,7 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
             .and_then(|b| b.last_market_data_at),
         last_event_log_write_at: persister.and_then(|p| p.last_write_at),
         last_snapshot_at: persister.and_then(|p| p.last_snapshot_at),
+        last_capital_snapshot_at: persister.and_then(|p| p.last_capital_snapshot_at),
         queue_status: queue,
     };
 

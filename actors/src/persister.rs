@@ -141,8 +141,9 @@ pub enum PersisterMsg {
     Written(WriteOutcome),
     /// Internal: the database thread finished a backup.
     BackedUp(BackupOutcome),
-    /// Internal: the database thread committed a snapshot taken at this time.
-    SnapshotTaken(DateTime<Utc>),
+    /// Internal: the database thread committed a snapshot taken at `at`; `capital` when it holds
+    /// capital ([`crate::checks::capital_missing`]), not an error instead.
+    SnapshotTaken { at: DateTime<Utc>, capital: bool },
     /// Test-only misbehaviour.
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
@@ -193,8 +194,12 @@ pub struct PersisterStatus {
     pub backups: Option<usize>,
     /// The last start-up recovery report (state key `recovery.last`), as stored.
     pub recovery: Option<Value>,
-    /// When the newest snapshot was taken.
+    /// When the newest snapshot was taken (with capital or not).
     pub last_snapshot_at: Option<DateTime<Utc>>,
+    /// When the newest snapshot *with capital* was taken: one holding an error instead of an
+    /// account summary is a failed snapshot and does not count ([`crate::checks::capital_missing`]).
+    /// The `snapshot_failing` trigger watches this one.
+    pub last_capital_snapshot_at: Option<DateTime<Utc>>,
 }
 
 enum Job {
@@ -230,6 +235,7 @@ pub struct PersisterState {
     backups: Option<usize>,
     recovery: Option<Value>,
     last_snapshot_at: Option<DateTime<Utc>>,
+    last_capital_snapshot_at: Option<DateTime<Utc>>,
 }
 
 /// Where and how often the database thread backs up.
@@ -290,7 +296,8 @@ fn run_db_thread(
                 let started = Instant::now();
                 let result = store.snapshot(kind, &payload);
                 if let Ok(c) = &result {
-                    let _ = actor.send_message(PersisterMsg::SnapshotTaken(c.at));
+                    let capital = crate::checks::capital_missing(&payload).is_none();
+                    let _ = actor.send_message(PersisterMsg::SnapshotTaken { at: c.at, capital });
                 }
                 let outcome = WriteOutcome {
                     result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
@@ -475,11 +482,21 @@ impl Actor for PersisterActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let store = Store::open(&args.path)?;
         let recovery = store.state()?.remove(crate::recovery::RECOVERY_KEY);
-        let last_snapshot_at = store
-            .snapshots()?
-            .last()
-            .and_then(|s| DateTime::parse_from_rfc3339(&s.taken_at).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let snapshots = store.snapshots()?;
+        let taken_at = |s: &crate::store::SnapshotRow| {
+            DateTime::parse_from_rfc3339(&s.taken_at)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let last_snapshot_at = snapshots.last().and_then(taken_at);
+        let last_capital_snapshot_at = snapshots
+            .iter()
+            .rev()
+            .find(|s| {
+                serde_json::from_str::<Value>(&s.payload)
+                    .is_ok_and(|p| crate::checks::capital_missing(&p).is_none())
+            })
+            .and_then(taken_at);
         let backups_dir = args.backups_dir.clone();
         let backups = backup_count(&backups_dir);
         let names = args.names.clone();
@@ -528,6 +545,7 @@ impl Actor for PersisterActor {
             backups: Some(backups),
             recovery,
             last_snapshot_at,
+            last_capital_snapshot_at,
         })
     }
 
@@ -559,7 +577,19 @@ impl Actor for PersisterActor {
             } => state.submit(Job::Snapshot(kind, payload, reply)),
             PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
             PersisterMsg::BackedUp(outcome) => state.backed_up(outcome),
-            PersisterMsg::SnapshotTaken(at) => state.last_snapshot_at = Some(at),
+            PersisterMsg::SnapshotTaken { at, capital } => {
+                state.last_snapshot_at = Some(at);
+                if capital {
+                    state.last_capital_snapshot_at = Some(at);
+                } else {
+                    warn!(
+                        actor = "state-persister",
+                        taken_at = %at,
+                        "snapshot stored without capital: a failed snapshot (snapshot_failing \
+                         still counts from the last one with capital)"
+                    );
+                }
+            }
             PersisterMsg::Written(outcome) => {
                 state.done += 1;
                 state.last_write = Some(outcome.took);
@@ -604,6 +634,7 @@ impl Actor for PersisterActor {
                     backups: state.backups,
                     recovery: state.recovery.clone(),
                     last_snapshot_at: state.last_snapshot_at,
+                    last_capital_snapshot_at: state.last_capital_snapshot_at,
                 });
             }
             PersisterMsg::Ping(reply) => {

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `market_data_stalled` | subscribed, and no market data for `market_data_stalled` | SHUTDOWN |
 //! | `event_log_failing` | event-log writes failing for `event_log_failing` | SHUTDOWN |
-//! | `snapshot_failing` | no snapshot written for `snapshot_failing` | SHUTDOWN |
+//! | `snapshot_failing` | no snapshot *with capital* written for `snapshot_failing` (one holding an error instead of an account summary is a failed snapshot) | SHUTDOWN |
 //! | `unhealthy` | `/health` unhealthy for longer than `unhealthy_grace` | SHUTDOWN |
 //! | `error_rate` | more than `error_rate_per_minute` errors logged in the last minute | SHUTDOWN |
 //! | `heartbeat_missing` | no heartbeat round for `heartbeat_missing` | OBSERVE_ONLY |
@@ -38,7 +38,8 @@ pub struct TriggerConfig {
     /// Event-log writes failing for this long → SHUTDOWN.
     #[serde(with = "humantime_serde")]
     pub event_log_failing: Duration,
-    /// No snapshot written for this long → SHUTDOWN (snapshots are daily).
+    /// No snapshot with capital written for this long → SHUTDOWN (snapshots are daily; one
+    /// holding an error instead of an account summary does not count).
     #[serde(with = "humantime_serde")]
     pub snapshot_failing: Duration,
     /// `/health` unhealthy for longer than this → SHUTDOWN.
@@ -191,12 +192,23 @@ impl Watch {
                     });
                 }
             }
-            let without = from(p.last_snapshot_at);
+            // A snapshot without capital is a failed snapshot: only one with capital resets it.
+            let without = from(p.last_capital_snapshot_at);
             if without > c.snapshot_failing {
+                let failed = match p.last_snapshot_at {
+                    Some(at) if p.last_capital_snapshot_at.is_none_or(|good| at > good) => {
+                        format!(
+                            "; the newest snapshot ({}) holds no capital (the exchange did not \
+                             answer)",
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    }
+                    _ => String::new(),
+                };
                 holding.push(Finding {
                     trigger: "snapshot_failing",
                     reason: format!(
-                        "no snapshot written for {} (threshold {})",
+                        "no snapshot with capital written for {} (threshold {}){failed}",
                         secs(without),
                         secs(c.snapshot_failing)
                     ),

@@ -33,6 +33,7 @@ fn fresh(now: DateTime<Utc>) -> Replies {
     }
     if let Reply::Answered(p) = &mut r.persister {
         p.last_snapshot_at = Some(now);
+        p.last_capital_snapshot_at = Some(now);
         p.last_write_at = Some(now);
     }
     if let Reply::Answered(h) = &mut r.heartbeat {
@@ -99,6 +100,7 @@ fn market_data_is_not_expected_without_subscriptions_and_counts_from_the_run_sta
     let mut w = watch();
     if let Reply::Answered(p) = &mut r.persister {
         p.last_snapshot_at = None;
+        p.last_capital_snapshot_at = None;
     }
     assert!(!fired(&mut w, &r, at(9 * MIN)).contains(&"market_data_stalled"));
     // Data older than the run start counts from the run start too.
@@ -136,6 +138,7 @@ fn snapshot_failing_fires_after_twenty_five_hours_without_a_snapshot() {
     let mut r = fresh(at(hours(30)));
     if let Reply::Answered(p) = &mut r.persister {
         p.last_snapshot_at = Some(at(hours(5)));
+        p.last_capital_snapshot_at = Some(at(hours(5)));
     }
     assert!(!fired(&mut w, &r, at(hours(29))).contains(&"snapshot_failing"));
     assert!(fired(&mut w, &r, at(hours(31))).contains(&"snapshot_failing"));
@@ -263,4 +266,30 @@ fn trigger_config_validation_names_the_key() {
             .unwrap_err()
             .contains("triggers.error_rate_per_minute")
     );
+}
+
+#[test]
+fn a_snapshot_without_capital_does_not_reset_snapshot_failing() {
+    let mut w = watch();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let mut r = fresh(at(hours(30)));
+    // The last snapshot with capital was 26 h before; every one since held an error.
+    if let Reply::Answered(p) = &mut r.persister {
+        p.last_capital_snapshot_at = Some(at(hours(4)));
+        p.last_snapshot_at = Some(at(hours(29)));
+    }
+    let found = w.evaluate(&r, at(hours(30)), hours(30));
+    let f = found
+        .iter()
+        .find(|f| f.trigger == "snapshot_failing")
+        .unwrap_or_else(|| panic!("snapshot_failing did not fire: {found:?}"));
+    assert!(f.reason.contains("holds no capital"), "{}", f.reason);
+    assert_eq!(f.action, Action::Shutdown);
+    // Only failed snapshots since the run's start: counted from the start.
+    let mut w = watch();
+    if let Reply::Answered(p) = &mut r.persister {
+        p.last_capital_snapshot_at = None;
+    }
+    assert!(!fired(&mut w, &r, at(hours(24))).contains(&"snapshot_failing"));
+    assert!(fired(&mut w, &r, at(hours(26))).contains(&"snapshot_failing"));
 }

@@ -88,13 +88,30 @@ pub fn render(health: &Value) -> String {
         }
     }
     let sys = &health["system"];
+    // A figure the daemon could not read is `null`: printed as unknown, never as 0 %.
+    let percent = |v: &Value| match v.as_f64() {
+        Some(p) => format!("{p:.1}%"),
+        None => "unknown".into(),
+    };
+    let limit = match (
+        sys["memory_limit_bytes"].as_u64(),
+        sys["memory_limit_source"].as_str(),
+    ) {
+        (Some(l), Some(src)) => format!(" of {l} bytes ({src})"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "\nsystem memory {}%  cpu {}%  rss {} bytes",
-        s(&sys["memory_percent"]),
-        s(&sys["cpu_percent"]),
+        "\nsystem memory {}{limit}  cpu {}  rss {} bytes",
+        percent(&sys["memory_percent"]),
+        percent(&sys["cpu_percent"]),
         s(&sys["rss_bytes"])
     );
+    if let Some(unknown) = sys["unknown"].as_array().filter(|u| !u.is_empty()) {
+        for u in unknown {
+            let _ = writeln!(out, "  unknown: {}", s(u));
+        }
+    }
     if let Some(reasons) = health["reasons"].as_array().filter(|r| !r.is_empty()) {
         let _ = writeln!(out, "\nreasons:");
         for r in reasons {
@@ -130,5 +147,39 @@ pub async fn run(base: &str) -> i32 {
             eprintln!("tradebaas status: {e}");
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_system_figures_print_as_unknown_never_zero() {
+        let health = json!({
+            "status": "healthy",
+            "system": {
+                "memory_percent": null, "memory": "unknown", "cpu_percent": 3.25, "cpu": "ok",
+                "rss_bytes": 1000, "memory_limit_bytes": null, "memory_limit_source": null,
+                "unknown": ["memory: no memory limit to measure RSS against"],
+            },
+        });
+        let out = render(&health);
+        assert!(
+            out.contains("system memory unknown  cpu 3.2%  rss 1000 bytes"),
+            "{out}"
+        );
+        assert!(out.contains("unknown: memory: no memory limit"), "{out}");
+        assert!(!out.contains("0.0%"), "{out}");
+        let health = json!({"system": {
+            "memory_percent": 25.0, "cpu_percent": 1.0, "rss_bytes": 268435456,
+            "memory_limit_bytes": 1073741824u64, "memory_limit_source": "cgroup", "unknown": [],
+        }});
+        let out = render(&health);
+        assert!(
+            out.contains("memory 25.0% of 1073741824 bytes (cgroup)"),
+            "{out}"
+        );
     }
 }

@@ -40,7 +40,27 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let mut child = Command::new(BIN)
+        Daemon::start_wrapped(&[], dir, config, extra, env)
+    }
+
+    /// [`Daemon::start_with`] run through `wrapper` (a command that ends by executing its
+    /// arguments, e.g. `unshare … sh -c '…; exec "$0" "$@"'`); empty: the binary itself.
+    fn start_wrapped(
+        wrapper: &[&str],
+        dir: &std::path::Path,
+        config: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -205,6 +225,82 @@ async fn default_config_becomes_ready_and_healthy() {
     // Secrets: the embedded exchange's generated credentials never reach the log or health.
     let log = daemon.lines.lock().unwrap().join("\n");
     assert!(!log.contains("client_secret\":\""), "{log}");
+}
+
+/// The shipped unit's `ProcSubset=pid`, for real: the binary runs in its own mount and PID
+/// namespace with `/proc` mounted `subset=pid` (no `/proc/meminfo`, no `/proc/stat`). Memory is
+/// then measured against the cgroup limit or reported unknown, never 0 %, and CPU is measured
+/// from `/proc/self/stat`. Needs `unshare` and the right to mount (root, as in CI's container);
+/// where that is refused it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_proc_subset_pid_health_never_reports_zero_memory() {
+    const MOUNT: &str = "mount -t proc -o subset=pid proc /proc && test ! -e /proc/meminfo";
+    let probe = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "sh", "-c", MOUNT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot mount /proc with subset=pid here (needs unshare and root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let script = format!("{MOUNT} && exec \"$0\" \"$@\"");
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let daemon = Daemon::start_wrapped(&wrapper, dir.path(), &config, &[], &[]);
+    let base = daemon.base_url();
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
+    // The first heartbeat round (5 s) brings the CPU figure.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sys = loop {
+        let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if v["system"]["cpu_percent"].is_number() {
+            break v["system"].clone();
+        }
+        assert!(Instant::now() < deadline, "no CPU figure: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(sys["rss_bytes"].as_u64() > Some(0), "{sys:#}");
+    assert!(
+        sys["total_memory_bytes"].is_null(),
+        "meminfo is hidden: {sys:#}"
+    );
+    match sys["memory_percent"].as_f64() {
+        Some(p) => {
+            assert!(p > 0.0 && p <= 100.0, "{sys:#}");
+            assert_eq!(sys["memory_limit_source"], "cgroup", "{sys:#}");
+            assert_ne!(sys["memory"], "unknown", "{sys:#}");
+        }
+        None => {
+            assert_eq!(sys["memory"], "unknown", "{sys:#}");
+            let why = sys["unknown"][0].as_str().unwrap_or_default();
+            assert!(why.starts_with("memory:"), "{sys:#}");
+        }
+    }
+    // The Prometheus process collector reads /proc/self/stat too.
+    let (_, body) = get(&base, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("process_resident_memory_bytes ") > 0.0, "{text}");
+    assert!(value("process_cpu_seconds_total ") >= 0.0, "{text}");
+    eprintln!("under subset=pid: system {sys}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

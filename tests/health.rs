@@ -40,7 +40,10 @@ async fn all_six_actors_answer_and_the_daemon_is_healthy() {
     h.ready().await;
     let (code, body) = h
         .wait_for("/health", Duration::from_secs(10), |c, b| {
-            c == 200 && b["actors"]["strategy"]["ticks_received"].as_u64() > Some(0)
+            // CPU is measured between two heartbeat samples: known after the first round.
+            c == 200
+                && b["actors"]["strategy"]["ticks_received"].as_u64() > Some(0)
+                && b["system"]["cpu_percent"].is_number()
         })
         .await;
     assert_eq!(code, 200);

@@ -463,22 +463,36 @@ pub fn relative_difference(a: f64, b: f64) -> f64 {
 /// What the exchange said about one currency's account: its summary, or why there is none.
 pub type FreshSummary = Result<Value, String>;
 
-/// The newest of `rows` (oldest first) that holds capital ([`capital_missing`]), with its
-/// parsed payload, and the newer ones looked past (id, why they hold none). A payload that is not
-/// JSON stops the walk: `Err((id, parse error))`.
-pub fn newest_with_capital(
-    rows: &[SnapshotRow],
-) -> Result<(Option<(&SnapshotRow, Value)>, Vec<(i64, String)>), (i64, String)> {
+/// What [`newest_with_capital`] found.
+#[derive(Debug)]
+pub struct WithCapital<'a> {
+    /// The newest snapshot holding capital, with its parsed payload.
+    pub found: Option<(&'a SnapshotRow, Value)>,
+    /// The newer snapshots looked past, newest first: (id, why they hold no capital).
+    pub skipped: Vec<(i64, String)>,
+}
+
+/// The newest of `rows` (oldest first) that holds capital ([`capital_missing`]) and the newer
+/// ones looked past. A payload that is not JSON stops the walk: `Err((id, parse error))`.
+pub fn newest_with_capital(rows: &[SnapshotRow]) -> Result<WithCapital<'_>, (i64, String)> {
     let mut skipped = Vec::new();
     for row in rows.iter().rev() {
         let payload: Value =
             serde_json::from_str(&row.payload).map_err(|e| (row.id, e.to_string()))?;
         match capital_missing(&payload) {
-            None => return Ok((Some((row, payload)), skipped)),
+            None => {
+                return Ok(WithCapital {
+                    found: Some((row, payload)),
+                    skipped,
+                });
+            }
             Some(why) => skipped.push((row.id, why)),
         }
     }
-    Ok((None, skipped))
+    Ok(WithCapital {
+        found: None,
+        skipped,
+    })
 }
 
 /// `capital`: the newest snapshot with capital ([`newest_with_capital`]) is consistent
@@ -493,7 +507,7 @@ pub fn capital(
     fresh: Option<&BTreeMap<String, FreshSummary>>,
     tolerance: f64,
 ) -> Check {
-    let (found, skipped) = match newest_with_capital(rows) {
+    let WithCapital { found, skipped } = match newest_with_capital(rows) {
         Ok(f) => f,
         Err((id, e)) => return Check::fail(CAPITAL, format!("snapshot {id}: not JSON: {e}")),
     };
@@ -823,7 +837,7 @@ async fn run_with_facts(
             let mut fresh = BTreeMap::new();
             let currencies = newest_with_capital(&facts.snapshots)
                 .ok()
-                .and_then(|(found, _)| found)
+                .and_then(|w| w.found)
                 .and_then(|(_, p)| local_capital(&p).ok())
                 .map(|l| l.equity.into_keys().collect::<Vec<_>>())
                 .unwrap_or_default();

@@ -11,7 +11,8 @@
 //!   `event_log_stale` ago, or the execution queue is STALLED (a strategy job running longer
 //!   than `queue_stalled_after`);
 //! - **degraded** when memory or CPU is above its threshold, or the broker is reconnecting within
-//!   its grace period;
+//!   its grace period (a figure the heartbeat could not read is `unknown`: it never counts as
+//!   0 % and never makes the verdict degraded; `system.unknown` says why);
 //! - **healthy** otherwise.
 
 use std::collections::BTreeMap;
@@ -45,7 +46,8 @@ pub struct HealthConfig {
     /// Market data older than this is stale (unhealthy).
     #[serde(with = "humantime_serde")]
     pub market_data_stale: Duration,
-    /// Process memory above this share of total memory is degraded.
+    /// Process RSS above this share of its memory limit (the cgroup's `memory.max`, else the
+    /// machine's memory) is degraded.
     pub memory_degraded_percent: f64,
     /// Process CPU above this (percent of one core) is degraded.
     pub cpu_degraded_percent: f64,
@@ -312,6 +314,39 @@ pub struct SystemHealth {
     pub queue_status: QueueStatus,
 }
 
+/// How one system figure stands against its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading {
+    /// Read, at or below the threshold.
+    Ok,
+    /// Read, above the threshold.
+    Degraded,
+    /// Not readable (the percentage is `null`; `unknown` says why).
+    Unknown,
+}
+
+impl Reading {
+    fn of(value: Option<f64>, threshold: f64) -> Self {
+        match value {
+            Some(v) if v > threshold => Reading::Degraded,
+            Some(_) => Reading::Ok,
+            None => Reading::Unknown,
+        }
+    }
+}
+
+/// The `system` object of `/health`: the heartbeat's figures plus how memory and CPU stand.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemReport {
+    #[serde(flatten)]
+    pub stats: SystemStats,
+    /// `ok`, `degraded` or `unknown` (then `memory_percent` is `null`).
+    pub memory: Reading,
+    /// `ok`, `degraded` or `unknown` (then `cpu_percent` is `null`).
+    pub cpu: Reading,
+}
+
 /// A health report, serialized as the `/health` body.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -323,7 +358,7 @@ pub struct HealthReport {
     /// Why the verdict is not `healthy` (empty when it is).
     pub reasons: Vec<String>,
     pub actors: BTreeMap<&'static str, Value>,
-    pub system: SystemStats,
+    pub system: SystemReport,
     /// Error rate, last market data, last event-log and snapshot writes, execution queue.
     pub system_health: SystemHealth,
 }
@@ -528,21 +563,26 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
         }
     }
 
-    let system = replies
-        .heartbeat
-        .answered()
-        .map(|h| h.system)
-        .unwrap_or_default();
-    if system.memory_percent > config.memory_degraded_percent {
+    let system = replies.heartbeat.answered().map_or_else(
+        || SystemStats::unavailable(&format!("heartbeat {}", replies.heartbeat.describe())),
+        |h| h.system.clone(),
+    );
+    let memory = Reading::of(system.memory_percent, config.memory_degraded_percent);
+    let cpu = Reading::of(system.cpu_percent, config.cpu_degraded_percent);
+    if let (Reading::Degraded, Some(m)) = (memory, system.memory_percent) {
         degraded.push(format!(
-            "memory at {:.1}% (threshold {:.1}%)",
-            system.memory_percent, config.memory_degraded_percent
+            "memory at {m:.1}% of {} (threshold {:.1}%)",
+            match system.memory_limit_source {
+                Some(crate::heartbeat::LimitSource::Cgroup) => "the cgroup limit",
+                _ => "the machine's memory",
+            },
+            config.memory_degraded_percent
         ));
     }
-    if system.cpu_percent > config.cpu_degraded_percent {
+    if let (Reading::Degraded, Some(c)) = (cpu, system.cpu_percent) {
         degraded.push(format!(
-            "cpu at {:.1}% (threshold {:.1}%)",
-            system.cpu_percent, config.cpu_degraded_percent
+            "cpu at {c:.1}% (threshold {:.1}%)",
+            config.cpu_degraded_percent
         ));
     }
 
@@ -614,7 +654,11 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
         mode,
         reasons: unhealthy,
         actors,
-        system,
+        system: SystemReport {
+            stats: system,
+            memory,
+            cpu,
+        },
         system_health,
     }
 }

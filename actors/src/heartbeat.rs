@@ -28,7 +28,6 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -43,6 +42,9 @@ use crate::notify::SdNotifier;
 use crate::persister::{PersisterMsg, commit_change};
 use crate::store::Change;
 use crate::strategy::StrategyMsg;
+
+pub mod sampler;
+pub use sampler::{LimitSource, Sampler, SystemSources, SystemStats};
 
 /// `[heartbeat]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +123,8 @@ pub struct HeartbeatArgs {
     /// When the daemon started (the uptime of the heartbeat event; survives restarts of the
     /// heartbeat because the arguments are cloned).
     pub started: std::time::Instant,
+    /// Where system stats are read (`/proc`, `/sys`; fake trees in tests).
+    pub sources: SystemSources,
 }
 
 impl HeartbeatArgs {
@@ -132,6 +136,7 @@ impl HeartbeatArgs {
             metrics,
             notifier: None,
             started: std::time::Instant::now(),
+            sources: SystemSources::default(),
         }
     }
 }
@@ -184,19 +189,6 @@ pub struct BeatReport {
     mode: Option<TradingMode>,
     system: Option<SystemStats>,
     sampler: Option<Sampler>,
-}
-
-/// Process and machine numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
-pub struct SystemStats {
-    /// Process RSS as % of total memory.
-    pub memory_percent: f64,
-    /// Process CPU over the last interval, % of one core.
-    pub cpu_percent: f64,
-    pub rss_bytes: u64,
-    pub total_memory_bytes: u64,
-    /// ERROR-level log events (`tradebaas_errors_total`) counted over the last 60 s.
-    pub error_rate_per_minute: f64,
 }
 
 /// The heartbeat's answer to `Status`.
@@ -297,57 +289,6 @@ impl Misses {
     }
 }
 
-/// Reads the process's numbers. Keeps the `System` between samples because CPU use is measured
-/// between two refreshes.
-struct Sampler {
-    system: System,
-    pid: Pid,
-}
-
-impl Sampler {
-    fn new() -> Option<Self> {
-        let system = match System::new() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(actor = "heartbeat", error = %e, "system stats unavailable");
-                return None;
-            }
-        };
-        match sysinfo::get_current_pid() {
-            Ok(pid) => Some(Self { system, pid }),
-            Err(e) => {
-                warn!(actor = "heartbeat", error = %e, "system stats unavailable (no pid)");
-                None
-            }
-        }
-    }
-
-    fn sample(&mut self) -> SystemStats {
-        self.system.refresh_memory();
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&[self.pid]),
-            true,
-            ProcessRefreshKind::nothing().with_memory().with_cpu(),
-        );
-        let total = self.system.total_memory();
-        let (rss, cpu) = self
-            .system
-            .process(self.pid)
-            .map_or((0, 0.0), |p| (p.memory(), f64::from(p.cpu_usage())));
-        SystemStats {
-            memory_percent: if total > 0 {
-                rss as f64 / total as f64 * 100.0
-            } else {
-                0.0
-            },
-            cpu_percent: cpu,
-            rss_bytes: rss,
-            total_memory_bytes: total,
-            error_rate_per_minute: 0.0,
-        }
-    }
-}
-
 async fn ping<M: Message>(
     names: &Names,
     child: ChildName,
@@ -405,7 +346,9 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
         ),
         ping(&names, ChildName::Strategy, StrategyMsg::Ping, timeout),
     );
-    let system = sampler.as_mut().map(Sampler::sample);
+    let system = sampler
+        .as_mut()
+        .map(|s| s.sample(std::time::Instant::now()));
     BeatReport {
         pings: vec![a, p, f, b, s],
         mode,
@@ -497,7 +440,10 @@ impl HeartbeatState {
             );
             return;
         }
-        let sampler = self.sampler.take().or_else(Sampler::new);
+        let sampler = self
+            .sampler
+            .take()
+            .or_else(|| Some(Sampler::new(self.args.sources.clone())));
         let names = self.args.names.clone();
         let timeout = self.ping_timeout;
         let me = myself.clone();
@@ -703,7 +649,7 @@ impl HeartbeatState {
             absent: self.absent.clone(),
             system: SystemStats {
                 error_rate_per_minute: self.error_rate,
-                ..self.system
+                ..self.system.clone()
             },
             interval_ms: u64::try_from(self.round.as_millis()).unwrap_or(u64::MAX),
         }
@@ -728,10 +674,18 @@ impl Actor for HeartbeatActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // First sample now (cheap /proc reads), so status has numbers before the first round.
-        state.sampler = Sampler::new();
-        if let Some(s) = state.sampler.as_mut() {
-            state.system = s.sample();
+        // First sample now (cheap /proc reads), so status has memory before the first round
+        // (CPU is known from the first round on: it is measured between two samples).
+        let mut sampler = Sampler::new(state.args.sources.clone());
+        state.system = sampler.sample(std::time::Instant::now());
+        state.sampler = Some(sampler);
+        for why in state
+            .system
+            .unknown
+            .iter()
+            .filter(|u| u.starts_with("memory:"))
+        {
+            warn!(actor = "heartbeat", unknown = %why, "memory use unknown: /health reports it as unknown, never 0 %");
         }
         state.sample_errors();
         state.ticker = Some(myself.send_interval(state.round, || HeartbeatMsg::Beat));
@@ -748,6 +702,7 @@ impl Actor for HeartbeatActor {
                 .and_then(SdNotifier::watchdog)
                 .is_some(),
             rss_bytes = state.system.rss_bytes,
+            memory_limit_bytes = state.system.memory_limit_bytes,
             "heartbeat started"
         );
         Ok(())
@@ -1127,9 +1082,52 @@ mod tests {
         let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
         assert_eq!(s.beats, 0);
         assert_eq!(s.interval_ms, 5000);
-        assert!(s.system.rss_bytes > 0, "{:?}", s.system);
-        assert!(s.system.total_memory_bytes > s.system.rss_bytes);
-        assert!(s.system.memory_percent > 0.0 && s.system.memory_percent <= 100.0);
+        assert!(s.system.rss_bytes.is_some_and(|r| r > 0), "{:?}", s.system);
+        hb.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// The shipped unit's view (`ProcSubset=pid`: no meminfo, no /proc/stat; the cgroup
+    /// visible), through the actor: memory against the cgroup's limit, CPU from the first round.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_proc_subset_pid_status_reports_memory_against_the_cgroup_limit() {
+        let fake = sampler::tests::proc_subset_pid();
+        let names = Names::with_prefix("hb-subset-");
+        let config = HeartbeatConfig {
+            interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(50),
+            ..HeartbeatConfig::default()
+        };
+        let hb = spawn_with(
+            &names,
+            HeartbeatArgs {
+                sources: fake.sources(),
+                ..HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap())
+            },
+        )
+        .await;
+        let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
+        assert_eq!(s.system.memory_limit_source, Some(LimitSource::Cgroup));
+        let pct = s
+            .system
+            .memory_percent
+            .expect("memory known from the cgroup");
+        assert!((pct - 25.0).abs() < 0.01, "{:?}", s.system);
+        assert_eq!(
+            s.system.cpu_percent, None,
+            "no baseline yet: unknown, not 0"
+        );
+        // After a round the CPU is known (the fake's counter does not move: 0 %, measured).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
+            if s.beats >= 1 && s.system.cpu_percent.is_some() {
+                assert_eq!(s.system.cpu_percent, Some(0.0));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         hb.stop_and_wait(None, None).await.unwrap();
     }
 

@@ -111,11 +111,14 @@ pub(crate) fn healthy_replies() -> Replies {
             unanswered: vec![],
             absent: vec![],
             system: SystemStats {
-                memory_percent: 1.0,
-                cpu_percent: 1.0,
-                rss_bytes: 10 << 20,
-                total_memory_bytes: 1 << 30,
+                memory_percent: Some(1.0),
+                cpu_percent: Some(1.0),
+                rss_bytes: Some(10 << 20),
+                memory_limit_bytes: Some(1 << 30),
+                memory_limit_source: Some(crate::heartbeat::LimitSource::Cgroup),
+                total_memory_bytes: None,
                 error_rate_per_minute: 0.0,
+                unknown: vec![],
             },
             interval_ms: 5000,
         }),
@@ -242,11 +245,63 @@ fn memory_or_cpu_over_threshold_is_degraded() {
     for (mem, cpu) in [(85.0, 1.0), (1.0, 95.0)] {
         let mut r = healthy_replies();
         if let Reply::Answered(h) = &mut r.heartbeat {
-            h.system.memory_percent = mem;
-            h.system.cpu_percent = cpu;
+            h.system.memory_percent = Some(mem);
+            h.system.cpu_percent = Some(cpu);
         }
         assert_eq!(verdict(&r).0, Verdict::Degraded, "mem {mem} cpu {cpu}");
     }
+}
+
+#[test]
+fn unknown_memory_or_cpu_is_reported_unknown_never_zero_and_never_degraded() {
+    let mut r = healthy_replies();
+    if let Reply::Answered(h) = &mut r.heartbeat {
+        h.system.memory_percent = None;
+        h.system.memory_limit_bytes = None;
+        h.system.memory_limit_source = None;
+        h.system.cpu_percent = None;
+        h.system.unknown = vec![
+            "memory: no memory limit to measure RSS against".into(),
+            "cpu: /proc/self/stat not readable".into(),
+        ];
+    }
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.status, Verdict::Healthy, "{:?}", report.reasons);
+    let v = serde_json::to_value(&report).unwrap();
+    let sys = &v["system"];
+    assert!(sys["memory_percent"].is_null(), "{sys}");
+    assert!(sys["cpu_percent"].is_null(), "{sys}");
+    assert_eq!(sys["memory"], "unknown");
+    assert_eq!(sys["cpu"], "unknown");
+    assert_eq!(sys["rss_bytes"], 10 << 20);
+    assert!(
+        sys["unknown"][0]
+            .as_str()
+            .is_some_and(|u| u.starts_with("memory:")),
+        "{sys}"
+    );
+    // Read and above the threshold: degraded, and the reason names the cgroup limit.
+    if let Reply::Answered(h) = &mut r.heartbeat {
+        h.system.memory_percent = Some(85.0);
+        h.system.memory_limit_source = Some(crate::heartbeat::LimitSource::Cgroup);
+    }
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.status, Verdict::Degraded);
+    assert_eq!(report.system.memory, Reading::Degraded);
+    assert!(
+        report.reasons[0].contains("cgroup limit"),
+        "{:?}",
+        report.reasons
+    );
+    // No heartbeat answer: every figure unknown, with the reason.
+    r.heartbeat = Reply::Unresponsive;
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    assert_eq!(report.system.memory, Reading::Unknown);
+    assert!(
+        report.system.stats.unknown[0].contains("heartbeat unresponsive"),
+        "{:?}",
+        report.system.stats.unknown
+    );
 }
 
 #[test]
@@ -288,6 +343,9 @@ fn the_report_serializes_in_the_documented_shape() {
     ] {
         assert!(v["system"][k].is_number(), "system.{k}");
     }
+    assert_eq!(v["system"]["memory"], "ok");
+    assert_eq!(v["system"]["cpu"], "ok");
+    assert_eq!(v["system"]["memory_limit_source"], "cgroup");
     assert_eq!(v["system_health"]["queue_status"], "IDLE");
     for k in [
         "last_market_data_at",

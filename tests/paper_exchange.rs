@@ -1294,6 +1294,10 @@ async fn drop_after_accept_places_the_order_and_closes_without_an_answer() {
         json!({"instrument_name": "BTC-PERPETUAL", "amount": 100, "type": "market"}),
     )
     .await;
+    // The unanswered order still counts as sent once with its label; unlabelled ones not at all.
+    let by_label = exchange.stats().order_requests_by_label;
+    assert_eq!(by_label.get("lost-answer"), Some(&1), "{by_label:?}");
+    assert_eq!(by_label.len(), 1, "{by_label:?}");
     exchange.shutdown().await;
 }
 

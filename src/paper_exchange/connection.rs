@@ -386,6 +386,11 @@ impl Connection {
             }
         };
         self.shared.stats.request(&request.method);
+        if matches!(request.method.as_str(), "private/buy" | "private/sell")
+            && let Some(label) = request.params.get("label").and_then(Value::as_str)
+        {
+            self.shared.stats.order_request(label);
+        }
         if self.stalled_until().is_some() {
             debug!(method = %request.method, "stalled: request dropped unanswered");
             return Ok(());

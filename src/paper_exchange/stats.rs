@@ -14,6 +14,9 @@ const MAX_METHOD_LEN: usize = 64;
 const MAX_METHODS: usize = 256;
 /// Connection times kept for `accepted_at` / `refused_at`.
 const MAX_TIMES: usize = 10_000;
+/// Distinct order labels counted (as many as orders are kept); later new labels count as
+/// `<other>`, so a long paper run cannot grow the map without bound.
+const MAX_LABELS: usize = 10_000;
 
 /// A snapshot of the exchange's counters.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +33,9 @@ pub struct PaperStats {
     pub accepted_at: Vec<Instant>,
     /// Requests received per method (parseable requests only).
     pub requests_by_method: BTreeMap<String, u64>,
+    /// `private/buy` and `private/sell` requests received per `label` param (unlabelled ones are
+    /// not counted), whatever became of them: how often a client sent an order with one label.
+    pub order_requests_by_label: BTreeMap<String, u64>,
     /// Ticker notifications written to connections.
     pub ticks_sent: u64,
     /// Ticker notifications skipped because a connection lagged behind.
@@ -61,6 +67,7 @@ impl PaperStats {
             "refused_at": offsets(&self.refused_at),
             "accepted_at": offsets(&self.accepted_at),
             "requests_by_method": self.requests_by_method,
+            "order_requests_by_label": self.order_requests_by_label,
             "ticks_sent": self.ticks_sent,
             "ticks_dropped_lagging": self.ticks_dropped_lagging,
             "test_requests_sent": self.test_requests_sent,
@@ -76,6 +83,7 @@ struct Lists {
     refused_at: Vec<Instant>,
     accepted_at: Vec<Instant>,
     requests_by_method: BTreeMap<String, u64>,
+    order_requests_by_label: BTreeMap<String, u64>,
 }
 
 /// The live counters behind [`PaperStats`].
@@ -96,6 +104,23 @@ pub(crate) struct StatsCounters {
 /// Increments an atomic counter (statistics only: relaxed ordering is enough).
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Counts `key` in `map`; a new key longer than `max_len`, or past `max_keys` keys, counts as
+/// `<other>`.
+fn count_bounded(map: &mut BTreeMap<String, u64>, key: &str, max_len: usize, max_keys: usize) {
+    let known = map.contains_key(key);
+    let key = if known || (key.len() <= max_len && map.len() < max_keys) {
+        key
+    } else {
+        "<other>"
+    };
+    match map.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
 }
 
 fn push_bounded(times: &mut Vec<Instant>, at: Instant) {
@@ -127,19 +152,19 @@ impl StatsCounters {
     /// Records one request for `method`.
     pub fn request(&self, method: &str) {
         let mut lists = self.lists();
-        let map = &mut lists.requests_by_method;
-        let known = map.contains_key(method);
-        let key = if known || (method.len() <= MAX_METHOD_LEN && map.len() < MAX_METHODS) {
-            method
-        } else {
-            "<other>"
-        };
-        match map.get_mut(key) {
-            Some(count) => *count += 1,
-            None => {
-                map.insert(key.to_owned(), 1);
-            }
-        }
+        count_bounded(
+            &mut lists.requests_by_method,
+            method,
+            MAX_METHOD_LEN,
+            MAX_METHODS,
+        );
+    }
+
+    /// Records one `private/buy` or `private/sell` request with `label`.
+    pub fn order_request(&self, label: &str) {
+        let mut lists = self.lists();
+        // Deribit labels are at most 64 characters; a longer one is not ours to track.
+        count_bounded(&mut lists.order_requests_by_label, label, 64, MAX_LABELS);
     }
 
     /// A consistent-enough snapshot (counters are read one by one).
@@ -153,6 +178,7 @@ impl StatsCounters {
             refused_at: lists.refused_at.clone(),
             accepted_at: lists.accepted_at.clone(),
             requests_by_method: lists.requests_by_method.clone(),
+            order_requests_by_label: lists.order_requests_by_label.clone(),
             ticks_sent: load(&self.ticks_sent),
             ticks_dropped_lagging: load(&self.ticks_dropped_lagging),
             test_requests_sent: load(&self.test_requests_sent),
@@ -177,6 +203,24 @@ mod tests {
         let snapshot = stats.snapshot();
         assert!(snapshot.requests_by_method.len() <= MAX_METHODS + 1);
         assert!(snapshot.requests_by_method["<other>"] > 0);
+    }
+
+    #[test]
+    fn order_requests_are_counted_per_label_within_a_bound() {
+        let stats = StatsCounters::default();
+        stats.order_request("tb-x-0");
+        stats.order_request("tb-x-0");
+        stats.order_request("tb-x-0-sl");
+        for i in 0..MAX_LABELS + 10 {
+            stats.order_request(&format!("l{i}"));
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.order_requests_by_label["tb-x-0"], 2);
+        assert_eq!(snapshot.order_requests_by_label["tb-x-0-sl"], 1);
+        assert!(snapshot.order_requests_by_label.len() <= MAX_LABELS + 1);
+        assert!(snapshot.order_requests_by_label["<other>"] >= 10);
+        let json = snapshot.to_json(Instant::now());
+        assert_eq!(json["order_requests_by_label"]["tb-x-0"], 2);
     }
 
     #[test]

@@ -90,16 +90,15 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The alert kinds the issue allows, by the key's first `:`-separated segment: fail-safe triggers
 /// and shutdowns, restart-intensity escalations, start-up check and periodic integrity failures,
-/// prolonged heartbeat loss, capital-integrity violations, backup and store failures, and
-/// unprotected positions (`strategy:<id>:unprotected` only).
-pub const ALLOWED_ALERT_KINDS: [&str; 9] = [
+/// prolonged heartbeat loss, capital-integrity violations, store failures (a failed backup is
+/// `store:backup`), and unprotected positions (`strategy:<id>:unprotected` only).
+pub const ALLOWED_ALERT_KINDS: [&str; 8] = [
     "failsafe",
     "escalation",
     "startup_checks",
     "integrity",
     "heartbeat",
     "capital",
-    "backup",
     "store",
     "strategy",
 ];
@@ -1268,7 +1267,6 @@ mod tests {
             "integrity:hash_chain",
             "heartbeat:lost",
             "capital:recovery_differences",
-            "backup:failed",
             "store:backup",
             "store:recovered",
             "strategy:ma-1:unprotected",
@@ -1277,8 +1275,15 @@ mod tests {
         }
         assert_eq!(alert_kind("failsafe:heartbeat"), Some("failsafe"));
         assert_eq!(alert_kind("strategy:ma-1:unprotected"), Some("strategy"));
+        // The key the persister raises when a backup fails.
+        assert_eq!(
+            alert_kind(crate::persister::BACKUP_ALERT_KEY),
+            Some("store")
+        );
         for key in [
             "broker:reconnect",
+            // Backups fail as `store:backup`; no `backup` kind is raised anywhere.
+            "backup:failed",
             "strategy:ma-1:entry_blocked",
             "strategy::unprotected",
             "strategy:a:b:unprotected",

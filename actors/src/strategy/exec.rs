@@ -6,13 +6,15 @@
 //! committed to the store before the actor's memory changes — the same path as everything else.
 //!
 //! **The idempotency rule.** An entry's intent (deterministic label, side, size, prices) is
-//! committed (ENTERING_POSITION) *before* the order is sent. The request is sent at most once.
+//! committed (ENTERING_POSITION) *before* the order is sent. The request is sent again only
+//! after an answer that says the exchange did not act on it ([`ErrorClass::Retryable`], within
+//! `retry.max_attempts`; [`ErrorClass::Auth`] once after re-authenticating).
 //! When its outcome is unknown (timeout, dropped connection, unreadable answer, a kill -9), the
 //! order is looked up by its label with `private/get_order_state_by_label` and the instance
 //! continues from what the exchange says; an entry that is not found (twice, `not_found_grace`
-//! apart) never reached the exchange and the instance returns to IDLE. An entry is never sent
-//! again. Only reduce-only orders (protective legs, closes) are ever re-placed: they cannot open
-//! or enlarge a position.
+//! apart) never reached the exchange and the instance returns to IDLE. After an unknown outcome
+//! an entry is never sent again. Only reduce-only orders (protective legs, closes) are ever
+//! re-placed as new orders: they cannot open or enlarge a position.
 //!
 //! **Protection.** Entries are market orders with their stop-loss (stop-market on the mark price)
 //! and take-profit (limit) attached as one OTOCO (`one_triggers_one_cancels_other`). After the

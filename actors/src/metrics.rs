@@ -29,7 +29,9 @@ pub struct Metrics {
     pub up: IntGauge,
     /// 1 when /health says healthy or degraded.
     pub healthy: IntGauge,
-    /// 1 when the broker session is connected and subscribed.
+    /// 1 when the broker reports its session established (the handshake done: authenticated
+    /// when credentials are set, heartbeat set, subscribe answered), 0 otherwise or when it does
+    /// not answer. Channels the exchange left out of the subscription show in `/ready`, not here.
     pub broker_connected: IntGauge,
     /// 1 while the reconnect circuit breaker is open.
     pub circuit_breaker_open: IntGauge,
@@ -81,7 +83,7 @@ impl Metrics {
         )?;
         let broker_connected = IntGauge::new(
             "tradebaas_broker_connected",
-            "1 when the exchange session is connected and subscribed",
+            "1 when the exchange session is established (handshake done, subscribe answered; a channel left out shows in /ready), 0 while connecting, reconnecting or when the broker does not answer",
         )?;
         let circuit_breaker_open = IntGauge::new(
             "tradebaas_circuit_breaker_open",
@@ -260,39 +262,234 @@ impl std::fmt::Debug for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_parse::{Scrape, Value};
+
+    /// The type a sample must have in the exposition.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        Counter,
+        Gauge,
+        Histogram,
+    }
+
+    fn kind(v: &Value) -> Option<Kind> {
+        match v {
+            Value::Counter(_) => Some(Kind::Counter),
+            Value::Gauge(_) => Some(Kind::Gauge),
+            Value::Histogram(_) => Some(Kind::Histogram),
+            _ => None,
+        }
+    }
+
+    /// A sample's value: counters and gauges their number, histograms their observation count
+    /// (the `+Inf` bucket).
+    fn number(v: &Value) -> f64 {
+        match v {
+            Value::Counter(n) | Value::Gauge(n) | Value::Untyped(n) => *n,
+            Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(f64::NAN, |b| b.count),
+            Value::Summary(_) => f64::NAN,
+        }
+    }
 
     #[test]
     fn renders_every_named_metric() {
         let m = Metrics::new().unwrap();
+        // A distinct value per handle, so a handle registered under the wrong name shows.
+        m.healthy.set(1);
+        m.broker_connected.set(1);
+        m.circuit_breaker_open.set(0);
+        m.reconnect_attempts.inc_by(3);
+        m.market_data_messages.inc_by(7);
+        m.malformed_frames.inc_by(2);
         m.actor_restarts.with_label_values(&["strategy"]).inc();
         m.health_check_duration.observe(0.001);
+        m.health_check_duration.observe(0.002);
+        m.strategies_active.set(4);
+        m.panics.inc_by(5);
+        m.last_recovery_duration_seconds.set(0.25);
+        m.last_recovery_success.set(1);
+        m.crashes_total.inc_by(6);
+        m.orders.with_label_values(&["retried"]).inc_by(8);
+        m.trades.inc_by(9);
+        m.trades_success.inc_by(10);
+        m.trades_failed.inc_by(11);
+        m.positions_open.set(12);
+        m.order_latency.observe(0.01);
         let text = m.render().unwrap();
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+
+        let version = env!("CARGO_PKG_VERSION");
+        // (metric, labels, type, value: None = any finite number ≥ 0, the process's own facts)
+        let want: &[(&str, &[(&str, &str)], Kind, Option<f64>)] = &[
+            ("tradebaas_up", &[], Kind::Gauge, Some(1.0)),
+            ("tradebaas_healthy", &[], Kind::Gauge, Some(1.0)),
+            ("tradebaas_broker_connected", &[], Kind::Gauge, Some(1.0)),
+            (
+                "tradebaas_circuit_breaker_open",
+                &[],
+                Kind::Gauge,
+                Some(0.0),
+            ),
+            (
+                "tradebaas_reconnect_attempts_total",
+                &[],
+                Kind::Counter,
+                Some(3.0),
+            ),
+            (
+                "tradebaas_market_data_messages_total",
+                &[],
+                Kind::Counter,
+                Some(7.0),
+            ),
+            (
+                "tradebaas_malformed_frames_total",
+                &[],
+                Kind::Counter,
+                Some(2.0),
+            ),
+            (
+                "tradebaas_actor_restarts_total",
+                &[("actor", "strategy")],
+                Kind::Counter,
+                Some(1.0),
+            ),
+            (
+                "tradebaas_actor_restarts_total",
+                &[("actor", "alert")],
+                Kind::Counter,
+                Some(0.0),
+            ),
+            (
+                "tradebaas_health_check_duration_seconds",
+                &[],
+                Kind::Histogram,
+                Some(2.0),
+            ),
+            ("tradebaas_strategies_active", &[], Kind::Gauge, Some(4.0)),
+            ("tradebaas_panics_total", &[], Kind::Counter, Some(5.0)),
+            ("tradebaas_errors_total", &[], Kind::Counter, Some(0.0)),
+            (
+                "tradebaas_last_recovery_duration_seconds",
+                &[],
+                Kind::Gauge,
+                Some(0.25),
+            ),
+            (
+                "tradebaas_last_recovery_success",
+                &[],
+                Kind::Gauge,
+                Some(1.0),
+            ),
+            ("tradebaas_crashes_total", &[], Kind::Counter, Some(6.0)),
+            (
+                "tradebaas_orders_total",
+                &[("result", "filled")],
+                Kind::Counter,
+                Some(0.0),
+            ),
+            (
+                "tradebaas_orders_total",
+                &[("result", "retried")],
+                Kind::Counter,
+                Some(8.0),
+            ),
+            ("tradebaas_trades_total", &[], Kind::Counter, Some(9.0)),
+            (
+                "tradebaas_trades_success_total",
+                &[],
+                Kind::Counter,
+                Some(10.0),
+            ),
+            (
+                "tradebaas_trades_failed_total",
+                &[],
+                Kind::Counter,
+                Some(11.0),
+            ),
+            ("tradebaas_positions_open", &[], Kind::Gauge, Some(12.0)),
+            (
+                "tradebaas_order_latency_seconds",
+                &[],
+                Kind::Histogram,
+                Some(1.0),
+            ),
+            (
+                "tradebaas_build_info",
+                &[("version", version)],
+                Kind::Gauge,
+                Some(1.0),
+            ),
+            ("process_resident_memory_bytes", &[], Kind::Gauge, None),
+            ("process_cpu_seconds_total", &[], Kind::Counter, None),
+            ("process_start_time_seconds", &[], Kind::Gauge, None),
+        ];
+        for (name, labels, ty, value) in want {
+            let found: Vec<_> = scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == *name)
+                .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "{name}{labels:?}: want one sample, got {found:?} in\n{text}"
+            );
+            let sample = found[0];
+            assert_eq!(kind(&sample.value), Some(*ty), "{name}: {:?}", sample.value);
+            assert!(
+                scrape.docs.get(*name).is_some_and(|d| !d.is_empty()),
+                "{name} has no HELP"
+            );
+            let got = number(&sample.value);
+            match value {
+                Some(v) => assert_eq!(got, *v, "{name}{labels:?}"),
+                None => assert!(got.is_finite() && got >= 0.0, "{name}: {got}"),
+            }
+        }
         for name in [
-            "tradebaas_up 1",
-            "tradebaas_healthy",
-            "tradebaas_broker_connected",
-            "tradebaas_circuit_breaker_open",
-            "tradebaas_reconnect_attempts_total",
-            "tradebaas_market_data_messages_total",
-            "tradebaas_actor_restarts_total{actor=\"strategy\"} 1",
-            "tradebaas_actor_restarts_total{actor=\"alert\"} 0",
-            "tradebaas_health_check_duration_seconds_bucket",
-            "tradebaas_strategies_active",
-            "tradebaas_last_recovery_duration_seconds",
-            "tradebaas_last_recovery_success",
-            "tradebaas_crashes_total",
-            "tradebaas_errors_total 0",
-            "tradebaas_orders_total{result=\"filled\"} 0",
-            "tradebaas_trades_total",
-            "tradebaas_trades_success_total",
-            "tradebaas_trades_failed_total",
-            "tradebaas_positions_open",
-            "tradebaas_order_latency_seconds_bucket",
             "process_resident_memory_bytes",
-            "process_cpu_seconds_total",
             "process_start_time_seconds",
         ] {
-            assert!(text.contains(name), "missing {name} in\n{text}");
+            let s = scrape.samples.iter().find(|s| s.metric == name);
+            assert!(s.is_some_and(|s| number(&s.value) > 0.0), "{name}: {s:?}");
         }
+        // Every actor's restart counter and every order result exists from the start.
+        for child in crate::names::ChildName::START_ORDER {
+            assert!(
+                scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == "tradebaas_actor_restarts_total"
+                        && s.labels.get("actor") == Some(child.as_str())),
+                "no restart counter for {child}"
+            );
+        }
+        for result in ORDER_RESULTS {
+            assert!(
+                scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == "tradebaas_orders_total"
+                        && s.labels.get("result") == Some(result)),
+                "no orders counter for {result}"
+            );
+        }
+        // The histogram buckets are the configured ones, ascending to +Inf.
+        let Some(Value::Histogram(buckets)) = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "tradebaas_health_check_duration_seconds")
+            .map(|s| &s.value)
+        else {
+            panic!("no health check histogram");
+        };
+        assert_eq!(buckets.len(), 13, "{buckets:?}");
+        assert!(buckets.windows(2).all(|w| w[0].less_than < w[1].less_than));
+        assert!(buckets.last().is_some_and(|b| b.less_than.is_infinite()));
     }
 }

@@ -294,6 +294,9 @@ mod tests {
         }
     }
 
+    /// A wanted sample: metric, labels, type, value (`None`: any finite number ≥ 0).
+    type Want<'a> = (&'a str, &'a [(&'a str, &'a str)], Kind, Option<f64>);
+
     #[test]
     fn renders_every_named_metric() {
         let m = Metrics::new().unwrap();
@@ -323,7 +326,7 @@ mod tests {
 
         let version = env!("CARGO_PKG_VERSION");
         // (metric, labels, type, value: None = any finite number ≥ 0, the process's own facts)
-        let want: &[(&str, &[(&str, &str)], Kind, Option<f64>)] = &[
+        let want: &[Want] = &[
             ("tradebaas_up", &[], Kind::Gauge, Some(1.0)),
             ("tradebaas_healthy", &[], Kind::Gauge, Some(1.0)),
             ("tradebaas_broker_connected", &[], Kind::Gauge, Some(1.0)),

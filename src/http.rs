@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -113,8 +113,31 @@ impl Api {
             self.metrics
                 .circuit_breaker_open
                 .set(i64::from(b.circuit_breaker == "open"));
+            self.metrics
+                .market_data_age_seconds
+                .set(Duration::from_millis(b.market_data_age_ms).as_secs_f64());
         } else {
             self.metrics.broker_connected.set(0);
+        }
+        if let Some(f) = replies.fail_safe.answered() {
+            self.metrics.set_trading_mode(f.mode);
+        }
+        if let Some(p) = replies.persister.answered() {
+            // "Since start" when there is none yet, so a store that never backs up still ages.
+            let age = |at: Option<chrono::DateTime<Utc>>| {
+                at.map_or(self.started.elapsed().as_secs_f64(), |t| {
+                    (Utc::now() - t).as_seconds_f64().max(0.0)
+                })
+            };
+            self.metrics.backup_age_seconds.set(age(p.last_backup_at));
+            self.metrics
+                .snapshot_age_seconds
+                .set(age(p.last_snapshot_at));
+            if let Some(free) = p.disk_free_bytes {
+                self.metrics
+                    .store_disk_free_bytes
+                    .set(i64::try_from(free).unwrap_or(i64::MAX));
+            }
         }
         if let Some(s) = replies.strategy.answered() {
             self.metrics

@@ -68,6 +68,18 @@ pub struct Metrics {
     pub positions_open: IntGauge,
     /// Order request → answer.
     pub order_latency: Histogram,
+    /// 1 for the current trading mode, 0 for the other two (set at scrape time from the fail-safe).
+    pub trading_mode: IntGaugeVec,
+    /// Age of the newest market data, or time since start when none has arrived (from the broker).
+    pub market_data_age_seconds: Gauge,
+    /// Time since the last successful backup, or since start when none was taken this run.
+    pub backup_age_seconds: Gauge,
+    /// Time since the newest snapshot, or since start when the store holds none.
+    pub snapshot_age_seconds: Gauge,
+    /// Free bytes (available to the daemon) on the data directory's filesystem.
+    pub store_disk_free_bytes: IntGauge,
+    /// `[store] disk_free_floor`: below this much free space the disk alert fires.
+    pub store_disk_free_floor_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -168,6 +180,33 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let trading_mode = IntGaugeVec::new(
+            Opts::new(
+                "tradebaas_trading_mode",
+                "1 for the current trading mode (AGGRESSIVE, OBSERVE_ONLY, SHUTDOWN), 0 for the others",
+            ),
+            &["mode"],
+        )?;
+        let market_data_age_seconds = Gauge::new(
+            "tradebaas_market_data_age_seconds",
+            "Age of the newest market data, or time since start when none has arrived",
+        )?;
+        let backup_age_seconds = Gauge::new(
+            "tradebaas_backup_age_seconds",
+            "Time since the last successful backup, or since start when none was taken this run",
+        )?;
+        let snapshot_age_seconds = Gauge::new(
+            "tradebaas_snapshot_age_seconds",
+            "Time since the newest snapshot, or since start when the store holds none",
+        )?;
+        let store_disk_free_bytes = IntGauge::new(
+            "tradebaas_store_disk_free_bytes",
+            "Bytes available to the daemon on the data directory's filesystem",
+        )?;
+        let store_disk_free_floor_bytes = IntGauge::new(
+            "tradebaas_store_disk_free_floor_bytes",
+            "The configured free-space floor for the data directory ([store] disk_free_floor)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -194,6 +233,12 @@ impl Metrics {
         registry.register(Box::new(trades_failed.clone()))?;
         registry.register(Box::new(positions_open.clone()))?;
         registry.register(Box::new(order_latency.clone()))?;
+        registry.register(Box::new(trading_mode.clone()))?;
+        registry.register(Box::new(market_data_age_seconds.clone()))?;
+        registry.register(Box::new(backup_age_seconds.clone()))?;
+        registry.register(Box::new(snapshot_age_seconds.clone()))?;
+        registry.register(Box::new(store_disk_free_bytes.clone()))?;
+        registry.register(Box::new(store_disk_free_floor_bytes.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -210,6 +255,9 @@ impl Metrics {
         }
         for result in ORDER_RESULTS {
             orders.with_label_values(&[result]);
+        }
+        for mode in crate::mode::TradingMode::ALL {
+            trading_mode.with_label_values(&[mode.as_str()]);
         }
 
         Ok(Self {
@@ -235,7 +283,22 @@ impl Metrics {
             trades_failed,
             positions_open,
             order_latency,
+            trading_mode,
+            market_data_age_seconds,
+            backup_age_seconds,
+            snapshot_age_seconds,
+            store_disk_free_bytes,
+            store_disk_free_floor_bytes,
         })
+    }
+
+    /// Sets `tradebaas_trading_mode`: 1 for `mode`, 0 for the others.
+    pub fn set_trading_mode(&self, mode: crate::mode::TradingMode) {
+        for m in crate::mode::TradingMode::ALL {
+            self.trading_mode
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(m == mode));
+        }
     }
 
     /// The registry, for metrics added by later modules.
@@ -266,6 +329,7 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.actor_restarts.with_label_values(&["strategy"]).inc();
         m.health_check_duration.observe(0.001);
+        m.set_trading_mode(crate::mode::TradingMode::Shutdown);
         let text = m.render().unwrap();
         for name in [
             "tradebaas_up 1",
@@ -288,6 +352,14 @@ mod tests {
             "tradebaas_trades_failed_total",
             "tradebaas_positions_open",
             "tradebaas_order_latency_seconds_bucket",
+            "tradebaas_trading_mode{mode=\"SHUTDOWN\"} 1",
+            "tradebaas_trading_mode{mode=\"OBSERVE_ONLY\"} 0",
+            "tradebaas_trading_mode{mode=\"AGGRESSIVE\"} 0",
+            "tradebaas_market_data_age_seconds",
+            "tradebaas_backup_age_seconds",
+            "tradebaas_snapshot_age_seconds",
+            "tradebaas_store_disk_free_bytes",
+            "tradebaas_store_disk_free_floor_bytes",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_start_time_seconds",

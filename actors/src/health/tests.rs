@@ -91,6 +91,7 @@ pub(crate) fn healthy_replies() -> Replies {
             backups: None,
             recovery: None,
             last_snapshot_at: None,
+            disk_free_bytes: None,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

@@ -199,6 +199,9 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
     if open_report.crashed {
         metrics.crashes_total.inc();
     }
+    metrics
+        .store_disk_free_floor_bytes
+        .set(i64::try_from(config.store.disk_free_floor).unwrap_or(i64::MAX));
     if open_report.degraded() {
         error!(report = ?open_report, "store was damaged: restored; trading starts in OBSERVE_ONLY");
     } else {

@@ -1,6 +1,7 @@
-//! The read-only HTTP API: `/health`, `/ready`, `/live`, `/metrics`, and the JSON API
+//! The read-only HTTP API: `/health`, `/ready`, `/live`, `/metrics`, the JSON API
 //! `/api/health`, `/api/health/status`, `/api/health/uptime`, `/api/health/last_snapshot`,
-//! `/api/alerts` (`?severity=CRITICAL|WARNING|INFO`, `?open=true|false`).
+//! `/api/alerts` (`?severity=CRITICAL|WARNING|INFO`, `?open=true|false`), and the status page
+//! at `/` (with `/status.js` and `/status.css`, see [`crate::status_page`]).
 //!
 //! Every answer is assembled from the actors' replies to status requests (see
 //! [`tradebaas_actors::health`]); the HTTP layer holds no status of its own and never calls the
@@ -11,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -27,8 +28,13 @@ use warp::Filter;
 use warp::http::{HeaderValue, Method, Response, StatusCode, header};
 use warp::hyper::body::Bytes;
 
+use crate::status_page;
+
 /// Every path served, for the 404 body and the startup log.
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 12] = [
+    "/",
+    "/status.js",
+    "/status.css",
     "/health",
     "/ready",
     "/live",
@@ -65,6 +71,27 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A JSON answer is never run as a script, whatever the page's policy allows.
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// A status-page document with the headers that keep the page to itself.
+fn page_reply(asset: status_page::Asset) -> Reply {
+    let mut r = respond(StatusCode::OK, asset.content_type, asset.body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(status_page::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
 
@@ -86,8 +113,31 @@ impl Api {
             self.metrics
                 .circuit_breaker_open
                 .set(i64::from(b.circuit_breaker == "open"));
+            self.metrics
+                .market_data_age_seconds
+                .set(Duration::from_millis(b.market_data_age_ms).as_secs_f64());
         } else {
             self.metrics.broker_connected.set(0);
+        }
+        if let Some(f) = replies.fail_safe.answered() {
+            self.metrics.set_trading_mode(f.mode);
+        }
+        if let Some(p) = replies.persister.answered() {
+            // "Since start" when there is none yet, so a store that never backs up still ages.
+            let age = |at: Option<chrono::DateTime<Utc>>| {
+                at.map_or(self.started.elapsed().as_secs_f64(), |t| {
+                    (Utc::now() - t).as_seconds_f64().max(0.0)
+                })
+            };
+            self.metrics.backup_age_seconds.set(age(p.last_backup_at));
+            self.metrics
+                .snapshot_age_seconds
+                .set(age(p.last_snapshot_at));
+            if let Some(free) = p.disk_free_bytes {
+                self.metrics
+                    .store_disk_free_bytes
+                    .set(i64::try_from(free).unwrap_or(i64::MAX));
+            }
         }
         if let Some(s) = replies.strategy.answered() {
             self.metrics
@@ -226,6 +276,9 @@ impl Api {
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
+        }
+        if let Some(asset) = status_page::asset(path) {
+            return page_reply(asset);
         }
         match path {
             "/health" => {

@@ -12,3 +12,4 @@ pub mod paper_cmd;
 pub mod paper_exchange;
 pub mod state_cmd;
 pub mod status;
+pub mod status_page;

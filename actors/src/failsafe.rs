@@ -436,8 +436,39 @@ impl FailSafeState {
         if mode.allows_entries() {
             self.loosen(myself, mode, reason, Some(reply));
         } else {
+            let clears_shutdown = self.mode == TradingMode::Shutdown;
             self.restrict(mode, reason, None, Some(reply));
+            if clears_shutdown {
+                self.resolve_shutdown_alerts();
+            }
         }
+    }
+
+    /// An operator cleared SHUTDOWN: the open `failsafe:*` alerts that announced it are over
+    /// (resolved, so Alertmanager and the other sinks see them end). Asked in a task: the
+    /// handler never waits on another actor. A condition that still holds triggers again.
+    fn resolve_shutdown_alerts(&self) {
+        let Some(alert) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) else {
+            warn!(
+                actor = "fail-safe",
+                "alert actor not running; fail-safe alerts stay open"
+            );
+            return;
+        };
+        let timeout = self.args.health.actor_timeout;
+        tokio::spawn(async move {
+            let reply = crate::health::ask(Some(alert.clone()), AlertMsg::Status, timeout).await;
+            let Some(status) = reply.answered() else {
+                warn!(actor = "fail-safe", alert = %reply.describe(), "alert actor did not answer; fail-safe alerts stay open");
+                return;
+            };
+            for record in status.open_alerts.iter().cloned() {
+                if crate::alert::alert_kind(&record.key) == Some("failsafe") {
+                    info!(actor = "fail-safe", key = %record.key, "SHUTDOWN cleared by the operator: resolving its alert");
+                    let _ = alert.send_message(AlertMsg::Resolve { key: record.key });
+                }
+            }
+        });
     }
 
     fn trigger(&mut self, trigger: String, reason: String, reply: Option<ChangeReply>) {
@@ -1196,5 +1227,74 @@ mod tests {
         assert_eq!(s.recent[0].key, "failsafe:heartbeat");
         fs.stop_and_wait(None, None).await.unwrap();
         alert.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
+        use crate::alert::{AlertActor, AlertArgs, AlertConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-resolve-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let (alert, _) = Actor::spawn(
+            Some(names.of(ChildName::Alert)),
+            AlertActor,
+            AlertArgs {
+                names: names.clone(),
+                config: AlertConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let fs = spawn(&names, FailSafeConfig::default()).await;
+        wait_for(&fs, TradingMode::ObserveOnly).await;
+        alert
+            .send_message(AlertMsg::Raise(Alert {
+                key: "integrity:event_log".into(),
+                severity: Severity::Critical,
+                title: "not the fail-safe's".into(),
+                message: String::new(),
+                root_cause: String::new(),
+                recommended_action: String::new(),
+                metadata: json!({}),
+            }))
+            .unwrap();
+        assert_eq!(trigger(&fs, "market_data_stalled").await, Ok(()));
+        assert_eq!(trigger(&fs, "error_rate").await, Ok(()));
+        let open = |s: &crate::alert::AlertStatus| {
+            let mut keys: Vec<String> = s.open_alerts.iter().map(|r| r.key.clone()).collect();
+            keys.sort();
+            keys
+        };
+        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
+        assert_eq!(
+            open(&s),
+            [
+                "failsafe:error_rate",
+                "failsafe:market_data_stalled",
+                "integrity:event_log"
+            ]
+        );
+        // Tightening again (still SHUTDOWN) resolves nothing; clearing it does.
+        assert_eq!(set(&fs, TradingMode::Shutdown).await, Ok(()));
+        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
+        let mut keys = Vec::new();
+        for _ in 0..200 {
+            keys = open(&call_t!(alert, AlertMsg::Status, 1000).unwrap());
+            if keys == ["integrity:event_log"] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(keys, ["integrity:event_log"]);
+        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
+        let resolved = s
+            .recent
+            .iter()
+            .find(|r| r.key == "failsafe:market_data_stalled")
+            .unwrap();
+        assert!(resolved.resolved_at.is_some(), "{resolved:?}");
+        fs.stop_and_wait(None, None).await.unwrap();
+        alert.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
     }
 }

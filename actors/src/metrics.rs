@@ -70,6 +70,18 @@ pub struct Metrics {
     pub positions_open: IntGauge,
     /// Order request → answer.
     pub order_latency: Histogram,
+    /// 1 for the current trading mode, 0 for the other two (set at scrape time from the fail-safe).
+    pub trading_mode: IntGaugeVec,
+    /// Age of the newest market data, or time since start when none has arrived (from the broker).
+    pub market_data_age_seconds: Gauge,
+    /// Time since the last successful backup, or since start when none was taken this run.
+    pub backup_age_seconds: Gauge,
+    /// Time since the newest snapshot, or since start when the store holds none.
+    pub snapshot_age_seconds: Gauge,
+    /// Free bytes (available to the daemon) on the data directory's filesystem.
+    pub store_disk_free_bytes: IntGauge,
+    /// `[store] disk_free_floor`: below this much free space the disk alert fires.
+    pub store_disk_free_floor_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -170,6 +182,33 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let trading_mode = IntGaugeVec::new(
+            Opts::new(
+                "tradebaas_trading_mode",
+                "1 for the current trading mode (AGGRESSIVE, OBSERVE_ONLY, SHUTDOWN), 0 for the others",
+            ),
+            &["mode"],
+        )?;
+        let market_data_age_seconds = Gauge::new(
+            "tradebaas_market_data_age_seconds",
+            "Age of the newest market data, or time since start when none has arrived",
+        )?;
+        let backup_age_seconds = Gauge::new(
+            "tradebaas_backup_age_seconds",
+            "Time since the last successful backup, or since start when none was taken this run",
+        )?;
+        let snapshot_age_seconds = Gauge::new(
+            "tradebaas_snapshot_age_seconds",
+            "Time since the newest snapshot, or since start when the store holds none",
+        )?;
+        let store_disk_free_bytes = IntGauge::new(
+            "tradebaas_store_disk_free_bytes",
+            "Bytes available to the daemon on the data directory's filesystem",
+        )?;
+        let store_disk_free_floor_bytes = IntGauge::new(
+            "tradebaas_store_disk_free_floor_bytes",
+            "The configured free-space floor for the data directory ([store] disk_free_floor)",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -196,6 +235,12 @@ impl Metrics {
         registry.register(Box::new(trades_failed.clone()))?;
         registry.register(Box::new(positions_open.clone()))?;
         registry.register(Box::new(order_latency.clone()))?;
+        registry.register(Box::new(trading_mode.clone()))?;
+        registry.register(Box::new(market_data_age_seconds.clone()))?;
+        registry.register(Box::new(backup_age_seconds.clone()))?;
+        registry.register(Box::new(snapshot_age_seconds.clone()))?;
+        registry.register(Box::new(store_disk_free_bytes.clone()))?;
+        registry.register(Box::new(store_disk_free_floor_bytes.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -212,6 +257,9 @@ impl Metrics {
         }
         for result in ORDER_RESULTS {
             orders.with_label_values(&[result]);
+        }
+        for mode in crate::mode::TradingMode::ALL {
+            trading_mode.with_label_values(&[mode.as_str()]);
         }
 
         Ok(Self {
@@ -237,7 +285,22 @@ impl Metrics {
             trades_failed,
             positions_open,
             order_latency,
+            trading_mode,
+            market_data_age_seconds,
+            backup_age_seconds,
+            snapshot_age_seconds,
+            store_disk_free_bytes,
+            store_disk_free_floor_bytes,
         })
+    }
+
+    /// Sets `tradebaas_trading_mode`: 1 for `mode`, 0 for the others.
+    pub fn set_trading_mode(&self, mode: crate::mode::TradingMode) {
+        for m in crate::mode::TradingMode::ALL {
+            self.trading_mode
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(m == mode));
+        }
     }
 
     /// The registry, for metrics added by later modules.
@@ -321,6 +384,12 @@ mod tests {
         m.trades_failed.inc_by(11);
         m.positions_open.set(12);
         m.order_latency.observe(0.01);
+        m.set_trading_mode(crate::mode::TradingMode::Shutdown);
+        m.market_data_age_seconds.set(13.0);
+        m.backup_age_seconds.set(14.0);
+        m.snapshot_age_seconds.set(15.0);
+        m.store_disk_free_bytes.set(16);
+        m.store_disk_free_floor_bytes.set(17);
         let text = m.render().unwrap();
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
 
@@ -425,6 +494,49 @@ mod tests {
                 &[("version", version)],
                 Kind::Gauge,
                 Some(1.0),
+            ),
+            (
+                "tradebaas_trading_mode",
+                &[("mode", "SHUTDOWN")],
+                Kind::Gauge,
+                Some(1.0),
+            ),
+            (
+                "tradebaas_trading_mode",
+                &[("mode", "OBSERVE_ONLY")],
+                Kind::Gauge,
+                Some(0.0),
+            ),
+            (
+                "tradebaas_trading_mode",
+                &[("mode", "AGGRESSIVE")],
+                Kind::Gauge,
+                Some(0.0),
+            ),
+            (
+                "tradebaas_market_data_age_seconds",
+                &[],
+                Kind::Gauge,
+                Some(13.0),
+            ),
+            ("tradebaas_backup_age_seconds", &[], Kind::Gauge, Some(14.0)),
+            (
+                "tradebaas_snapshot_age_seconds",
+                &[],
+                Kind::Gauge,
+                Some(15.0),
+            ),
+            (
+                "tradebaas_store_disk_free_bytes",
+                &[],
+                Kind::Gauge,
+                Some(16.0),
+            ),
+            (
+                "tradebaas_store_disk_free_floor_bytes",
+                &[],
+                Kind::Gauge,
+                Some(17.0),
             ),
             ("process_resident_memory_bytes", &[], Kind::Gauge, None),
             ("process_cpu_seconds_total", &[], Kind::Counter, None),

@@ -20,6 +20,13 @@ pub enum TradingMode {
 }
 
 impl TradingMode {
+    /// Every mode, in the order the fail-safe escalates through them.
+    pub const ALL: [TradingMode; 3] = [
+        TradingMode::Aggressive,
+        TradingMode::ObserveOnly,
+        TradingMode::Shutdown,
+    ];
+
     /// The stored and displayed name.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -10,7 +10,7 @@
 //! `backups_keep` kept. A failed backup raises a WARNING alert (`store:backup`) and nothing else.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub struct StoreConfig {
     /// A `daily` snapshot of capital and positions is taken when the newest is older than this.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// Free bytes on the data directory's filesystem below which the disk alert fires
+    /// (`tradebaas_store_disk_free_bytes` < `tradebaas_store_disk_free_floor_bytes`).
+    pub disk_free_floor: u64,
 }
 
 impl Default for StoreConfig {
@@ -47,6 +50,7 @@ impl Default for StoreConfig {
             backup_interval: Duration::from_secs(60 * 60),
             backups_keep: 24,
             snapshot_interval: Duration::from_secs(24 * 60 * 60),
+            disk_free_floor: 1 << 30,
         }
     }
 }
@@ -200,6 +204,9 @@ pub struct PersisterStatus {
     /// account summary is a failed snapshot and does not count ([`crate::checks::capital_missing`]).
     /// The `snapshot_failing` trigger watches this one.
     pub last_capital_snapshot_at: Option<DateTime<Utc>>,
+    /// Bytes available to the daemon on the store's filesystem, read when this status was asked
+    /// for (None when `statvfs` failed).
+    pub disk_free_bytes: Option<u64>,
 }
 
 enum Job {
@@ -243,6 +250,18 @@ struct BackupPlan {
     dir: PathBuf,
     interval: Duration,
     keep: usize,
+}
+
+/// Bytes available to an unprivileged writer on the filesystem holding `store_path`
+/// (`statvfs`: `f_bavail * f_frsize`), or None when the call fails.
+pub fn disk_free_bytes(store_path: &Path) -> Option<u64> {
+    let dir = match store_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
 }
 
 fn backup(store: &Store, plan: &BackupPlan) -> Result<(PathBuf, usize), StoreError> {
@@ -635,6 +654,7 @@ impl Actor for PersisterActor {
                     recovery: state.recovery.clone(),
                     last_snapshot_at: state.last_snapshot_at,
                     last_capital_snapshot_at: state.last_capital_snapshot_at,
+                    disk_free_bytes: disk_free_bytes(&state.path),
                 });
             }
             PersisterMsg::Ping(reply) => {
@@ -678,6 +698,17 @@ mod tests {
         .unwrap()
         .unwrap()
         .unwrap()
+    }
+
+    #[test]
+    fn disk_free_bytes_reads_the_store_directory_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = disk_free_bytes(&dir.path().join("tradebaas.db")).unwrap();
+        assert!(free > 0, "a writable temp dir has free space");
+        assert_eq!(
+            disk_free_bytes(&dir.path().join("missing/tradebaas.db")),
+            None
+        );
     }
 
     async fn status(p: &ActorRef<PersisterMsg>) -> PersisterStatus {

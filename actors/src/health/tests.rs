@@ -92,6 +92,7 @@ pub(crate) fn healthy_replies() -> Replies {
             recovery: None,
             last_snapshot_at: None,
             last_capital_snapshot_at: None,
+            disk_free_bytes: None,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

@@ -11,7 +11,14 @@
 //! 3. `flush_state` — the persister answers once everything queued before is durable;
 //! 4. `stop_actors` — stop the remaining actors in reverse start order, then the supervisor.
 //!
-//! A second signal during shutdown exits at once with code 1.
+//! The limit is hard: when shutdown starts, a plain thread independent of the tokio runtime is
+//! armed ([`arm_hard_deadline`]) that exits the process with code 1 at the limit whatever any
+//! task does (a wedged actor can hold a runtime worker, and dropping the runtime would then wait
+//! for it forever). A second SIGTERM or SIGINT during shutdown exits at once with code 1.
+//!
+//! The daemon's own detached tasks (recovery, then the daily snapshots and periodic checks;
+//! readiness logging) are spawned with [`spawn_critical`]: a panic in one latches SHUTDOWN and
+//! raises `failsafe:unrecoverable_error`, the same path as a panic of the daemon's future.
 //!
 //! Under systemd (`Type=notify`) the daemon reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and
 //! `WATCHDOG_PID` once ([`systemd_notifier`]), sends `READY=1` when start-up recovery has finished
@@ -39,6 +46,8 @@ use tradebaas_actors::secret::Secret;
 use tradebaas_actors::store::{Change, DataDirLock, SnapshotKind, open_verified};
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
+use tradebaas_actors::task::{spawn_critical, unrecoverable_error};
+use tradebaas_actors::test_points;
 use tradebaas_actors::tree::start_tree;
 
 use crate::admin::{self, AdminContext, AdminServer};
@@ -258,6 +267,7 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             return exit::FAILURE;
         }
     };
+    test_points::install(&names);
     let admin = admin.serve(AdminContext {
         names: names.clone(),
         config: config.admin.clone(),
@@ -287,7 +297,8 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             store_path: store_path.clone(),
             config: config_checks,
         };
-        tokio::spawn(async move {
+        let task_names = names.clone();
+        spawn_critical(&task_names, "recovery", async move {
             if let Some(alert) = open_report.alert() {
                 // The supervisor starts its children after `start_tree` returns: wait for the
                 // alert actor rather than drop the alert.
@@ -328,18 +339,23 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
                 // No READY=1: systemd's start timeout restarts a daemon stuck here.
                 error!("the fail-safe is not running: entries stay refused");
             }
+            test_points::point("after_startup");
             tokio::join!(
                 daily_snapshots(&names, snapshot_interval, &config.currencies),
                 checks::periodic(names.clone(), checks_args),
             );
         })
     };
-    let readiness = tokio::spawn(log_readiness(
-        names.clone(),
-        config.health.actor_timeout,
-        config.server.startup_timeout,
-        started,
-    ));
+    let readiness = spawn_critical(
+        &names,
+        "readiness",
+        log_readiness(
+            names.clone(),
+            config.health.actor_timeout,
+            config.server.startup_timeout,
+            started,
+        ),
+    );
 
     let mut sigterm = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -360,6 +376,8 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
         _ = sigint.recv() => "SIGINT",
     };
     info!(signal = signal_name, "shutdown: signal received");
+    let limit = config.server.shutdown_timeout;
+    arm_hard_deadline(limit);
     if let Some(n) = &notifier {
         n.stopping(&format!("stopping: {signal_name} received"));
     }
@@ -376,7 +394,6 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
         std::process::exit(exit::FAILURE);
     });
 
-    let limit = config.server.shutdown_timeout;
     let stopping = Instant::now();
     let code = match tokio::time::timeout(
         limit,
@@ -400,6 +417,26 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
         "shutdown: exit"
     );
     code
+}
+
+/// Arms the hard shutdown limit: a plain thread, independent of the tokio runtime (whose worker
+/// threads a wedged task may hold), that exits the process with code 1 once `limit` has passed.
+/// Call when shutdown starts; a shutdown that finishes in time has exited before.
+pub fn arm_hard_deadline(limit: Duration) {
+    let armed = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            error!(
+                limit_ms = limit.as_millis() as u64,
+                "shutdown: hard limit reached; exiting 1 whatever is still running"
+            );
+            let _ = std::io::Write::flush(&mut std::io::stderr());
+            std::process::exit(exit::FAILURE);
+        });
+    if let Err(e) = armed {
+        error!(error = %e, "shutdown: cannot arm the hard limit; relying on the runtime's timeout");
+    }
 }
 
 /// How soon a failed snapshot (one holding an error instead of an account summary) is retried.
@@ -690,27 +727,7 @@ pub async fn emergency_shutdown(limit: Duration) -> bool {
     let supervisor = ActorRef::<SupervisorMsg>::from(cell);
     // An unrecoverable error: latch SHUTDOWN (stored, so it survives the restart that follows)
     // before stopping, so the next run does not trade until an operator has looked.
-    match names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
-        Some(fail_safe) => {
-            let latched = fail_safe
-                .call(
-                    |reply| FailSafeMsg::Trigger {
-                        trigger: "unrecoverable_error".into(),
-                        reason: "the daemon panicked outside the actors".into(),
-                        reply: Some(reply),
-                    },
-                    Some(limit / 2),
-                )
-                .await;
-            match latched {
-                Ok(ractor::rpc::CallResult::Success(Ok(()))) => {
-                    error!("shutdown: trading mode latched to SHUTDOWN")
-                }
-                _ => error!("shutdown: SHUTDOWN could not be confirmed stored"),
-            }
-        }
-        None => error!("shutdown: fail-safe not running; SHUTDOWN not latched"),
-    }
+    unrecoverable_error(&names, "the daemon panicked outside the actors", limit / 2).await;
     tokio::time::timeout(limit, shutdown(&names, &supervisor, None, None, None))
         .await
         .is_ok()

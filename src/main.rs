@@ -51,6 +51,9 @@ fn operator(target: &AdminTarget, request: &Request) -> ExitCode {
     }
 }
 
+/// How long `main` waits for the runtime's tasks once the daemon has finished.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -106,15 +109,21 @@ fn main() -> ExitCode {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 rt.block_on(daemon::run(config, metrics))
             }));
-            match outcome {
-                Ok(c) => code(c),
+            let c = match outcome {
+                Ok(c) => c,
                 Err(_) => {
                     // The daemon's own future panicked (already logged with a backtrace by the
-                    // panic hook): stop and flush through the same steps, then exit 1.
+                    // panic hook): stop and flush through the same steps, then exit 1, within
+                    // the same hard limit.
+                    daemon::arm_hard_deadline(limit);
                     rt.block_on(daemon::emergency_shutdown(limit));
-                    code(exit::FAILURE)
+                    exit::FAILURE
                 }
-            }
+            };
+            // Dropping the runtime would wait for every worker and blocking task, forever for a
+            // wedged one: the state is flushed (or the limit has passed), so wait only briefly.
+            rt.shutdown_timeout(RUNTIME_STOP);
+            code(c)
         }
         Command::Check {
             config,

@@ -12,6 +12,14 @@
 //! daemon stops feeding the watchdog and systemd restarts it. There is no independent watchdog
 //! timer: the ping is the proof of liveness.
 //!
+//! A child the supervisor reports `escalated` (past its restart intensity, left stopped on
+//! purpose; ADR 0002) is not expected to answer: each round asks the supervisor's status by
+//! message, and such a child neither withholds `WATCHDOG=1` nor counts as unanswered. The watchdog
+//! proves the process is not wedged; an escalation is reported by `/health` (503), the
+//! `escalation:<child>` alert and SHUTDOWN, and a watchdog restart would only bring the same fault
+//! back (or, past `StartLimitBurst`, leave the service down without health output). If the
+//! supervisor does not answer, no child counts as escalated (fail closed: no `WATCHDOG=1`).
+//!
 //! A child that misses `unanswered_rounds` consecutive rounds restricts trading to OBSERVE_ONLY
 //! through the fail-safe (`Restrict`, never `SetMode`: it cannot clear SHUTDOWN) and raises a
 //! CRITICAL alert `heartbeat:unanswered:<child>`; the alert is resolved when the child answers
@@ -42,6 +50,7 @@ use crate::notify::SdNotifier;
 use crate::persister::{PersisterMsg, commit_change};
 use crate::store::Change;
 use crate::strategy::StrategyMsg;
+use crate::supervisor::{ChildState, SupervisorMsg};
 
 pub mod sampler;
 pub use sampler::{LimitSource, Sampler, SystemSources, SystemStats};
@@ -187,6 +196,8 @@ pub struct BeatReport {
     pings: Vec<(ChildName, PingOutcome)>,
     /// The trading mode, from the fail-safe's answer (its liveness ping).
     mode: Option<TradingMode>,
+    /// Children the supervisor reported escalated (empty when it did not answer).
+    escalated: BTreeSet<ChildName>,
     system: Option<SystemStats>,
     sampler: Option<Sampler>,
 }
@@ -203,6 +214,9 @@ pub struct HeartbeatStatus {
     pub unanswered: Vec<String>,
     /// Of those, the ones not running at all.
     pub absent: Vec<String>,
+    /// Children the supervisor reported escalated in the last round: stopped for good on
+    /// purpose, not counted as unanswered and not withholding the systemd watchdog.
+    pub escalated: Vec<String>,
     pub system: SystemStats,
     /// The round interval in effect (`interval`, or half the systemd watchdog when shorter).
     pub interval_ms: u64,
@@ -327,9 +341,26 @@ async fn ping_fail_safe(
     }
 }
 
-/// One round: every sibling pinged concurrently, then a system sample.
+/// The children the supervisor reports escalated; empty when it does not answer in `timeout`.
+async fn escalated_children(names: &Names, timeout: Duration) -> BTreeSet<ChildName> {
+    let Some(supervisor) = ActorRef::<SupervisorMsg>::where_is(names.supervisor()) else {
+        return BTreeSet::new();
+    };
+    match supervisor.call(SupervisorMsg::Status, Some(timeout)).await {
+        Ok(CallResult::Success(status)) => status
+            .children
+            .iter()
+            .filter(|c| c.state == ChildState::Escalated)
+            .map(|c| c.name)
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// One round: every sibling pinged concurrently (and the supervisor asked which children are
+/// escalated), then a system sample.
 async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) -> BeatReport {
-    let (a, p, (f, mode), b, s) = tokio::join!(
+    let (a, p, (f, mode), b, s, escalated) = tokio::join!(
         ping(&names, ChildName::Alert, AlertMsg::Ping, timeout),
         ping(
             &names,
@@ -345,6 +376,7 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
             timeout
         ),
         ping(&names, ChildName::Strategy, StrategyMsg::Ping, timeout),
+        escalated_children(&names, timeout),
     );
     let system = sampler
         .as_mut()
@@ -352,6 +384,7 @@ async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) ->
     BeatReport {
         pings: vec![a, p, f, b, s],
         mode,
+        escalated,
         system,
         sampler,
     }
@@ -386,6 +419,7 @@ pub struct HeartbeatState {
     round_trip_ms: BTreeMap<String, f64>,
     unanswered: BTreeSet<ChildName>,
     absent: Vec<String>,
+    escalated: BTreeSet<ChildName>,
     system: SystemStats,
     /// The mode the fail-safe reported in the last round.
     mode: Option<TradingMode>,
@@ -413,6 +447,7 @@ impl HeartbeatState {
             round_trip_ms: BTreeMap::new(),
             unanswered: BTreeSet::new(),
             absent: Vec::new(),
+            escalated: BTreeSet::new(),
             system: SystemStats::default(),
             mode: None,
             misses: Misses::default(),
@@ -470,8 +505,22 @@ impl HeartbeatState {
         self.round_trip_ms.clear();
         self.absent.clear();
         let threshold = self.args.config.unanswered_rounds;
+        for child in report.escalated.difference(&self.escalated) {
+            warn!(actor = "heartbeat", child = %child,
+                "actor escalated: no longer expected to answer (see its escalation alert)");
+        }
+        self.escalated = report.escalated;
         for (child, outcome) in report.pings {
             let answered = matches!(outcome, PingOutcome::Answered(_));
+            if !answered && self.escalated.contains(&child) {
+                // Stopped for good on purpose: its `escalation:<child>` alert is the one root
+                // cause, so a wedge declared before it escalated is resolved, not repeated.
+                self.unanswered.remove(&child);
+                if self.misses.observe(child, true, threshold) == Verdict::Recovered {
+                    self.resolve(child, "escalated: its escalation alert takes over");
+                }
+                continue;
+            }
             match outcome {
                 PingOutcome::Answered(rtt) => {
                     self.round_trip_ms
@@ -511,8 +560,14 @@ impl HeartbeatState {
         let mode = self.mode.map_or("unknown", TradingMode::as_str);
         if self.unanswered.is_empty() {
             let slowest = self.round_trip_ms.values().copied().fold(0.0, f64::max);
+            let escalated = if self.escalated.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = self.escalated.iter().map(|c| c.as_str()).collect();
+                format!("; escalated (stopped, see /health): {}", names.join(", "))
+            };
             notifier.watchdog_ok(&format!(
-                "mode {mode}; heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms)",
+                "mode {mode}; heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms){escalated}",
                 self.beats,
                 self.round_trip_ms.len()
             ));
@@ -599,7 +654,12 @@ impl HeartbeatState {
 
     /// `child` answers again: resolve its alert (the mode is left to the operator).
     fn recovered(&self, child: ChildName) {
-        info!(actor = "heartbeat", child = %child, "wedged actor answers again; alert resolved");
+        self.resolve(child, "wedged actor answers again");
+    }
+
+    /// Resolves `child`'s heartbeat alert.
+    fn resolve(&self, child: ChildName, why: &str) {
+        info!(actor = "heartbeat", child = %child, "{why}; heartbeat alert resolved");
         if let Some(alert) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
             let _ = alert.send_message(AlertMsg::Resolve {
                 key: Self::alert_key(child),
@@ -647,6 +707,11 @@ impl HeartbeatState {
                 .map(|c| c.as_str().to_string())
                 .collect(),
             absent: self.absent.clone(),
+            escalated: self
+                .escalated
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
             system: SystemStats {
                 error_rate_per_minute: self.error_rate,
                 ..self.system.clone()

@@ -33,5 +33,6 @@ pub mod secret;
 pub mod store;
 pub mod strategy;
 pub mod supervisor;
-mod task;
+pub mod task;
+pub mod test_points;
 pub mod tree;

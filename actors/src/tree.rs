@@ -165,8 +165,11 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
 /// The escalation hook: CRITICAL alert, fail-safe to SHUTDOWN, persister flush.
 pub fn escalation_hook(names: Names) -> EscalationHook {
     Arc::new(move |escalation: Escalation| {
-        let names = names.clone();
-        tokio::spawn(async move { escalate(&names, escalation).await });
+        let peers = names.clone();
+        // Watched: a panic here would leave the escalation without its SHUTDOWN.
+        crate::task::spawn_critical(&names, "escalation", async move {
+            escalate(&peers, escalation).await
+        });
     })
 }
 

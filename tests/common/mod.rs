@@ -181,3 +181,6 @@ impl Harness {
         (self.paper, self.dir)
     }
 }
+
+/// The real binary as a process, and a fake systemd notify socket.
+pub mod process;

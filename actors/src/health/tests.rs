@@ -111,6 +111,7 @@ pub(crate) fn healthy_replies() -> Replies {
             round_trip_ms: Default::default(),
             unanswered: vec![],
             absent: vec![],
+            escalated: vec![],
             system: SystemStats {
                 memory_percent: Some(1.0),
                 cpu_percent: Some(1.0),

@@ -1,0 +1,285 @@
+//! The process around the tree, against the real binary: the hard shutdown limit and the
+//! signals, the systemd watchdog across an escalation and a wedge, and a panic in one of the
+//! daemon's detached tasks. Misbehaviour comes from `TRADEBAAS_TEST_HOOKS` (actors/src/hooks.rs;
+//! child hooks act on SIGUSR1).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::{Daemon, FakeNotifySocket, ROOT, config_with, wait_health};
+use serde_json::Value;
+
+fn default_config() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{ROOT}/config/default.toml"))
+}
+
+/// Waits until /health reports `child` with `status` (e.g. `unresponsive`, `escalated`).
+async fn wait_child(base: &str, child: &str, status: &str) -> Value {
+    wait_health(base, Duration::from_secs(30), |b| {
+        b["actors"][child]["status"] == status
+    })
+    .await
+}
+
+async fn ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = tradebaas::status::get(base, "/ready", Duration::from_secs(2)).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A wedged actor holds a tokio worker forever, so graceful shutdown cannot finish and dropping
+/// the runtime would wait for it: at `server.shutdown_timeout` the process exits 1 anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_wedged_actor_exits_1_at_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "short-limit.toml",
+        &[("shutdown_timeout = \"10s\"", "shutdown_timeout = \"1s\"")],
+    );
+    let mut daemon = Daemon::start(
+        &dir.path().join("data"),
+        &config,
+        &[("TRADEBAAS_TEST_HOOKS", "wedge:strategy")],
+    );
+    let base = daemon.base_url();
+    ready(&base).await;
+    daemon.signal("USR1");
+    wait_child(&base, "strategy", "unresponsive").await;
+
+    daemon.signal("TERM");
+    let sent = Instant::now();
+    let code = daemon.wait_exit(Duration::from_secs(20));
+    let took = sent.elapsed();
+    assert_eq!(code, Some(1), "took {took:?}; log:\n{}", daemon.log());
+    // 1 s limit; the margin is for a loaded machine, far below the hour of the wedge.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "exited after {took:?}, limit 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_0_after_the_four_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&dir.path().join("data"), &default_config(), &[]);
+    let base = daemon.base_url();
+    ready(&base).await;
+    daemon.signal("INT");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let lines = daemon.json_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"] == "shutdown: signal received" && v["signal"] == "SIGINT"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.logged("shutdown step 4/4 done: stop_actors"));
+}
+
+/// A second signal during a shutdown that is stuck (here on a wedged strategy, well inside the
+/// default 10 s limit) exits at once with code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_a_slow_shutdown_exits_1_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(
+        &dir.path().join("data"),
+        &default_config(),
+        &[("TRADEBAAS_TEST_HOOKS", "wedge:strategy")],
+    );
+    let base = daemon.base_url();
+    ready(&base).await;
+    daemon.signal("USR1");
+    wait_child(&base, "strategy", "unresponsive").await;
+    daemon.signal("TERM");
+    // Stopping the wedged strategy takes its 2 s graceful stop plus 2 s for the kill.
+    daemon.wait_logged("shutdown step 2/4: stop_trading", Duration::from_secs(10));
+    assert_eq!(daemon.wait_exit(Duration::from_millis(300)), None);
+    daemon.signal("INT");
+    let sent = Instant::now();
+    let code = daemon.wait_exit(Duration::from_secs(10));
+    let took = sent.elapsed();
+    assert_eq!(code, Some(1), "{}", daemon.log());
+    assert!(
+        took < Duration::from_millis(1500),
+        "second signal took {took:?}"
+    );
+    assert!(daemon.logged("second signal during shutdown"));
+}
+
+/// ADR 0002 under systemd: an escalated child is left stopped on purpose and reported by
+/// /health, its alert and SHUTDOWN; the watchdog (is the process wedged?) keeps being fed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_pings_go_on_after_an_escalation() {
+    let systemd = FakeNotifySocket::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = systemd.path.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        &default_config(),
+        &[
+            ("NOTIFY_SOCKET", socket.as_str()),
+            // WatchdogSec=1s: a round every 500 ms.
+            ("WATCHDOG_USEC", "1000000"),
+            ("TRADEBAAS_TEST_HOOKS", "escalate:strategy"),
+        ],
+    );
+    let base = daemon.base_url();
+    systemd.wait("READY=1", 1, Duration::from_secs(30));
+    let before = systemd.with("WATCHDOG=1").len();
+    systemd.wait("WATCHDOG=1", before + 2, Duration::from_secs(10));
+
+    daemon.signal("USR1");
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["actors"]["strategy"]["status"] == "escalated" && b["mode"] == "SHUTDOWN"
+    })
+    .await;
+    assert!(
+        body["actors"]["alert"]["open_alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["key"] == "escalation:strategy" && a["severity"] == "CRITICAL"),
+        "{body:#}"
+    );
+    // From now on every round counts the strategy as escalated, not unanswered.
+    let escalated = Instant::now();
+    let fed = systemd.with("WATCHDOG=1").len();
+    let pings = systemd.wait("WATCHDOG=1", fed + 4, Duration::from_secs(10));
+    let last = &pings.last().unwrap().1;
+    assert!(pings.last().unwrap().0 > escalated);
+    assert!(
+        last.contains("escalated (stopped, see /health): strategy"),
+        "{last}"
+    );
+    let body = wait_health(&base, Duration::from_secs(5), |b| {
+        b["actors"]["heartbeat"]["escalated"] == serde_json::json!(["strategy"])
+    })
+    .await;
+    assert_eq!(
+        body["actors"]["heartbeat"]["unanswered"],
+        serde_json::json!([])
+    );
+    // One root cause, one alert: no open heartbeat alert for the escalated child.
+    let open: Vec<&Value> = body["actors"]["alert"]["open_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["key"] == "heartbeat:unanswered:strategy")
+        .collect();
+    assert!(open.is_empty(), "{open:#?}");
+    // Still unhealthy: the escalation is reported where operators look.
+    let (code, _) = tradebaas::status::get(&base, "/health", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(code, 503);
+}
+
+/// A running child that does not answer is a wedge: WATCHDOG=1 stops, so systemd restarts us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_pings_stop_while_an_actor_is_wedged() {
+    let systemd = FakeNotifySocket::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = systemd.path.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        &default_config(),
+        &[
+            ("NOTIFY_SOCKET", socket.as_str()),
+            ("WATCHDOG_USEC", "1000000"),
+            ("TRADEBAAS_TEST_HOOKS", "wedge:strategy"),
+        ],
+    );
+    let base = daemon.base_url();
+    systemd.wait("READY=1", 1, Duration::from_secs(30));
+    let before = systemd.with("WATCHDOG=1").len();
+    systemd.wait("WATCHDOG=1", before + 2, Duration::from_secs(10));
+
+    daemon.signal("USR1");
+    daemon.wait_logged(
+        "actor does not answer its heartbeat",
+        Duration::from_secs(10),
+    );
+    // A round answered just before the wedge may still arrive; then nothing for 4 rounds.
+    std::thread::sleep(Duration::from_millis(700));
+    let fed = systemd.with("WATCHDOG=1").len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        systemd.with("WATCHDOG=1").len(),
+        fed,
+        "WATCHDOG=1 sent while the strategy was wedged"
+    );
+    let last = systemd.received.lock().unwrap().last().cloned().unwrap().1;
+    assert!(last.contains("no answer from strategy"), "{last}");
+    let body = wait_child(&base, "strategy", "unresponsive").await;
+    assert_eq!(
+        body["actors"]["heartbeat"]["escalated"],
+        serde_json::json!([])
+    );
+}
+
+/// A panic in a detached task of the daemon (here its recovery task, after start-up) goes the
+/// way of a panic in `main`: SHUTDOWN latched and stored, CRITICAL `failsafe:unrecoverable_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_detached_task_latches_shutdown_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start(
+        &data,
+        &default_config(),
+        &[("TRADEBAAS_TEST_HOOKS", "panic:after_startup")],
+    );
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["mode"] == "SHUTDOWN" && b["actors"]["fail-safe"]["last_trigger"] == "unrecoverable_error"
+    })
+    .await;
+    let alert = body["actors"]["alert"]["open_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "failsafe:unrecoverable_error")
+        .cloned()
+        .unwrap_or_else(|| panic!("no unrecoverable_error alert: {body:#}"));
+    assert_eq!(alert["severity"], "CRITICAL");
+    assert!(
+        alert["message"].as_str().is_some_and(
+            |m| m.contains("the task `recovery` panicked: test hook: panic at after_startup")
+        ),
+        "{alert:#}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+
+    // SHUTDOWN was stored: the next run, without the hook, still does not trade.
+    let daemon = Daemon::start(&data, &default_config(), &[]);
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["actors"]["fail-safe"]["loaded"] == true
+    })
+    .await;
+    assert_eq!(body["mode"], "SHUTDOWN", "{body:#}");
+    assert!(
+        body["actors"]["fail-safe"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("unrecoverable_error: ")),
+        "{body:#}"
+    );
+}

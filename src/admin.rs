@@ -824,6 +824,8 @@ mod tests {
             loaded: true,
             reason: "test".into(),
             changed_at: None,
+            initial_mode: TradingMode::ObserveOnly,
+            initial_mode_reason: "test".into(),
             triggers: 0,
             last_trigger: None,
             recovered: false,

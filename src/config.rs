@@ -1,6 +1,13 @@
 //! The daemon's TOML configuration: one struct per table, `deny_unknown_fields` everywhere, a
 //! default for every value (so `Config::default()` is exactly `config/default.toml`), and errors
 //! that name the file and the key. Environment variables and CLI flags override the file.
+//!
+//! Two values are not plain defaults, because what is safe depends on the exchange: the initial
+//! trading mode (`[fail_safe] initial_mode`) and the hosted strategies (`[[strategies]]`). Left
+//! out of the file they stay `None`, and [`Config::resolve`] decides them, after the environment
+//! and the command line are applied, with the reason: on the embedded paper exchange
+//! (`broker.url = "paper"`) AGGRESSIVE with the built-in `example` strategy; on any other exchange
+//! OBSERVE_ONLY with no strategy. What the file states explicitly is always used as stated.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use tradebaas_actors::alert::AlertConfig;
 use tradebaas_actors::broker::{BrokerConfig, Credentials};
 use tradebaas_actors::checks::ChecksConfig;
-use tradebaas_actors::failsafe::FailSafeConfig;
+use tradebaas_actors::failsafe::{FailSafeConfig, InitialMode};
 use tradebaas_actors::health::HealthConfig;
 use tradebaas_actors::heartbeat::HeartbeatConfig;
+use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::persister::StoreConfig;
 use tradebaas_actors::recovery::RecoveryConfig;
 use tradebaas_actors::strategy::StrategyEntry;
@@ -46,8 +54,10 @@ pub struct Config {
     pub execution: ExecutionConfig,
     /// The local admin socket for operator commands.
     pub admin: AdminConfig,
-    /// `[[strategies]]`: one hosted instance each.
-    pub strategies: Vec<StrategyEntry>,
+    /// `[[strategies]]`: one hosted instance each, as the file names them. `None` (no
+    /// `[[strategies]]` and no `strategies = []`): [`Config::resolve`] decides by the exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategies: Option<Vec<StrategyEntry>>,
 }
 
 impl Default for Config {
@@ -60,27 +70,128 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             paper_exchange: PaperConfig::default(),
             alert: AlertConfig::default(),
-            // The default trades the embedded paper exchange (config/default.toml says why).
-            fail_safe: FailSafeConfig {
-                initial_mode: tradebaas_actors::mode::TradingMode::Aggressive,
-                ..FailSafeConfig::default()
-            },
+            fail_safe: FailSafeConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             recovery: RecoveryConfig::default(),
             store: StoreConfig::default(),
             checks: ChecksConfig::default(),
             execution: ExecutionConfig::default(),
             admin: AdminConfig::default(),
-            strategies: vec![StrategyEntry {
-                ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
-                    stop_distance_pct: 0.1,
-                    take_profit_pct: 0.1,
-                    ..Default::default()
-                },
-                id: "example".into(),
-                instrument: "BTC-PERPETUAL".into(),
-            }],
+            strategies: None,
         }
+    }
+}
+
+/// The built-in `example` strategy: a moving-average crossover on BTC-PERPETUAL with tight
+/// distances, so that a first run on the embedded paper exchange opens and closes a paper
+/// position within a minute. Hosted only by default on the embedded paper exchange.
+pub fn example_strategy() -> StrategyEntry {
+    StrategyEntry {
+        ma_cross: tradebaas_actors::strategy::signal::MaCrossConfig {
+            stop_distance_pct: 0.1,
+            take_profit_pct: 0.1,
+            ..Default::default()
+        },
+        id: "example".into(),
+        instrument: "BTC-PERPETUAL".into(),
+    }
+}
+
+/// Which exchange the daemon trades on, for the safety defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// `broker.url = "paper"`: the daemon starts its own paper exchange (paper money).
+    EmbeddedPaper,
+    /// Any `ws://` / `wss://` URL: treated as a real exchange, whatever answers there (a
+    /// standalone `tradebaas paper-exchange` included).
+    External,
+}
+
+impl Exchange {
+    /// The exchange `[broker]` (after overrides) names.
+    pub fn of(broker: &BrokerConfig) -> Exchange {
+        if broker.is_embedded_paper() {
+            Exchange::EmbeddedPaper
+        } else {
+            Exchange::External
+        }
+    }
+}
+
+/// The values a configuration may leave to the daemon, decided, each with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub exchange: Exchange,
+    /// The fail-safe's mode for a first start (a stored mode still takes precedence).
+    pub initial_mode: InitialMode,
+    /// The strategies the daemon hosts.
+    pub strategies: Vec<StrategyEntry>,
+    /// Why these strategies.
+    pub strategies_reason: String,
+}
+
+impl Resolved {
+    /// The hosted strategies for a log line or a report: `none`, or `id (instrument), …`.
+    pub fn strategies_text(&self) -> String {
+        if self.strategies.is_empty() {
+            "none".into()
+        } else {
+            self.strategies
+                .iter()
+                .map(|s| format!("{} ({})", s.id, s.instrument))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+}
+
+/// The safety defaults (pure). What the file states explicitly wins; what it leaves out is
+/// decided by the exchange: trading paper money by default is what a first run is for, trading
+/// real money by default is never right.
+pub fn resolve(
+    exchange: Exchange,
+    initial_mode: Option<TradingMode>,
+    strategies: Option<&[StrategyEntry]>,
+) -> Resolved {
+    let initial_mode = match (initial_mode, exchange) {
+        (Some(mode), _) => InitialMode::explicit(mode),
+        (None, Exchange::EmbeddedPaper) => InitialMode {
+            mode: TradingMode::Aggressive,
+            reason: "broker is the embedded paper exchange (paper money) and [fail_safe] \
+                     initial_mode is not set"
+                .into(),
+        },
+        (None, Exchange::External) => InitialMode::observe_only(
+            "broker is not the embedded paper exchange and [fail_safe] initial_mode is not set",
+        ),
+    };
+    let (strategies, strategies_reason) = match (strategies, exchange) {
+        (Some([]), _) => (
+            Vec::new(),
+            "the configuration sets strategies = [] (none)".to_owned(),
+        ),
+        (Some(named), _) => (
+            named.to_vec(),
+            "named by [[strategies]] in the configuration".to_owned(),
+        ),
+        (None, Exchange::EmbeddedPaper) => (
+            vec![example_strategy()],
+            "the built-in example: broker is the embedded paper exchange and the configuration \
+             names no [[strategies]]"
+                .to_owned(),
+        ),
+        (None, Exchange::External) => (
+            Vec::new(),
+            "broker is not the embedded paper exchange and the configuration names no \
+             [[strategies]]"
+                .to_owned(),
+        ),
+    };
+    Resolved {
+        exchange,
+        initial_mode,
+        strategies,
+        strategies_reason,
     }
 }
 
@@ -235,14 +346,15 @@ impl Config {
                 "shutdown_timeout must be greater than 0".into(),
             ));
         }
-        for (i, s) in self.strategies.iter().enumerate() {
+        let strategies = self.strategies.as_deref().unwrap_or_default();
+        for (i, s) in strategies.iter().enumerate() {
             if s.id.trim().is_empty() {
                 return Err(fail(
                     &format!("strategies[{i}]"),
                     "id must not be empty".into(),
                 ));
             }
-            if self.strategies[..i].iter().any(|o| o.id == s.id) {
+            if strategies[..i].iter().any(|o| o.id == s.id) {
                 return Err(fail(
                     &format!("strategies[{i}]"),
                     format!("id {:?} is used twice", s.id),
@@ -268,6 +380,51 @@ impl Config {
         Ok(())
     }
 
+    /// The initial mode and the strategies as this configuration (with its overrides applied)
+    /// decides them; see [`resolve`].
+    pub fn resolve(&self) -> Resolved {
+        resolve(
+            Exchange::of(&self.broker),
+            self.fail_safe.initial_mode,
+            self.strategies.as_deref(),
+        )
+    }
+
+    /// What [`Config::resolve`] decided, as `#` comment lines for `tradebaas check-config`: the
+    /// exchange, the initial mode and the strategies with their reasons, and whether the
+    /// `paper/*` control methods are served.
+    pub fn resolution_text(&self) -> String {
+        let r = self.resolve();
+        let exchange = match r.exchange {
+            Exchange::EmbeddedPaper => "the embedded paper exchange (paper money)".to_owned(),
+            Exchange::External => format!(
+                "{} (not the embedded paper exchange: treated as a real exchange)",
+                tradebaas_actors::broker::protocol::redact_url(&self.broker.url)
+            ),
+        };
+        let control = match (r.exchange, self.paper_exchange.allow_control) {
+            (Exchange::EmbeddedPaper, true) => {
+                "served by the embedded paper exchange on its loopback port \
+                 ([paper_exchange] allow_control = true)"
+            }
+            (Exchange::EmbeddedPaper, false) => "off ([paper_exchange] allow_control = false)",
+            (Exchange::External, _) => {
+                "off: no paper exchange runs and the daemon sends no paper/* request \
+                 (broker is not the embedded paper exchange; [paper_exchange] is unused)"
+            }
+        };
+        format!(
+            "# exchange: {exchange}\n\
+             # initial mode {}: {} (a mode stored by a previous run takes precedence)\n\
+             # strategies: {}: {}\n\
+             # paper/* control methods: {control}\n",
+            r.initial_mode.mode,
+            r.initial_mode.reason,
+            r.strategies_text(),
+            r.strategies_reason,
+        )
+    }
+
     /// What the supervision tree is built from, for the store in `data_dir` and the resolved
     /// exchange (`paper` already replaced by the embedded exchange's URL).
     pub fn tree_config(
@@ -276,6 +433,7 @@ impl Config {
         broker_url: String,
         credentials: Option<Credentials>,
     ) -> TreeConfig {
+        let resolved = self.resolve();
         TreeConfig {
             supervisor: self.supervisor.clone(),
             alert: self.alert.clone(),
@@ -283,13 +441,14 @@ impl Config {
             backups_dir: crate::state_cmd::backups_dir(data_dir),
             store: self.store.clone(),
             fail_safe: self.fail_safe.clone(),
+            initial_mode: resolved.initial_mode,
             health: self.health.clone(),
             heartbeat: self.heartbeat.clone(),
             notifier: None,
             broker: self.broker.clone(),
             broker_url,
             credentials,
-            strategies: self.strategies.clone(),
+            strategies: resolved.strategies,
             execution: self.execution.clone(),
             label_prefix: self.recovery.label_prefix.clone(),
         }
@@ -382,6 +541,134 @@ mod tests {
     fn default_toml_is_the_built_in_default() {
         let parsed = Config::parse(DEFAULT, "config/default.toml").unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    /// The commented-out `[[strategies]]` block of default.toml is the built-in `example`.
+    #[test]
+    fn default_toml_documents_the_built_in_example() {
+        let start = DEFAULT
+            .find("# [[strategies]]")
+            .expect("default.toml shows the example");
+        let block: String = DEFAULT[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed = Config::parse(&block, "default.toml example").unwrap();
+        assert_eq!(parsed.strategies, Some(vec![example_strategy()]));
+    }
+
+    #[test]
+    fn resolve_on_the_embedded_paper_exchange_trades_the_example_by_default() {
+        let r = resolve(Exchange::EmbeddedPaper, None, None);
+        assert_eq!(r.initial_mode.mode, TradingMode::Aggressive);
+        assert!(
+            r.initial_mode.reason.contains("embedded paper exchange"),
+            "{r:?}"
+        );
+        assert!(r.initial_mode.reason.contains("not set"), "{r:?}");
+        assert_eq!(r.strategies, vec![example_strategy()]);
+        assert!(r.strategies_reason.contains("built-in example"), "{r:?}");
+    }
+
+    #[test]
+    fn resolve_elsewhere_observes_and_hosts_nothing_by_default() {
+        let r = resolve(Exchange::External, None, None);
+        assert_eq!(r.initial_mode.mode, TradingMode::ObserveOnly);
+        assert_eq!(
+            r.initial_mode.reason,
+            "broker is not the embedded paper exchange and [fail_safe] initial_mode is not set"
+        );
+        assert!(r.strategies.is_empty(), "{r:?}");
+        assert_eq!(r.strategies_text(), "none");
+        assert!(
+            r.strategies_reason.contains("names no [[strategies]]"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn resolve_uses_what_the_file_states_on_any_exchange() {
+        let named = vec![StrategyEntry {
+            id: "btc-main".into(),
+            ..example_strategy()
+        }];
+        for exchange in [Exchange::EmbeddedPaper, Exchange::External] {
+            for mode in [TradingMode::Aggressive, TradingMode::ObserveOnly] {
+                let r = resolve(exchange, Some(mode), Some(&named));
+                assert_eq!(r.initial_mode, InitialMode::explicit(mode), "{exchange:?}");
+                assert_eq!(r.strategies, named, "{exchange:?}");
+                assert!(r.strategies_reason.contains("named by"), "{r:?}");
+            }
+            // An explicit empty list is none, on paper too.
+            let r = resolve(exchange, None, Some(&[]));
+            assert!(r.strategies.is_empty(), "{exchange:?}");
+            assert!(r.strategies_reason.contains("strategies = []"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_minimal_real_exchange_file_observes_and_hosts_nothing() {
+        let c = Config::parse(
+            "[broker]\nurl = \"wss://www.deribit.com/ws/api/v2\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let r = c.resolve();
+        assert_eq!(r.exchange, Exchange::External);
+        assert_eq!(r.initial_mode.mode, TradingMode::ObserveOnly);
+        assert!(r.strategies.is_empty(), "{r:?}");
+        let tree = c.tree_config(Path::new("/tmp/x"), c.broker.url.clone(), None);
+        assert_eq!(tree.initial_mode.mode, TradingMode::ObserveOnly);
+        assert!(tree.strategies.is_empty());
+    }
+
+    #[test]
+    fn the_default_config_with_a_broker_url_override_observes_and_hosts_nothing() {
+        for mut c in [
+            Config::default(),
+            Config::parse(DEFAULT, "config/default.toml").unwrap(),
+        ] {
+            assert_eq!(c.resolve().initial_mode.mode, TradingMode::Aggressive);
+            c.apply_env(|k| {
+                (k == "TRADEBAAS_BROKER_URL").then(|| "wss://test.deribit.com/ws/api/v2".into())
+            })
+            .unwrap();
+            let r = c.resolve();
+            assert_eq!(r.initial_mode.mode, TradingMode::ObserveOnly, "{r:?}");
+            assert!(r.strategies.is_empty(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_mode_and_strategies_are_honoured_on_a_real_exchange() {
+        let c = Config::parse(
+            "[broker]\nurl = \"wss://www.deribit.com/ws/api/v2\"\n\n\
+             [fail_safe]\ninitial_mode = \"AGGRESSIVE\"\n\n\
+             [[strategies]]\nid = \"btc-main\"\ninstrument = \"BTC-PERPETUAL\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let r = c.resolve();
+        assert_eq!(r.initial_mode.mode, TradingMode::Aggressive);
+        assert!(r.initial_mode.reason.contains("is set"), "{r:?}");
+        assert_eq!(r.strategies_text(), "btc-main (BTC-PERPETUAL)");
+    }
+
+    #[test]
+    fn shipped_real_exchange_configs_start_observe_only_with_named_strategies() {
+        for (name, text) in [
+            ("testnet", include_str!("../config/testnet.toml")),
+            (
+                "production.example",
+                include_str!("../config/production.example.toml"),
+            ),
+        ] {
+            let r = Config::parse(text, name).unwrap().resolve();
+            assert_eq!(r.exchange, Exchange::External, "{name}");
+            assert_eq!(r.initial_mode.mode, TradingMode::ObserveOnly, "{name}");
+            assert!(!r.strategies.is_empty(), "{name}: {r:?}");
+        }
     }
 
     #[test]

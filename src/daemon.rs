@@ -51,7 +51,7 @@ use tradebaas_actors::test_points;
 use tradebaas_actors::tree::start_tree;
 
 use crate::admin::{self, AdminContext, AdminServer};
-use crate::config::Config;
+use crate::config::{Config, Exchange};
 use crate::http::{Api, HttpServer};
 use crate::paper_exchange::PaperExchange;
 
@@ -99,7 +99,7 @@ pub fn install_panic_hook(metrics: Metrics) {
 async fn resolve_exchange(
     config: &Config,
 ) -> Result<(String, Option<Credentials>, Option<PaperExchange>), String> {
-    if config.broker.url == "paper" {
+    if config.broker.is_embedded_paper() {
         let exchange = PaperExchange::start(
             config.paper_exchange.clone(),
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -276,9 +276,18 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
             config: config.checks.clone(),
         },
     });
+    // Which mode and strategies the configuration chose, and why: the operator's first question
+    // about a daemon that does (or does not) trade. A stored mode still takes precedence; the
+    // fail-safe logs and reports (`initial_mode_reason` in /health) what it started in.
+    let resolved = config.resolve();
     info!(
         listen = %http.local_addr,
         took_ms = started.elapsed().as_millis() as u64,
+        embedded_paper = resolved.exchange == Exchange::EmbeddedPaper,
+        initial_mode = %resolved.initial_mode.mode,
+        initial_mode_reason = %resolved.initial_mode.reason,
+        strategies = %resolved.strategies_text(),
+        strategies_reason = %resolved.strategies_reason,
         "tradebaas started"
     );
     // Recovery runs before the strategy may act: reconcile the stored state with the exchange and

@@ -147,9 +147,12 @@ fn main() -> ExitCode {
                 let source = config
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "built-in defaults".into());
+                // What the file leaves unset stays unset in the TOML below (copying it keeps the
+                // exchange-dependent defaults); the comment lines say what they resolve to.
+                let resolution = c.resolution_text();
                 match toml::to_string(&c) {
-                    Ok(text) => println!("# {source}: OK\n{text}"),
-                    Err(_) => println!("{source}: OK"),
+                    Ok(text) => println!("# {source}: OK\n{resolution}\n{text}"),
+                    Err(_) => println!("# {source}: OK\n{resolution}"),
                 }
                 code(exit::OK)
             }

@@ -489,14 +489,12 @@ async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
     // A configuration that would trade at once on a fresh store.
     let config = dir.path().join("aggressive.toml");
     let default = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).unwrap();
-    std::fs::write(
-        &config,
-        default.replace(
-            "initial_mode = \"OBSERVE_ONLY\"",
-            "initial_mode = \"AGGRESSIVE\"",
-        ),
-    )
-    .unwrap();
+    let aggressive = default.replace(
+        "# initial_mode = \"OBSERVE_ONLY\"",
+        "initial_mode = \"AGGRESSIVE\"  ",
+    );
+    assert_ne!(aggressive, default, "default.toml documents initial_mode");
+    std::fs::write(&config, aggressive).unwrap();
     let mut child = Command::new(BIN)
         .args([
             "--log-format",
@@ -907,4 +905,161 @@ async fn a_fail_safe_shutdown_survives_a_process_restart() {
     );
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// `tradebaas check-config` on `text` (written to a file) with `env` added; (exit code, stdout).
+fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tradebaas.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("TRADEBAAS_BROKER_URL")
+        .env_remove("TRADEBAAS_LISTEN")
+        .env_remove("TRADEBAAS_DATA_DIR")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The `# strategies: …` line of a check-config output.
+fn strategies_line(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("# strategies: "))
+        .unwrap_or_else(|| panic!("no strategies line:\n{out}"))
+}
+
+const REAL: &str = "wss://www.deribit.com/ws/api/v2";
+
+#[test]
+fn check_config_on_a_minimal_real_exchange_file_says_observe_only_and_no_strategies() {
+    let (code, out) = check_config(&format!("[broker]\nurl = \"{REAL}\"\n"), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "# initial mode OBSERVE_ONLY: broker is not the embedded paper exchange and \
+             [fail_safe] initial_mode is not set"
+        ),
+        "{out}"
+    );
+    assert!(
+        strategies_line(&out).starts_with("# strategies: none: "),
+        "{out}"
+    );
+    assert!(!out.contains("example"), "{out}");
+    assert!(!out.contains("AGGRESSIVE"), "{out}");
+    assert!(out.contains("# paper/* control methods: off"), "{out}");
+}
+
+#[test]
+fn check_config_on_the_default_config_with_a_real_broker_url_in_the_env_says_observe_only() {
+    let default = std::fs::read_to_string(format!("{ROOT}/config/default.toml")).unwrap();
+    // Without the override: the embedded paper exchange trades the example.
+    let (code, out) = check_config(&default, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("# initial mode AGGRESSIVE: "), "{out}");
+    assert!(
+        strategies_line(&out).starts_with("# strategies: example (BTC-PERPETUAL): "),
+        "{out}"
+    );
+    let (code, out) = check_config(&default, &[("TRADEBAAS_BROKER_URL", REAL)]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("# initial mode OBSERVE_ONLY: "), "{out}");
+    assert!(
+        strategies_line(&out).starts_with("# strategies: none: "),
+        "{out}"
+    );
+    assert!(!out.contains("AGGRESSIVE"), "{out}");
+}
+
+#[test]
+fn check_config_honours_an_explicit_mode_and_strategies_on_a_real_exchange() {
+    let (code, out) = check_config(
+        &format!(
+            "[broker]\nurl = \"{REAL}\"\n\n[fail_safe]\ninitial_mode = \"AGGRESSIVE\"\n\n\
+             [[strategies]]\nid = \"btc-main\"\ninstrument = \"BTC-PERPETUAL\"\n"
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "# initial mode AGGRESSIVE: [fail_safe] initial_mode is set in the configuration"
+        ),
+        "{out}"
+    );
+    assert!(
+        strategies_line(&out).starts_with("# strategies: btc-main (BTC-PERPETUAL): named by"),
+        "{out}"
+    );
+}
+
+/// A daemon against an exchange that is not its embedded one (here a paper exchange on a
+/// loopback port, which the daemon must treat as real) starts OBSERVE_ONLY with no strategy,
+/// and says why in its start-up log line and in /health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_non_embedded_exchange_the_daemon_starts_observe_only_and_says_why() {
+    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
+    let paper = PaperExchange::start(
+        PaperConfig {
+            seed: Some(5),
+            min_heartbeat_interval: Duration::from_millis(100),
+            ..PaperConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    paper.add_credentials("observe-test", "observe-test-secret-0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tradebaas.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nurl = \"{}\"\nheartbeat_interval = \"1s\"\n",
+            paper.url()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("DERIBIT_CLIENT_ID", "observe-test"),
+        ("DERIBIT_CLIENT_SECRET", "observe-test-secret-0123456789"),
+    ];
+    let daemon = Daemon::start_with(&dir.path().join("data"), &config, &[], &env);
+    let started = daemon.wait_line("tradebaas started", Duration::from_secs(20), |v| {
+        v["message"] == "tradebaas started"
+    });
+    assert_eq!(started["initial_mode"], "OBSERVE_ONLY", "{started}");
+    assert_eq!(started["strategies"], "none", "{started}");
+    assert_eq!(started["embedded_paper"], false, "{started}");
+    let why = "broker is not the embedded paper exchange and [fail_safe] initial_mode is not set";
+    assert_eq!(started["initial_mode_reason"], why, "{started}");
+
+    let base = daemon.base_url();
+    let health = wait_health(&base, Duration::from_secs(20), |b| {
+        b["actors"]["fail-safe"]["loaded"] == true
+            && b["actors"]["fail-safe"]["recovered"] == true
+            && b["actors"]["broker-connection"]["state"] == "connected"
+    })
+    .await;
+    assert_eq!(health["mode"], "OBSERVE_ONLY", "{health:#}");
+    let fs = &health["actors"]["fail-safe"];
+    assert_eq!(fs["initial_mode"], "OBSERVE_ONLY", "{fs:#}");
+    assert_eq!(fs["initial_mode_reason"], why, "{fs:#}");
+    assert!(
+        fs["reason"].as_str().is_some_and(|r| r.contains(why)),
+        "{fs:#}"
+    );
+    let hosted = health["actors"]["strategy"]["strategies"]
+        .as_array()
+        .cloned();
+    assert_eq!(hosted, Some(Vec::new()), "{health:#}");
+    assert!(paper.all_orders().is_empty(), "{:?}", paper.all_orders());
+    drop(daemon);
+    paper.shutdown().await;
 }

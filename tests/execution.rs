@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tradebaas::paper_exchange::{Direction, OrderSeed};
 use tradebaas_actors::alert::{AlertMsg, AlertStatus};
-use tradebaas_actors::failsafe::FailSafeMsg;
+use tradebaas_actors::failsafe::{FailSafeMsg, InitialMode};
 use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::signal::MaCrossConfig;
@@ -28,7 +28,7 @@ async fn trading(
     customize: impl FnOnce(&mut tradebaas_actors::tree::TreeConfig),
 ) -> common::Harness {
     let h = common::start(|t, _| {
-        t.fail_safe.initial_mode = TradingMode::Aggressive;
+        t.initial_mode = InitialMode::explicit(TradingMode::Aggressive);
         t.execution.enabled = true;
         t.execution.check_interval = Duration::from_millis(100);
         t.execution.not_found_grace = Duration::from_millis(300);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ractor::cast;
 use serde_json::Value;
-use tradebaas_actors::failsafe::TriggerConfig;
+use tradebaas_actors::failsafe::{InitialMode, TriggerConfig};
 use tradebaas_actors::heartbeat::HeartbeatMsg;
 use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::mode::TradingMode;
@@ -275,7 +275,7 @@ async fn a_missing_heartbeat_restricts_to_observe_only_with_an_alert() {
                 ..quiet()
             },
         );
-        t.fail_safe.initial_mode = TradingMode::Aggressive;
+        t.initial_mode = InitialMode::explicit(TradingMode::Aggressive);
     })
     .await;
     h.wait_for("/health", Duration::from_secs(10), |_, b| {

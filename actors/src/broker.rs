@@ -31,6 +31,13 @@ use protocol::redact_url;
 use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
 
+/// The `broker.url` that makes the daemon start its embedded paper exchange and trade on it.
+pub const PAPER_URL: &str = "paper";
+
+/// The namespace of the paper exchange's control methods (fault injection, price and account
+/// seeding). They exist only on a paper exchange.
+pub const PAPER_CONTROL_PREFIX: &str = "paper/";
+
 /// `[broker]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,7 +70,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            url: "paper".into(),
+            url: PAPER_URL.into(),
             channels: vec!["ticker.BTC-PERPETUAL.100ms".into()],
             heartbeat_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -80,7 +87,8 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.url != "paper" && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
+        if self.url != PAPER_URL
+            && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
         {
             return Err(format!(
                 "url must be \"paper\" or a ws:// or wss:// URL, not {:?}",
@@ -107,6 +115,29 @@ impl BrokerConfig {
         self.reconnect
             .validate()
             .map_err(|e| format!("reconnect.{e}"))
+    }
+}
+
+impl BrokerConfig {
+    /// Whether the exchange is the embedded paper exchange (`url = "paper"`); any other URL is
+    /// treated as a real exchange, whatever answers there.
+    pub fn is_embedded_paper(&self) -> bool {
+        self.url == PAPER_URL
+    }
+
+    /// Whether `method` may be sent on this exchange: a `paper/*` control method only to the
+    /// embedded paper exchange, so that nothing in the daemon sends fault injection or seeding
+    /// to a real exchange. Everything else is the exchange's business.
+    pub fn may_send(&self, method: &str) -> Result<(), RequestError> {
+        if method.starts_with(PAPER_CONTROL_PREFIX) && !self.is_embedded_paper() {
+            return Err(RequestError::Refused {
+                method: method.to_owned(),
+                reason: "paper/* control methods are sent only to the embedded paper exchange \
+                         (broker.url = \"paper\")"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -768,25 +799,34 @@ impl Actor for BrokerActor {
                 method,
                 params,
                 reply,
-            } => match state.connected_session() {
-                Some(session) => {
-                    let h = session.handle();
-                    let limiter = state.limiter.clone();
-                    tokio::spawn(async move {
-                        limiter.acquire(method_kind(&method)).await;
-                        let result = h.request(&method, params).await.and_then(|raw| {
-                            serde_json::from_str(raw.get()).map_err(|e| RequestError::Unexpected {
-                                method: method.clone(),
-                                reason: e.to_string(),
-                            })
+            } => {
+                if let Err(e) = state.args.config.may_send(&method) {
+                    warn!(actor = "broker-connection", error = %e, "request refused");
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                match state.connected_session() {
+                    Some(session) => {
+                        let h = session.handle();
+                        let limiter = state.limiter.clone();
+                        tokio::spawn(async move {
+                            limiter.acquire(method_kind(&method)).await;
+                            let result = h.request(&method, params).await.and_then(|raw| {
+                                serde_json::from_str(raw.get()).map_err(|e| {
+                                    RequestError::Unexpected {
+                                        method: method.clone(),
+                                        reason: e.to_string(),
+                                    }
+                                })
+                            });
+                            let _ = reply.send(result);
                         });
-                        let _ = reply.send(result);
-                    });
+                    }
+                    None => {
+                        let _ = reply.send(Err(RequestError::NotConnected));
+                    }
                 }
-                None => {
-                    let _ = reply.send(Err(RequestError::NotConnected));
-                }
-            },
+            }
             BrokerMsg::Reauthenticate(reply) => {
                 let (Some(session), Some(credentials)) =
                     (state.connected_session(), state.args.credentials.clone())

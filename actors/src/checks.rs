@@ -682,7 +682,7 @@ pub fn strategy_states(state: &BTreeMap<String, String>) -> Check {
 }
 
 /// `mode`: the stored `mode` value, if any, is a [`StoredMode`] (none stored yet passes: the
-/// fail-safe then uses `fail_safe.initial_mode`).
+/// fail-safe then uses its resolved initial mode).
 pub fn mode(state: &BTreeMap<String, String>) -> Check {
     match state.get(MODE_KEY) {
         None => Check::pass(MODE, "no mode stored yet (first start)"),
@@ -1511,7 +1511,9 @@ mod tests {
 
         use super::*;
         use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
-        use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeStatus};
+        use crate::failsafe::{
+            FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeStatus, InitialMode,
+        };
         use crate::metrics::Metrics;
         use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
 
@@ -1552,10 +1554,8 @@ mod tests {
                 FailSafeActor,
                 FailSafeArgs {
                     names: names.clone(),
-                    config: FailSafeConfig {
-                        initial_mode: TradingMode::Aggressive,
-                        ..FailSafeConfig::default()
-                    },
+                    config: FailSafeConfig::default(),
+                    initial: InitialMode::explicit(TradingMode::Aggressive),
                     health: Default::default(),
                 },
             )

@@ -40,8 +40,12 @@ pub const MODE_KEY: &str = "mode";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailSafeConfig {
-    /// The mode used when the store holds none (first start).
-    pub initial_mode: TradingMode,
+    /// The mode used when the store holds none (first start), as the configuration file states
+    /// it. `None` (the key left out): the daemon decides by the exchange in use (AGGRESSIVE on
+    /// the embedded paper exchange, OBSERVE_ONLY anywhere else) and hands the fail-safe the
+    /// resolved [`InitialMode`]; the actor itself reads only that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_mode: Option<TradingMode>,
     /// How long to wait for the persister's `Load` answer.
     #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
@@ -60,7 +64,7 @@ pub struct FailSafeConfig {
 impl Default for FailSafeConfig {
     fn default() -> Self {
         Self {
-            initial_mode: TradingMode::ObserveOnly,
+            initial_mode: None,
             load_timeout: Duration::from_secs(2),
             load_attempts: 5,
             load_retry_delay: Duration::from_millis(500),
@@ -73,7 +77,7 @@ impl Default for FailSafeConfig {
 impl FailSafeConfig {
     /// Checks the values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.initial_mode == TradingMode::Shutdown {
+        if self.initial_mode == Some(TradingMode::Shutdown) {
             return Err(
                 "initial_mode must be AGGRESSIVE or OBSERVE_ONLY (SHUTDOWN is only entered by a trigger)"
                     .into(),
@@ -94,11 +98,41 @@ impl FailSafeConfig {
     }
 }
 
+/// The mode the fail-safe uses on a first start (nothing stored) and why it was chosen: the
+/// configured `initial_mode`, or the daemon's default for the exchange in use. A mode in the
+/// store (a previous run's, or this run's before an actor restart) always takes precedence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitialMode {
+    pub mode: TradingMode,
+    /// For the operator: where the mode came from (the file, or which default and why).
+    pub reason: String,
+}
+
+impl InitialMode {
+    /// The fail-closed choice when nothing decided otherwise.
+    pub fn observe_only(reason: impl Into<String>) -> Self {
+        Self {
+            mode: TradingMode::ObserveOnly,
+            reason: reason.into(),
+        }
+    }
+
+    /// `mode`, set explicitly (by the configuration or a test).
+    pub fn explicit(mode: TradingMode) -> Self {
+        Self {
+            mode,
+            reason: "[fail_safe] initial_mode is set in the configuration".into(),
+        }
+    }
+}
+
 /// What the fail-safe is spawned with.
 #[derive(Clone)]
 pub struct FailSafeArgs {
     pub names: Names,
     pub config: FailSafeConfig,
+    /// The resolved mode for a first start (`config.initial_mode` is not read by the actor).
+    pub initial: InitialMode,
     /// `[health]`: the `unhealthy` trigger applies the same rules as `/health`.
     pub health: HealthConfig,
 }
@@ -183,6 +217,12 @@ pub struct FailSafeStatus {
     /// Why the mode is what it is.
     pub reason: String,
     pub changed_at: Option<DateTime<Utc>>,
+    /// The mode this run started in: the stored mode if the store holds one, else the resolved
+    /// initial mode (before the store is read: the resolved initial mode).
+    pub initial_mode: TradingMode,
+    /// Why this run started in `initial_mode` (the file, the exchange-dependent default, or the
+    /// stored mode taking precedence).
+    pub initial_mode_reason: String,
     /// Triggers since start.
     pub triggers: u64,
     pub last_trigger: Option<String>,
@@ -218,6 +258,9 @@ pub struct FailSafeState {
     loading: bool,
     reason: String,
     changed_at: Option<DateTime<Utc>>,
+    /// The mode this run started in, and why (see [`FailSafeStatus::initial_mode`]).
+    initial_mode: TradingMode,
+    initial_mode_reason: String,
     triggers: u64,
     last_trigger: Option<String>,
     /// Bumped on every in-memory change; a pending change to AGGRESSIVE applies only if unchanged.
@@ -256,6 +299,8 @@ impl FailSafeState {
             loaded: self.loaded,
             reason: self.reason.clone(),
             changed_at: self.changed_at,
+            initial_mode: self.initial_mode,
+            initial_mode_reason: self.initial_mode_reason.clone(),
             triggers: self.triggers,
             last_trigger: self.last_trigger.clone(),
             recovered: self.recovered,
@@ -617,6 +662,12 @@ impl FailSafeState {
                 } else {
                     self.loading = false;
                     self.reason = format!("stored trading mode could not be loaded: {e}");
+                    self.initial_mode = self.mode;
+                    self.initial_mode_reason = format!(
+                        "the store could not be read, so neither a stored mode nor the configured \
+                         initial mode {} was applied: {e}",
+                        self.args.initial.mode
+                    );
                     error!(
                         actor = "fail-safe",
                         attempts,
@@ -630,17 +681,39 @@ impl FailSafeState {
         };
         self.loaded = true;
         self.loading = false;
+        let initial = self.args.initial.clone();
         if self.mode == TradingMode::Shutdown {
             // A trigger arrived before the load finished; it is newer and already stored.
+            self.initial_mode = TradingMode::Shutdown;
+            self.initial_mode_reason = format!(
+                "a fail-safe trigger latched SHUTDOWN before the stored mode was read ({})",
+                self.reason
+            );
             info!(
                 actor = "fail-safe",
+                initial_mode = %self.initial_mode,
+                initial_mode_reason = %self.initial_mode_reason,
                 "stored trading mode loaded; keeping the SHUTDOWN triggered meanwhile"
             );
             return;
         }
         match stored.map(serde_json::from_value::<StoredMode>) {
             Some(Ok(s)) => {
-                info!(actor = "fail-safe", mode = %s.mode, reason = %s.reason, "stored trading mode loaded");
+                // Recovery: what the store says wins over the configuration.
+                self.initial_mode = s.mode;
+                self.initial_mode_reason = format!(
+                    "the stored mode takes precedence over the configured initial mode {} ({}); \
+                     stored: {} ({})",
+                    initial.mode, initial.reason, s.mode, s.reason
+                );
+                info!(
+                    actor = "fail-safe",
+                    mode = %s.mode,
+                    reason = %s.reason,
+                    initial_mode = %self.initial_mode,
+                    initial_mode_reason = %self.initial_mode_reason,
+                    "stored trading mode loaded; trading starts {}", s.mode
+                );
                 if s.mode != self.mode {
                     self.generation += 1;
                 }
@@ -651,17 +724,29 @@ impl FailSafeState {
             Some(Err(e)) => {
                 // Fail closed: an unreadable mode might have been SHUTDOWN.
                 let reason = format!("stored trading mode is unreadable ({e}); latched for safety");
+                self.initial_mode = TradingMode::Shutdown;
+                self.initial_mode_reason = format!(
+                    "{reason}; the configured initial mode {} is not applied",
+                    initial.mode
+                );
                 self.raise_alert("unreadable_mode", &reason, self.mode);
                 self.restrict(TradingMode::Shutdown, reason, Some("unreadable_mode"), None);
             }
             None => {
-                let initial = self.args.config.initial_mode;
-                let reason = "initial mode from configuration (nothing stored)".to_string();
-                info!(actor = "fail-safe", mode = %initial, "no stored trading mode; using the configured initial mode");
-                if initial.allows_entries() {
-                    self.loosen(myself, initial, reason, None);
+                self.initial_mode = initial.mode;
+                self.initial_mode_reason = initial.reason.clone();
+                let reason = format!("initial mode (nothing stored): {}", initial.reason);
+                info!(
+                    actor = "fail-safe",
+                    mode = %initial.mode,
+                    initial_mode = %initial.mode,
+                    initial_mode_reason = %initial.reason,
+                    "no stored trading mode; trading starts {} (the initial mode)", initial.mode
+                );
+                if initial.mode.allows_entries() {
+                    self.loosen(myself, initial.mode, reason, None);
                 } else {
-                    self.restrict(initial, reason, None, None);
+                    self.restrict(initial.mode, reason, None, None);
                 }
             }
         }
@@ -689,6 +774,11 @@ impl Actor for FailSafeActor {
             args.health.clone(),
             Utc::now(),
         );
+        let initial_mode = args.initial.mode;
+        let initial_mode_reason = format!(
+            "{}; not applied yet: the store is being read (a stored mode takes precedence)",
+            args.initial.reason
+        );
         Ok(FailSafeState {
             args,
             mode: TradingMode::ObserveOnly,
@@ -697,6 +787,8 @@ impl Actor for FailSafeActor {
             loading: true,
             reason: "starting: the stored mode is not loaded yet".into(),
             changed_at: None,
+            initial_mode,
+            initial_mode_reason,
             triggers: 0,
             last_trigger: None,
             generation: 0,
@@ -871,13 +963,19 @@ mod tests {
         p
     }
 
+    /// A fail-safe whose resolved initial mode is `config.initial_mode` (unset: OBSERVE_ONLY).
     async fn spawn(names: &Names, config: FailSafeConfig) -> ActorRef<FailSafeMsg> {
+        let initial = config
+            .initial_mode
+            .map(InitialMode::explicit)
+            .unwrap_or_else(|| InitialMode::observe_only("test: initial_mode not set"));
         let (a, _) = Actor::spawn(
             Some(names.of(ChildName::FailSafe)),
             FailSafeActor,
             FailSafeArgs {
                 names: names.clone(),
                 config,
+                initial,
                 health: HealthConfig::default(),
             },
         )
@@ -930,7 +1028,7 @@ mod tests {
 
     fn aggressive() -> FailSafeConfig {
         FailSafeConfig {
-            initial_mode: TradingMode::Aggressive,
+            initial_mode: Some(TradingMode::Aggressive),
             ..FailSafeConfig::default()
         }
     }
@@ -938,18 +1036,21 @@ mod tests {
     #[test]
     fn config_defaults_fail_closed_and_validate_names_the_field() {
         let c = FailSafeConfig::default();
-        assert_eq!(c.initial_mode, TradingMode::ObserveOnly);
+        assert_eq!(
+            c.initial_mode, None,
+            "unset: the daemon decides by the exchange"
+        );
         assert_eq!(c.load_timeout, Duration::from_secs(2));
         assert_eq!(c.validate(), Ok(()));
         let bad = FailSafeConfig {
-            initial_mode: TradingMode::Shutdown,
+            initial_mode: Some(TradingMode::Shutdown),
             ..c.clone()
         };
         assert!(bad.validate().unwrap_err().contains("initial_mode"));
         let parsed: FailSafeConfig =
             serde_json::from_value(json!({"initial_mode": "AGGRESSIVE", "load_timeout": "1s"}))
                 .unwrap();
-        assert_eq!(parsed.initial_mode, TradingMode::Aggressive);
+        assert_eq!(parsed.initial_mode, Some(TradingMode::Aggressive));
         assert!(serde_json::from_value::<FailSafeConfig>(json!({"mode": "AGGRESSIVE"})).is_err());
     }
 
@@ -1035,6 +1136,43 @@ mod tests {
             TradingMode::Shutdown
         );
         assert!(allow(&fs).await.is_err());
+        fs.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_says_which_mode_the_run_started_in_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = Names::with_prefix("fs-initial-");
+        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+
+        // Nothing stored: the resolved initial mode, with its reason.
+        let fs = spawn(&names, aggressive()).await;
+        let s = wait_for(&fs, TradingMode::Aggressive).await;
+        assert_eq!(s.initial_mode, TradingMode::Aggressive);
+        assert_eq!(
+            s.initial_mode_reason,
+            InitialMode::explicit(TradingMode::Aggressive).reason
+        );
+        assert!(
+            s.reason.contains("initial mode (nothing stored)"),
+            "{}",
+            s.reason
+        );
+        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
+        fs.stop_and_wait(None, None).await.unwrap();
+
+        // A stored mode wins over the configuration, and the reason says so.
+        let fs = spawn(&names, aggressive()).await;
+        let s = wait_for(&fs, TradingMode::ObserveOnly).await;
+        assert_eq!(s.initial_mode, TradingMode::ObserveOnly);
+        assert!(
+            s.initial_mode_reason.contains(
+                "stored mode takes precedence over the configured initial mode AGGRESSIVE"
+            ),
+            "{}",
+            s.initial_mode_reason
+        );
         fs.stop_and_wait(None, None).await.unwrap();
         persister.stop_and_wait(None, None).await.unwrap();
     }

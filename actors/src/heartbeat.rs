@@ -821,7 +821,7 @@ impl Actor for HeartbeatActor {
 mod tests {
     use super::*;
     use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
-    use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig};
+    use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, InitialMode};
     use crate::hooks::TestHook;
     use crate::persister::{PersisterActor, PersisterArgs};
     use crate::store::Store;
@@ -1256,10 +1256,8 @@ mod tests {
             FailSafeActor,
             FailSafeArgs {
                 names: names.clone(),
-                config: FailSafeConfig {
-                    initial_mode: TradingMode::Aggressive,
-                    ..FailSafeConfig::default()
-                },
+                config: FailSafeConfig::default(),
+                initial: InitialMode::explicit(TradingMode::Aggressive),
                 health: Default::default(),
             },
         )

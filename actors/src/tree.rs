@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::alert::{Alert, AlertActor, AlertArgs, AlertConfig, AlertMsg, Severity};
 use crate::broker::{BrokerActor, BrokerArgs, BrokerConfig, Credentials};
-use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeMsg};
+use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeMsg, InitialMode};
 use crate::health::HealthConfig;
 use crate::heartbeat::{HeartbeatActor, HeartbeatArgs, HeartbeatConfig};
 use crate::metrics::Metrics;
@@ -42,6 +42,9 @@ pub struct TreeConfig {
     /// `[store]`: backup interval and retention.
     pub store: StoreConfig,
     pub fail_safe: FailSafeConfig,
+    /// The fail-safe's mode for a first start, resolved from `fail_safe.initial_mode` and the
+    /// exchange in use (by the daemon's configuration, `tradebaas::config`).
+    pub initial_mode: InitialMode,
     /// `[health]`: the fail-safe's `unhealthy` trigger applies the same rules as `/health`.
     pub health: HealthConfig,
     pub heartbeat: HeartbeatConfig,
@@ -116,6 +119,7 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
                 FailSafeArgs {
                     names: names.clone(),
                     config: config.fail_safe.clone(),
+                    initial: config.initial_mode.clone(),
                     health: config.health.clone(),
                 },
             ),

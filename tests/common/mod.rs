@@ -39,7 +39,7 @@ pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
     c.broker.heartbeat_interval = Duration::from_secs(1);
     c.heartbeat.interval = Duration::from_millis(200);
     // Issue-3 behaviour unless a test opts in: no trading on a first start, no order management.
-    c.fail_safe.initial_mode = tradebaas_actors::mode::TradingMode::ObserveOnly;
+    c.fail_safe.initial_mode = Some(tradebaas_actors::mode::TradingMode::ObserveOnly);
     c.execution.enabled = false;
     c.tree_config(
         dir,

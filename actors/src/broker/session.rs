@@ -66,6 +66,9 @@ pub enum RequestError {
     Rpc(#[from] RpcError),
     #[error("unexpected answer to {method}: {reason}")]
     Unexpected { method: String, reason: String },
+    /// Refused by the broker actor before anything was sent.
+    #[error("{method} refused, not sent: {reason}")]
+    Refused { method: String, reason: String },
 }
 
 /// Why a connection could not be made.

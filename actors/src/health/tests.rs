@@ -99,6 +99,8 @@ pub(crate) fn healthy_replies() -> Replies {
             loaded: true,
             reason: "initial".into(),
             changed_at: None,
+            initial_mode: TradingMode::ObserveOnly,
+            initial_mode_reason: "test".into(),
             triggers: 0,
             last_trigger: None,
             recovered: true,

@@ -57,6 +57,8 @@ pub fn classify(code: i64) -> ErrorClass {
 /// - `Closed`, `Timeout`: the request may have reached the exchange before the connection went
 ///   away or the answer was late → `Unknown` (ask `get_order_state_by_label`).
 /// - `Unexpected`: the exchange answered but we could not read the answer → `Unknown`.
+/// - `Refused`: the broker would not send it on this exchange; sending it again cannot help →
+///   `FatalForOrder`.
 /// - `Rpc`: by its code, see [`classify`].
 pub fn classify_request_error(error: &RequestError) -> ErrorClass {
     match error {
@@ -64,6 +66,7 @@ pub fn classify_request_error(error: &RequestError) -> ErrorClass {
         RequestError::Closed { .. }
         | RequestError::Timeout { .. }
         | RequestError::Unexpected { .. } => ErrorClass::Unknown,
+        RequestError::Refused { .. } => ErrorClass::FatalForOrder,
         RequestError::Rpc(e) => classify(e.code),
     }
 }

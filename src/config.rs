@@ -32,8 +32,9 @@ use tradebaas_actors::tree::TreeConfig;
 use crate::admin::AdminConfig;
 use crate::paper_exchange::PaperConfig;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The whole configuration file. Its `Default` is every table's default, with the initial mode
+/// and the strategies unset (= `config/default.toml`; [`Config::resolve`] decides them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -58,28 +59,6 @@ pub struct Config {
     /// `[[strategies]]` and no `strategies = []`): [`Config::resolve`] decides by the exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategies: Option<Vec<StrategyEntry>>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            logging: LoggingConfig::default(),
-            supervisor: SupervisorConfig::default(),
-            health: HealthConfig::default(),
-            broker: BrokerConfig::default(),
-            paper_exchange: PaperConfig::default(),
-            alert: AlertConfig::default(),
-            fail_safe: FailSafeConfig::default(),
-            heartbeat: HeartbeatConfig::default(),
-            recovery: RecoveryConfig::default(),
-            store: StoreConfig::default(),
-            checks: ChecksConfig::default(),
-            execution: ExecutionConfig::default(),
-            admin: AdminConfig::default(),
-            strategies: None,
-        }
-    }
 }
 
 /// The built-in `example` strategy: a moving-average crossover on BTC-PERPETUAL with tight

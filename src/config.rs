@@ -32,7 +32,8 @@ use tradebaas_actors::tree::TreeConfig;
 use crate::admin::AdminConfig;
 use crate::paper_exchange::PaperConfig;
 
-/// The whole configuration file.
+/// The whole configuration file. Its `Default` is every table's default, with the initial mode
+/// and the strategies unset (= `config/default.toml`; [`Config::resolve`] decides them).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {

@@ -208,10 +208,16 @@ async fn snapshots_holding_an_error_instead_of_capital_do_not_hold_off_snapshot_
     })
     .await;
     // A failed snapshot (the exchange did not answer) every 100 ms, well within the threshold.
-    let persister = h
-        .names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .unwrap();
+    // The persister registers its name as it starts: wait for it rather than assume it.
+    let mut persister = None;
+    for _ in 0..200 {
+        persister = h.names.lookup::<PersisterMsg>(ChildName::StatePersister);
+        if persister.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let persister = persister.expect("the state-persister is registered within 5 s");
     let snapshots = tokio::spawn(async move {
         loop {
             let _ = cast!(

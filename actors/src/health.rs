@@ -347,6 +347,70 @@ pub struct SystemReport {
     pub cpu: Reading,
 }
 
+/// One thing a health rule looked at and what it concluded: the per-component detail behind
+/// the verdict (the `checks` of an `application/health+json` answer). Every reason in the
+/// report is the `output` of one measurement, so the verdict is the worst measurement's status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    /// The component: a child name, `supervisor`, or `memory`, `cpu`, `errors`, `event-log`,
+    /// `execution-queue`.
+    pub component: &'static str,
+    /// What was measured: `status`, `connection`, `marketDataAge`, `utilization`, `rate`, `age`.
+    pub measurement: &'static str,
+    /// `component` (an actor or the queue), `system` (the process) or `datastore` (the store).
+    pub component_type: &'static str,
+    pub observed: Value,
+    /// The unit of `observed`, when it is a number.
+    pub unit: Option<&'static str>,
+    pub status: Verdict,
+    /// Why the status is not healthy (a reason of the report), or a fact worth showing.
+    pub output: Option<String>,
+}
+
+impl Measurement {
+    fn new(
+        component: &'static str,
+        measurement: &'static str,
+        component_type: &'static str,
+        observed: Value,
+        unit: Option<&'static str>,
+    ) -> Self {
+        Self {
+            component,
+            measurement,
+            component_type,
+            observed,
+            unit,
+            status: Verdict::Healthy,
+            output: None,
+        }
+    }
+
+    /// Adds a fact worth showing without changing the status (e.g. why a figure is unknown).
+    fn note(mut self, output: String) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    /// Marks it `status` with `reason`, and files the reason where [`assess`] collects them.
+    fn fails(mut self, status: Verdict, reason: String, reasons: &mut Vec<String>) -> Self {
+        self.status = status;
+        self.output = Some(reason.clone());
+        reasons.push(reason);
+        self
+    }
+}
+
+/// Why the sampler could not read `figure` (`memory` or `cpu`), from `system.unknown`.
+fn unknown_reason(system: &SystemStats, figure: &str) -> String {
+    let prefix = format!("{figure}: ");
+    system
+        .unknown
+        .iter()
+        .find_map(|u| u.strip_prefix(&prefix))
+        .map_or_else(|| "not readable".to_owned(), |why| format!("not readable: {why}"))
+}
+
 /// A health report, serialized as the `/health` body.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -361,6 +425,9 @@ pub struct HealthReport {
     pub system: SystemReport,
     /// Error rate, last market data, last event-log and snapshot writes, execution queue.
     pub system_health: SystemHealth,
+    /// What each rule looked at (not in the `/health` JSON; `application/health+json` shows it).
+    #[serde(skip)]
+    pub measurements: Vec<Measurement>,
 }
 
 /// The readiness verdict: ready, or the reason why not.
@@ -492,12 +559,27 @@ fn entry<T: Serialize>(
 pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> HealthReport {
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
+    let mut measurements = Vec::new();
     let sup = replies.supervisor.answered();
-    match &replies.supervisor {
-        Reply::Answered(_) => {}
-        Reply::Unresponsive => unhealthy.push("root supervisor is unresponsive".to_owned()),
-        Reply::NotRunning => unhealthy.push("root supervisor is not running".to_owned()),
-    }
+    let sup_status = match &replies.supervisor {
+        Reply::Answered(_) => "running",
+        Reply::Unresponsive => "unresponsive",
+        Reply::NotRunning => "not_running",
+    };
+    let m = Measurement::new("supervisor", "status", "component", json!(sup_status), None);
+    measurements.push(match &replies.supervisor {
+        Reply::Answered(_) => m,
+        Reply::Unresponsive => m.fails(
+            Verdict::Unhealthy,
+            "root supervisor is unresponsive".to_owned(),
+            &mut unhealthy,
+        ),
+        Reply::NotRunning => m.fails(
+            Verdict::Unhealthy,
+            "root supervisor is not running".to_owned(),
+            &mut unhealthy,
+        ),
+    });
 
     let mut actors = BTreeMap::new();
     actors.insert(
@@ -540,86 +622,205 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
         entry(ChildName::Strategy, &replies.strategy, sup, &mut unhealthy),
     );
 
+    // The reasons `entry` filed, one per child that is not running, in the same order.
+    for (name, a) in &actors {
+        let status = a["status"].as_str().unwrap_or("unknown");
+        let mut m = Measurement::new(*name, "status", "component", json!(status), None);
+        if status != "running" {
+            m.status = Verdict::Unhealthy;
+            m.output = Some(format!("{name} is {status}"));
+        }
+        measurements.push(m);
+    }
+
     if let Some(b) = replies.broker.answered() {
         let grace = ms(config.broker_grace);
-        if b.state == LinkState::CircuitOpen {
-            unhealthy.push("broker circuit breaker is open".into());
+        let m = Measurement::new(
+            ChildName::BrokerConnection.as_str(),
+            "connection",
+            "component",
+            serde_json::to_value(b.state).unwrap_or(Value::Null),
+            None,
+        );
+        measurements.push(if b.state == LinkState::CircuitOpen {
+            m.fails(
+                Verdict::Unhealthy,
+                "broker circuit breaker is open".into(),
+                &mut unhealthy,
+            )
         } else if b.state != LinkState::Connected {
             let down = b.disconnected_for_ms.unwrap_or(0);
             if down > grace {
-                unhealthy.push(format!(
-                    "broker disconnected for {down} ms (grace {grace} ms)"
-                ));
+                m.fails(
+                    Verdict::Unhealthy,
+                    format!("broker disconnected for {down} ms (grace {grace} ms)"),
+                    &mut unhealthy,
+                )
             } else {
-                degraded.push(format!("broker reconnecting ({down} ms)"));
+                m.fails(
+                    Verdict::Degraded,
+                    format!("broker reconnecting ({down} ms)"),
+                    &mut degraded,
+                )
             }
-        }
+        } else {
+            m
+        });
         let stale = ms(config.market_data_stale);
-        if b.market_data_age_ms > stale {
-            unhealthy.push(format!(
-                "market data is {} ms old (limit {stale} ms)",
-                b.market_data_age_ms
-            ));
-        }
+        let m = Measurement::new(
+            ChildName::BrokerConnection.as_str(),
+            "marketDataAge",
+            "component",
+            json!(b.market_data_age_ms),
+            Some("ms"),
+        );
+        measurements.push(if b.market_data_age_ms > stale {
+            m.fails(
+                Verdict::Unhealthy,
+                format!(
+                    "market data is {} ms old (limit {stale} ms)",
+                    b.market_data_age_ms
+                ),
+                &mut unhealthy,
+            )
+        } else {
+            m
+        });
     }
 
     let system = replies.heartbeat.answered().map_or_else(
         || SystemStats::unavailable(&format!("heartbeat {}", replies.heartbeat.describe())),
         |h| h.system.clone(),
     );
+    // Without the heartbeat's sample there is nothing to show (its own status check fails).
+    let sampled = replies.heartbeat.answered().is_some();
     let memory = Reading::of(system.memory_percent, config.memory_degraded_percent);
     let cpu = Reading::of(system.cpu_percent, config.cpu_degraded_percent);
-    if let (Reading::Degraded, Some(m)) = (memory, system.memory_percent) {
-        degraded.push(format!(
-            "memory at {m:.1}% of {} (threshold {:.1}%)",
-            match system.memory_limit_source {
-                Some(crate::heartbeat::LimitSource::Cgroup) => "the cgroup limit",
-                _ => "the machine's memory",
-            },
-            config.memory_degraded_percent
-        ));
+    let m = Measurement::new(
+        "memory",
+        "utilization",
+        "system",
+        json!(system.memory_percent),
+        Some("percent"),
+    );
+    let m = match (memory, system.memory_percent) {
+        (Reading::Degraded, Some(p)) => m.fails(
+            Verdict::Degraded,
+            format!(
+                "memory at {p:.1}% of {} (threshold {:.1}%)",
+                match system.memory_limit_source {
+                    Some(crate::heartbeat::LimitSource::Cgroup) => "the cgroup limit",
+                    _ => "the machine's memory",
+                },
+                config.memory_degraded_percent
+            ),
+            &mut degraded,
+        ),
+        (Reading::Unknown, _) => m.note(unknown_reason(&system, "memory")),
+        _ => m,
+    };
+    if sampled {
+        measurements.push(m);
     }
-    if let (Reading::Degraded, Some(c)) = (cpu, system.cpu_percent) {
-        degraded.push(format!(
-            "cpu at {c:.1}% (threshold {:.1}%)",
-            config.cpu_degraded_percent
-        ));
+    let m = Measurement::new(
+        "cpu",
+        "utilization",
+        "system",
+        json!(system.cpu_percent),
+        Some("percent"),
+    );
+    let m = match (cpu, system.cpu_percent) {
+        (Reading::Degraded, Some(c)) => m.fails(
+            Verdict::Degraded,
+            format!(
+                "cpu at {c:.1}% (threshold {:.1}%)",
+                config.cpu_degraded_percent
+            ),
+            &mut degraded,
+        ),
+        (Reading::Unknown, _) => m.note(unknown_reason(&system, "cpu")),
+        _ => m,
+    };
+    if sampled {
+        measurements.push(m);
     }
 
-    if system.error_rate_per_minute > config.error_rate_unhealthy_per_minute {
-        unhealthy.push(format!(
-            "error rate {:.1}/min (limit {:.1}/min)",
-            system.error_rate_per_minute, config.error_rate_unhealthy_per_minute
-        ));
+    let m = Measurement::new(
+        "errors",
+        "rate",
+        "system",
+        json!(system.error_rate_per_minute),
+        Some("per_minute"),
+    );
+    let m = if system.error_rate_per_minute > config.error_rate_unhealthy_per_minute {
+        m.fails(
+            Verdict::Unhealthy,
+            format!(
+                "error rate {:.1}/min (limit {:.1}/min)",
+                system.error_rate_per_minute, config.error_rate_unhealthy_per_minute
+            ),
+            &mut unhealthy,
+        )
+    } else {
+        m
+    };
+    if sampled {
+        measurements.push(m);
     }
 
     let persister = replies.persister.answered();
     if let Some(p) = persister {
         let stale = config.event_log_stale;
         let limit = chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
-        match p.last_write_at {
-            Some(at) if ctx.now - at > limit => unhealthy.push(format!(
-                "event log last written {} s ago (limit {} s)",
-                (ctx.now - at).num_seconds(),
-                stale.as_secs()
-            )),
-            Some(_) => {}
+        let m = Measurement::new(
+            "event-log",
+            "age",
+            "datastore",
+            json!(
+                p.last_write_at
+                    .map(|at| (ctx.now - at).num_seconds().max(0))
+            ),
+            Some("s"),
+        );
+        measurements.push(match p.last_write_at {
+            Some(at) if ctx.now - at > limit => m.fails(
+                Verdict::Unhealthy,
+                format!(
+                    "event log last written {} s ago (limit {} s)",
+                    (ctx.now - at).num_seconds(),
+                    stale.as_secs()
+                ),
+                &mut unhealthy,
+            ),
+            Some(_) => m,
             // Nothing written this run: stale once the process is older than the limit.
-            None if ctx.uptime > stale => unhealthy.push(format!(
-                "no event-log write in {} s since start (limit {} s)",
-                ctx.uptime.as_secs(),
-                stale.as_secs()
-            )),
-            None => {}
-        }
+            None if ctx.uptime > stale => m.fails(
+                Verdict::Unhealthy,
+                format!(
+                    "no event-log write in {} s since start (limit {} s)",
+                    ctx.uptime.as_secs(),
+                    stale.as_secs()
+                ),
+                &mut unhealthy,
+            ),
+            None => m,
+        });
     }
 
     let queue = queue_status(&replies.strategy, ctx.now, config.queue_stalled_after);
-    if queue == QueueStatus::Stalled {
-        unhealthy.push(format!(
-            "execution queue STALLED: a strategy job has run longer than {} s",
-            config.queue_stalled_after.as_secs()
-        ));
+    let m = Measurement::new("execution-queue", "status", "component", json!(queue), None);
+    match queue {
+        QueueStatus::Stalled => measurements.push(m.fails(
+            Verdict::Unhealthy,
+            format!(
+                "execution queue STALLED: a strategy job has run longer than {} s",
+                config.queue_stalled_after.as_secs()
+            ),
+            &mut unhealthy,
+        )),
+        // The strategy did not answer: its status check already fails.
+        QueueStatus::Unknown => {}
+        _ => measurements.push(m),
     }
     let system_health = SystemHealth {
         error_rate_per_minute: system.error_rate_per_minute,
@@ -660,6 +861,7 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
             cpu,
         },
         system_health,
+        measurements,
     }
 }
 

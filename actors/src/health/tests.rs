@@ -490,3 +490,165 @@ fn new_health_keys_are_validated_by_name() {
     );
     assert_eq!(HealthConfig::default().validate(), Ok(()));
 }
+
+/// One reply set per rule above, each with the context it needs.
+fn every_rule() -> Vec<(&'static str, Replies, Context)> {
+    let c = ctx();
+    let with = |f: &dyn Fn(&mut Replies)| {
+        let mut r = healthy_replies();
+        f(&mut r);
+        r
+    };
+    vec![
+        ("healthy", healthy_replies(), ctx()),
+        (
+            "actor unresponsive",
+            with(&|r| r.strategy = Reply::Unresponsive),
+            ctx(),
+        ),
+        (
+            "actor not running",
+            with(&|r| r.persister = Reply::NotRunning),
+            ctx(),
+        ),
+        (
+            "supervisor unresponsive",
+            with(&|r| r.supervisor = Reply::Unresponsive),
+            ctx(),
+        ),
+        (
+            "reconnecting within grace",
+            with(&|r| {
+                r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(4_000), 100))
+            }),
+            ctx(),
+        ),
+        (
+            "disconnected beyond grace",
+            with(&|r| {
+                r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(9_000), 100))
+            }),
+            ctx(),
+        ),
+        (
+            "circuit open",
+            with(&|r| r.broker = Reply::Answered(broker(LinkState::CircuitOpen, Some(1_000), 100))),
+            ctx(),
+        ),
+        (
+            "stale market data",
+            with(&|r| r.broker = Reply::Answered(broker(LinkState::Connected, None, 400_000))),
+            ctx(),
+        ),
+        (
+            "memory and cpu high, errors fast",
+            with(&|r| {
+                if let Reply::Answered(h) = &mut r.heartbeat {
+                    h.system.memory_percent = Some(85.0);
+                    h.system.cpu_percent = Some(95.0);
+                    h.system.error_rate_per_minute = 11.0;
+                }
+            }),
+            ctx(),
+        ),
+        (
+            "event log stale",
+            with(&|r| {
+                if let Reply::Answered(p) = &mut r.persister {
+                    p.last_write_at = Some(c.now - chrono::Duration::seconds(601));
+                }
+            }),
+            c.clone(),
+        ),
+        (
+            "queue stalled",
+            with(&|r| {
+                if let Reply::Answered(s) = &mut r.strategy {
+                    s.strategies = vec![instance(Some(Duration::from_secs(301)))];
+                }
+            }),
+            ctx(),
+        ),
+    ]
+}
+
+#[test]
+fn every_reason_is_one_measurement_and_the_verdict_is_the_worst() {
+    for (what, r, c) in every_rule() {
+        let report = assess(&r, &HealthConfig::default(), &c);
+        let mut outputs: Vec<String> = report
+            .measurements
+            .iter()
+            .filter(|m| m.status != Verdict::Healthy)
+            .map(|m| m.output.clone().unwrap_or_default())
+            .collect();
+        let mut reasons = report.reasons.clone();
+        outputs.sort();
+        reasons.sort();
+        assert_eq!(outputs, reasons, "{what}");
+        let worst = report.measurements.iter().map(|m| m.status).max();
+        assert_eq!(worst, Some(report.status), "{what}");
+        let mut keys: Vec<_> = report
+            .measurements
+            .iter()
+            .map(|m| (m.component, m.measurement))
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{what}: a measurement twice");
+    }
+}
+
+#[test]
+fn measurements_name_what_was_looked_at() {
+    let report = assess(&healthy_replies(), &HealthConfig::default(), &ctx());
+    let keys: Vec<String> = report
+        .measurements
+        .iter()
+        .map(|m| format!("{}:{}", m.component, m.measurement))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "supervisor:status",
+            "alert:status",
+            "broker-connection:status",
+            "fail-safe:status",
+            "heartbeat:status",
+            "state-persister:status",
+            "strategy:status",
+            "broker-connection:connection",
+            "broker-connection:marketDataAge",
+            "memory:utilization",
+            "cpu:utilization",
+            "errors:rate",
+            "event-log:age",
+            "execution-queue:status",
+        ]
+    );
+    let mut r = healthy_replies();
+    r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(4_000), 100));
+    r.heartbeat = Reply::Unresponsive;
+    let report = assess(&r, &HealthConfig::default(), &ctx());
+    let link = report
+        .measurements
+        .iter()
+        .find(|m| m.component == "broker-connection" && m.measurement == "connection")
+        .unwrap();
+    assert_eq!(link.status, Verdict::Degraded);
+    assert_eq!(link.observed, "reconnecting");
+    assert_eq!(
+        link.output.as_deref(),
+        Some("broker reconnecting (4000 ms)")
+    );
+    // No sample, no system measurements (the heartbeat's own status fails instead).
+    assert!(
+        !report
+            .measurements
+            .iter()
+            .any(|m| m.component_type == "system"),
+        "{:?}",
+        report.measurements
+    );
+}

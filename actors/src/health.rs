@@ -623,9 +623,9 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
     );
 
     // The reasons `entry` filed, one per child that is not running, in the same order.
-    for (name, a) in &actors {
+    for (&name, a) in &actors {
         let status = a["status"].as_str().unwrap_or("unknown");
-        let mut m = Measurement::new(*name, "status", "component", json!(status), None);
+        let mut m = Measurement::new(name, "status", "component", json!(status), None);
         if status != "running" {
             m.status = Verdict::Unhealthy;
             m.output = Some(format!("{name} is {status}"));

@@ -267,7 +267,13 @@ impl Api {
         }
     }
 
-    async fn route(&self, method: &Method, path: &str, query: &[(String, String)]) -> Reply {
+    async fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(String, String)],
+        accept: Option<&str>,
+    ) -> Reply {
         if method != Method::GET && method != Method::HEAD {
             let mut r = json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -288,11 +294,21 @@ impl Api {
                 } else {
                     StatusCode::OK
                 };
-                json_reply(
-                    status,
-                    &serde_json::to_value(&report)
-                        .unwrap_or_else(|e| json!({"error": e.to_string()})),
-                )
+                let mut r = if wants_health_json(accept) {
+                    let body = serde_json::to_vec(&report.health_json())
+                        .unwrap_or_else(|_| b"{}".to_vec());
+                    respond(status, health::HEALTH_JSON, body)
+                } else {
+                    json_reply(
+                        status,
+                        &serde_json::to_value(&report)
+                            .unwrap_or_else(|e| json!({"error": e.to_string()})),
+                    )
+                };
+                // Caches must key the answer on what was asked for.
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                r
             }
             "/ready" => {
                 let replies = health::gather(&self.names, self.health.actor_timeout).await;
@@ -385,13 +401,59 @@ impl Api {
         let query = warp::query::<Vec<(String, String)>>()
             .or(warp::any().map(Vec::new))
             .unify();
-        warp::method().and(warp::path::full()).and(query).and_then(
-            move |method: Method, path: warp::path::FullPath, query: Vec<(String, String)>| {
-                let api = Arc::clone(&self);
-                async move { Ok::<_, Infallible>(api.route(&method, path.as_str(), &query).await) }
-            },
-        )
+        warp::method()
+            .and(warp::path::full())
+            .and(query)
+            .and(warp::header::headers_cloned())
+            .and_then(
+                move |method: Method,
+                      path: warp::path::FullPath,
+                      query: Vec<(String, String)>,
+                      headers: warp::http::HeaderMap| {
+                    let api = Arc::clone(&self);
+                    // Every `Accept` header, as one list; a value that is not text is ignored.
+                    let accept: Vec<&str> = headers
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    let accept = (!accept.is_empty()).then(|| accept.join(","));
+                    async move {
+                        let reply = api
+                            .route(&method, path.as_str(), &query, accept.as_deref())
+                            .await;
+                        Ok::<_, Infallible>(reply)
+                    }
+                },
+            )
     }
+}
+
+/// Whether an `Accept` header asks `/health` for `application/health+json`: it names that type
+/// (exactly, not through a wildcard) with a quality above 0 and not below that of
+/// `application/json`. Without a header, or with one that does not parse, the answer is the
+/// plain JSON of today.
+fn wants_health_json(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut health_json = None::<f32>;
+    let mut json = 0.0_f32;
+    for item in accept.split(',') {
+        let Ok(m) = item.trim().parse::<mime::Mime>() else {
+            continue;
+        };
+        let q = m
+            .get_param("q")
+            .and_then(|q| q.as_str().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match (m.type_().as_str(), m.subtype().as_str(), m.suffix()) {
+            ("application", "health", Some(mime::JSON)) => {
+                health_json = Some(health_json.map_or(q, |h| h.max(q)));
+            }
+            ("application", "json", None) => json = json.max(q),
+            _ => {}
+        }
+    }
+    health_json.is_some_and(|h| h > 0.0 && h >= json)
 }
 
 /// A running HTTP server.
@@ -569,6 +631,34 @@ mod tests {
             acknowledged_at: None,
             resolved_at: resolved.then(Utc::now),
             key: key.into(),
+        }
+    }
+
+    #[test]
+    fn health_json_is_chosen_only_when_accept_asks_for_it() {
+        for (accept, wanted) in [
+            (None, false),
+            (Some("*/*"), false),
+            (Some("application/json"), false),
+            (Some("application/health+json"), true),
+            (Some("Application/Health+JSON"), true),
+            (
+                Some("application/health+json, application/json;q=0.5"),
+                true,
+            ),
+            (
+                Some("application/json, application/health+json;q=0.9"),
+                false,
+            ),
+            (Some("application/health+json;q=0"), false),
+            (
+                Some("text/html, application/health+json;q=0.8, */*;q=0.1"),
+                true,
+            ),
+            (Some("garbage;;;, application/health+json"), true),
+            (Some("garbage"), false),
+        ] {
+            assert_eq!(wants_health_json(accept), wanted, "{accept:?}");
         }
     }
 

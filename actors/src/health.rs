@@ -408,7 +408,10 @@ fn unknown_reason(system: &SystemStats, figure: &str) -> String {
         .unknown
         .iter()
         .find_map(|u| u.strip_prefix(&prefix))
-        .map_or_else(|| "not readable".to_owned(), |why| format!("not readable: {why}"))
+        .map_or_else(
+            || "not readable".to_owned(),
+            |why| format!("not readable: {why}"),
+        )
 }
 
 /// A health report, serialized as the `/health` body.
@@ -428,6 +431,69 @@ pub struct HealthReport {
     /// What each rule looked at (not in the `/health` JSON; `application/health+json` shows it).
     #[serde(skip)]
     pub measurements: Vec<Measurement>,
+}
+
+/// The media type of the `application/health+json` view (draft-inadarei-api-health-check).
+pub const HEALTH_JSON: &str = "application/health+json";
+
+impl Verdict {
+    /// The draft's `pass`, `warn` or `fail`.
+    pub fn health_json_status(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "pass",
+            Verdict::Degraded => "warn",
+            Verdict::Unhealthy => "fail",
+        }
+    }
+}
+
+impl HealthReport {
+    /// The report as an `application/health+json` body (draft-inadarei-api-health-check-06):
+    /// `status` pass/warn/fail from the same verdict as `/health`, and one `checks` entry per
+    /// measurement, keyed `<component>:<measurement>` (each actor's `status`, the broker's
+    /// `connection` and `marketDataAge`, `memory`/`cpu:utilization`, `errors:rate`,
+    /// `event-log:age`, `execution-queue:status`).
+    pub fn health_json(&self) -> Value {
+        let mut checks = serde_json::Map::new();
+        for m in &self.measurements {
+            let mut c = serde_json::Map::new();
+            c.insert("componentType".into(), json!(m.component_type));
+            c.insert("observedValue".into(), m.observed.clone());
+            if let Some(unit) = m.unit {
+                c.insert("observedUnit".into(), json!(unit));
+            }
+            c.insert("status".into(), json!(m.status.health_json_status()));
+            c.insert("time".into(), json!(self.timestamp));
+            if let Some(output) = &m.output {
+                c.insert("output".into(), json!(output));
+            }
+            let key = format!("{}:{}", m.component, m.measurement);
+            match checks.entry(key) {
+                serde_json::map::Entry::Vacant(v) => {
+                    v.insert(json!([Value::Object(c)]));
+                }
+                serde_json::map::Entry::Occupied(mut o) => {
+                    if let Some(list) = o.get_mut().as_array_mut() {
+                        list.push(Value::Object(c));
+                    }
+                }
+            }
+        }
+        let mut body = json!({
+            "status": self.status.health_json_status(),
+            "version": self.version.split('.').next().unwrap_or(self.version),
+            "releaseId": self.version,
+            "serviceId": "tradebaas",
+            "description": "TradeBaas trading runtime",
+            "notes": [format!("trading mode {}", self.mode)],
+            "checks": checks,
+            "links": {"about": "/api/health/status"},
+        });
+        if !self.reasons.is_empty() {
+            body["output"] = json!(self.reasons.join("; "));
+        }
+        body
+    }
 }
 
 /// The readiness verdict: ready, or the reason why not.

@@ -652,3 +652,49 @@ fn measurements_name_what_was_looked_at() {
         report.measurements
     );
 }
+
+#[test]
+fn the_health_json_view_follows_the_draft() {
+    let report = assess(&healthy_replies(), &HealthConfig::default(), &ctx());
+    let body = report.health_json();
+    assert_eq!(body["status"], "pass");
+    assert_eq!(body["releaseId"], report.version);
+    assert!(body.get("output").is_none(), "{body}");
+    let checks = body["checks"].as_object().unwrap();
+    for actor in [
+        "alert",
+        "state-persister",
+        "fail-safe",
+        "heartbeat",
+        "broker-connection",
+        "strategy",
+    ] {
+        let c = &checks[&format!("{actor}:status")][0];
+        assert_eq!(c["status"], "pass", "{actor}: {c}");
+        assert_eq!(c["observedValue"], "running");
+        assert_eq!(c["componentType"], "component");
+    }
+    assert_eq!(
+        checks["broker-connection:marketDataAge"][0]["observedUnit"],
+        "ms"
+    );
+
+    // Reconnecting within grace: warn, the check says why; the overall output too.
+    let mut r = healthy_replies();
+    r.broker = Reply::Answered(broker(LinkState::Reconnecting, Some(4_000), 100));
+    let body = assess(&r, &HealthConfig::default(), &ctx()).health_json();
+    assert_eq!(body["status"], "warn");
+    let link = &body["checks"]["broker-connection:connection"][0];
+    assert_eq!(link["status"], "warn");
+    assert_eq!(link["observedValue"], "reconnecting");
+    assert_eq!(link["output"], "broker reconnecting (4000 ms)");
+    assert_eq!(body["output"], "broker reconnecting (4000 ms)");
+
+    // An unresponsive actor: fail, on that actor's check.
+    let mut r = healthy_replies();
+    r.strategy = Reply::Unresponsive;
+    let body = assess(&r, &HealthConfig::default(), &ctx()).health_json();
+    assert_eq!(body["status"], "fail");
+    assert_eq!(body["checks"]["strategy:status"][0]["status"], "fail");
+    assert_eq!(body["checks"]["alert:status"][0]["status"], "pass");
+}

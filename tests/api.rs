@@ -107,14 +107,20 @@ async fn every_api_route_answers_in_its_documented_shape() {
     assert_eq!(body["actors"].as_object().unwrap().len(), 6, "{body:#}");
     assert_eq!(body["mode"], "OBSERVE_ONLY");
     assert!(body["checks"].is_object(), "{body:#}");
-    assert!(body.get("recovery").is_some(), "{body:#}");
+    // The in-process tree runs no recovery and takes no snapshot (the daemon does both:
+    // `the_api_reports_this_runs_recovery_and_the_stored_snapshot_with_their_values`).
+    assert!(body["recovery"].is_null(), "{body:#}");
     // Execution is off in the harness: nothing runs.
     assert_eq!(body["queue_status"], "IDLE");
     let sh = &body["system_health"];
     assert_eq!(sh["queue_status"], "IDLE");
     assert!(sh["error_rate_per_minute"].is_number(), "{sh}");
     assert!(sh["last_market_data_at"].is_string(), "{sh}");
-    assert!(sh.get("last_snapshot_at").is_some(), "{sh}");
+    assert!(sh["last_snapshot_at"].is_null(), "{sh}");
+    assert!(
+        chrono::Utc::now() - at(&sh["last_market_data_at"]) < chrono::Duration::seconds(30),
+        "{sh}"
+    );
     assert!(body["system"]["error_rate_per_minute"].is_number());
     assert!(!body.to_string().contains(common::SECRET));
 
@@ -128,8 +134,9 @@ async fn every_api_route_answers_in_its_documented_shape() {
 
     let (code, body) = h.get("/api/health/last_snapshot").await;
     assert_eq!(code, 200, "{body:#}");
-    assert!(body.get("last_snapshot_at").is_some(), "{body:#}");
-    assert!(body.get("age_seconds").is_some(), "{body:#}");
+    assert!(body["last_snapshot_at"].is_null(), "{body:#}");
+    assert!(body["age_seconds"].is_null(), "{body:#}");
+    assert!(at(&body["timestamp"]) <= chrono::Utc::now());
 
     alert_actor(&h)
         .await
@@ -321,4 +328,133 @@ async fn alerts_and_acknowledgements_survive_a_restart() {
     assert_eq!(r["open"], true);
     assert_eq!(r["key"], "failsafe:api_restart");
     h.stop().await;
+}
+
+/// GET `path` on a running binary: status code and JSON body.
+async fn fetch(base: &str, path: &str) -> (u16, Value) {
+    let (code, body) = tradebaas::status::get(base, path, Duration::from_secs(5))
+        .await
+        .unwrap();
+    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn wait_route(base: &str, path: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = fetch(base, path).await;
+        if pred(code, &body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never matched; last {code}: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn at(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// The real binary on the embedded exchange runs a recovery at every start and takes its first
+/// snapshot at once (none is stored): the API must report those values, not just the keys; after
+/// a restart on the same store it reports the new run's recovery and the old run's snapshot
+/// (the next one is due a day later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reports_this_runs_recovery_and_the_stored_snapshot_with_their_values() {
+    use common::process::{Daemon, ROOT};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+
+    let before_first = chrono::Utc::now();
+    let mut d = Daemon::start(&data, &config, &[]);
+    let base = d.base_url();
+    let status = wait_route(&base, "/api/health/status", |c, b| {
+        c == 200 && b["recovery"].is_object() && b["system_health"]["last_snapshot_at"].is_string()
+    })
+    .await;
+    let rec = &status["recovery"];
+    assert_eq!(rec["success"], true, "{rec:#}");
+    assert_eq!(rec["state_restored"], true, "{rec:#}");
+    assert_eq!(rec["broker_reconciled"], true, "{rec:#}");
+    assert_eq!(rec["differences"], json!([]), "{rec:#}");
+    assert_eq!(rec["errors"], json!([]), "{rec:#}");
+    assert!(
+        rec["recovery_time_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms < 30_000),
+        "{rec:#}"
+    );
+    let first_recovery = at(&rec["finished_at"]);
+    assert!(first_recovery >= before_first, "{rec:#}");
+    // The embedded exchange starts the example strategy AGGRESSIVE (safe-defaults rule).
+    assert_eq!(status["mode"], "AGGRESSIVE", "{status:#}");
+    assert_eq!(status["actors"].as_object().unwrap().len(), 6);
+    assert_eq!(
+        status["checks"]["fail-safe"]["checks"]["passed"], true,
+        "the start-up checks passed: {:#}",
+        status["checks"]
+    );
+
+    let snap = wait_route(&base, "/api/health/last_snapshot", |c, b| {
+        c == 200 && b["last_snapshot_at"].is_string()
+    })
+    .await;
+    let first_snapshot = at(&snap["last_snapshot_at"]);
+    assert!(first_snapshot >= before_first, "{snap:#}");
+    // The embedded exchange answers the account summary: the snapshot holds capital.
+    assert_eq!(
+        snap["last_capital_snapshot_at"], snap["last_snapshot_at"],
+        "{snap:#}"
+    );
+    assert!(
+        snap["age_seconds"]
+            .as_i64()
+            .is_some_and(|a| (0..60).contains(&a)),
+        "{snap:#}"
+    );
+    assert_eq!(
+        status["system_health"]["last_snapshot_at"], snap["last_snapshot_at"],
+        "/api/health/status and /api/health/last_snapshot agree"
+    );
+
+    let uptime = wait_route(&base, "/api/health/uptime", |c, _| c == 200).await;
+    let started = at(&uptime["started_at"]);
+    assert!(
+        (started - before_first).num_seconds().abs() < 30,
+        "started_at {started} vs {before_first}"
+    );
+
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(0), "{}", d.log());
+    drop(d);
+
+    // Second run, same store.
+    let d = Daemon::start(&data, &config, &[]);
+    let base = d.base_url();
+    let status = wait_route(&base, "/api/health/status", |c, b| {
+        c == 200
+            && b["recovery"]["finished_at"]
+                .as_str()
+                .is_some_and(|t| at(&json!(t)) > first_recovery)
+    })
+    .await;
+    let rec = &status["recovery"];
+    assert_eq!(rec["success"], true, "{rec:#}");
+    assert_eq!(rec["state_restored"], true, "{rec:#}");
+    let snap = wait_route(&base, "/api/health/last_snapshot", |c, _| c == 200).await;
+    assert_eq!(
+        // The store keeps microseconds; the live status had nanoseconds.
+        at(&snap["last_snapshot_at"]).timestamp_micros(),
+        first_snapshot.timestamp_micros(),
+        "the stored snapshot is reported, and no new one is due yet: {snap:#}"
+    );
+    assert!(
+        snap["age_seconds"].as_i64().is_some_and(|a| a >= 0),
+        "{snap:#}"
+    );
 }

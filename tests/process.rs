@@ -283,3 +283,102 @@ async fn a_panic_in_a_detached_task_latches_shutdown_and_alerts() {
         "{body:#}"
     );
 }
+
+/// A loopback HTTP receiver on a thread: answers 200 to every request and keeps the bodies.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Head, then as many body bytes as Content-Length says.
+            let complete = |buf: &[u8]| {
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                (buf.len() >= end + 4 + len).then(|| end + 4)
+            };
+            let body_at = loop {
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if let Some(at) = complete(&buf) {
+                    break Some(at);
+                }
+            };
+            let Some(at) = body_at else { continue };
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[at..]).into_owned());
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (url, seen)
+}
+
+/// A panic inside an alert sink's delivery task is supervised: the task starts again, the
+/// delivery it held is delivered, and the sink's status says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_alert_sink_restarts_its_task_and_the_alert_is_still_delivered() {
+    let (url, seen) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "sink.toml",
+        &[
+            (
+                "[alert.webhook]                # POST the Alertmanager webhook-v4 body, so Alertmanager receivers accept it\nenabled = false\nurl = \"http://127.0.0.1:9095/alerts\"",
+                &format!("[alert.webhook]\nenabled = true\nurl = \"{url}\""),
+            ),
+            (
+                "backoff = { initial = \"1s\", max = \"30s\", multiplier = 2.0, jitter = 0.1 }  # between tries",
+                "backoff = { initial = \"100ms\", max = \"1s\", multiplier = 2.0, jitter = 0.1 }  # between tries",
+            ),
+        ],
+    );
+    // The recovery task panics (an alert to deliver), and so does the sink's first delivery.
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        &config,
+        &[(
+            "TRADEBAAS_TEST_HOOKS",
+            "panic:after_startup,panic_once:alert_sink_delivery",
+        )],
+    );
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["actors"]["alert"]["sinks"][0]["delivered"].as_u64() >= Some(1)
+    })
+    .await;
+    let sink = &body["actors"]["alert"]["sinks"][0];
+    assert_eq!(sink["sink"], "webhook", "{sink:#}");
+    assert_eq!(sink["restarts"], 1, "{sink:#}");
+    assert!(
+        sink["last_error"]
+            .as_str()
+            .is_some_and(|e| e == "delivery task panicked: test hook: panic at alert_sink_delivery"),
+        "{sink:#}"
+    );
+    let bodies = seen.lock().unwrap().clone();
+    assert!(
+        bodies.iter().any(|b| b.contains("unrecoverable_error")),
+        "the held alert was not delivered after the restart: {bodies:?}"
+    );
+    assert!(
+        daemon.logged("alert sink delivery task panicked; starting it again"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -52,6 +52,7 @@ pub const ENV: &str = "TRADEBAAS_TEST_HOOKS";
 
 /// One hook of the real binary. `TRADEBAAS_TEST_HOOKS` is a comma-separated list of:
 /// - `panic:<point>`: panic when the daemon passes the named point ([`crate::test_points::point`]);
+/// - `panic_once:<point>`: the same, the first time only (a task that recovers from it);
 /// - `wedge:<child>`: on SIGUSR1, wedge the child's handler for an hour on a blocking task
 ///   ([`TestHook::Block`]: its mailbox stops; the runtime's workers stay free);
 /// - `escalate:<child>`: on SIGUSR1, make the child panic each time it runs until the supervisor
@@ -59,6 +60,8 @@ pub const ENV: &str = "TRADEBAAS_TEST_HOOKS";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessHook {
     Panic(String),
+    /// `panic_once:<point>`: panic the first time the point is passed, then never again.
+    PanicOnce(String),
     Wedge(crate::names::ChildName),
     Escalate(crate::names::ChildName),
 }
@@ -77,6 +80,7 @@ pub fn parse(spec: &str) -> Vec<ProcessHook> {
         .filter(|s| !s.is_empty())
         .map(|entry| match entry.split_once(':') {
             Some(("panic", point)) => ProcessHook::Panic(point.to_owned()),
+            Some(("panic_once", point)) => ProcessHook::PanicOnce(point.to_owned()),
             Some(("wedge", c)) => ProcessHook::Wedge(child(c)),
             Some(("escalate", c)) => ProcessHook::Escalate(child(c)),
             _ => panic!("{ENV}: unknown hook {entry:?}"),
@@ -125,7 +129,7 @@ async fn escalated(names: &crate::names::Names, child: crate::names::ChildName) 
 pub fn install(names: &crate::names::Names) {
     let hooks: Vec<ProcessHook> = configured()
         .iter()
-        .filter(|h| !matches!(h, ProcessHook::Panic(_)))
+        .filter(|h| !matches!(h, ProcessHook::Panic(_) | ProcessHook::PanicOnce(_)))
         .cloned()
         .collect();
     if hooks.is_empty() {
@@ -155,7 +159,7 @@ pub fn install(names: &crate::names::Names) {
                         }
                     });
                 }
-                ProcessHook::Panic(_) => {}
+                ProcessHook::Panic(_) | ProcessHook::PanicOnce(_) => {}
             }
         }
     });
@@ -163,10 +167,21 @@ pub fn install(names: &crate::names::Names) {
 
 /// Panics when `TRADEBAAS_TEST_HOOKS` names `point` (`panic:<point>`).
 pub fn point(point: &str) {
-    if configured()
-        .iter()
-        .any(|h| matches!(h, ProcessHook::Panic(p) if p == point))
-    {
-        panic!("test hook: panic at {point}");
+    static FIRED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    for h in configured() {
+        match h {
+            ProcessHook::Panic(p) if p == point => panic!("test hook: panic at {point}"),
+            ProcessHook::PanicOnce(p) if p == point => {
+                let mut fired = FIRED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !fired.iter().any(|f| f == point) {
+                    fired.push(point.to_owned());
+                    drop(fired);
+                    panic!("test hook: panic at {point}");
+                }
+            }
+            _ => {}
+        }
     }
 }

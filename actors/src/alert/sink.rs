@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::transport::{Endpoint, Poster};
 use crate::backoff::Backoff;
@@ -199,6 +199,9 @@ pub struct SinkStatus {
     pub dropped: u64,
     /// Deliveries waiting.
     pub queued: usize,
+    /// Times the delivery task panicked and was started again (the delivery it held is
+    /// queued again first; `last_error` says what the panic was).
+    pub restarts: u64,
 }
 
 impl SinkStatus {
@@ -216,6 +219,7 @@ impl SinkStatus {
             abandoned: 0,
             dropped: 0,
             queued: 0,
+            restarts: 0,
         }
     }
 }
@@ -248,6 +252,15 @@ impl Queue {
         drop(items);
         self.ready.notify_one();
         dropped
+    }
+
+    /// Puts `d` back at the head (the delivery a panicked task held); never drops it.
+    fn push_front(&self, d: Delivery) {
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_front(d);
+        self.ready.notify_one();
     }
 
     fn len(&self) -> usize {
@@ -322,12 +335,12 @@ impl Sink {
                     target,
                     "alert sink started"
                 );
-                let task = tokio::spawn(run(
+                let task = tokio::spawn(supervise(
                     kind,
-                    poster,
+                    Arc::new(poster),
                     queue.clone(),
                     delivery.clone(),
-                    tx,
+                    Arc::new(tx),
                     cancel.clone(),
                 ));
                 (rx, Some(task))
@@ -395,23 +408,98 @@ impl Drop for Sink {
     }
 }
 
-/// The delivery loop: one delivery at a time, each tried up to `max_attempts` times with backoff.
-async fn run(
+/// Runs the delivery loop and starts it again when it panics: a bug in one sink must not
+/// silence it for the rest of the process (nor stop trading: the alert history and the log
+/// still have every alert). The delivery the loop held is queued again at the head, the panic is
+/// logged at ERROR (counted in `tradebaas_errors_total`) and shown in the sink's status
+/// (`restarts`, `last_error`); restarts are spaced by the delivery backoff.
+async fn supervise(
     kind: SinkKind,
-    poster: Poster,
+    poster: Arc<Poster>,
     queue: Arc<Queue>,
     config: DeliveryConfig,
-    status: watch::Sender<SinkStatus>,
+    status: Arc<watch::Sender<SinkStatus>>,
     cancel: CancellationToken,
 ) {
     let sink = kind.as_str();
+    let mut restarts: u32 = 0;
+    loop {
+        let holding = Arc::new(Mutex::new(None::<Delivery>));
+        let run = tokio::spawn(run(
+            kind,
+            Arc::clone(&poster),
+            Arc::clone(&queue),
+            config.clone(),
+            Arc::clone(&status),
+            cancel.clone(),
+            Arc::clone(&holding),
+        ));
+        let abort = run.abort_handle();
+        let ended = tokio::select! {
+            () = cancel.cancelled() => {
+                abort.abort();
+                return;
+            }
+            ended = run => ended,
+        };
+        let Err(e) = ended else { return };
+        if !e.is_panic() {
+            return;
+        }
+        let why = crate::task::panic_message(e.into_panic().as_ref());
+        let held = holding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let requeued = held.as_ref().map(|d| d.what.clone());
+        if let Some(d) = held {
+            queue.push_front(d);
+        }
+        restarts = restarts.saturating_add(1);
+        status.send_modify(|s| {
+            s.restarts += 1;
+            s.last_error = Some(format!("delivery task panicked: {why}"));
+            s.last_error_at = Some(Utc::now());
+        });
+        error!(
+            actor = "alert",
+            sink,
+            panic = %why,
+            requeued = requeued.as_deref().unwrap_or("none"),
+            restarts,
+            "alert sink delivery task panicked; starting it again"
+        );
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(config.backoff.delay(restarts - 1)) => {}
+        }
+    }
+}
+
+/// The delivery loop: one delivery at a time, each tried up to `max_attempts` times with backoff.
+/// The delivery being worked on is kept in `holding` until it is delivered or given up.
+async fn run(
+    kind: SinkKind,
+    poster: Arc<Poster>,
+    queue: Arc<Queue>,
+    config: DeliveryConfig,
+    status: Arc<watch::Sender<SinkStatus>>,
+    cancel: CancellationToken,
+    holding: Arc<Mutex<Option<Delivery>>>,
+) {
+    let sink = kind.as_str();
+    let hold = |d: Option<Delivery>| {
+        *holding.lock().unwrap_or_else(PoisonError::into_inner) = d;
+    };
     loop {
         let delivery = tokio::select! {
             () = cancel.cancelled() => return,
             d = queue.pop() => d,
         };
+        hold(Some(delivery.clone()));
         let mut attempt: u32 = 0;
         loop {
+            crate::test_points::point("alert_sink_delivery");
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = poster.post(delivery.body.clone()) => r,
@@ -451,6 +539,7 @@ async fn run(
                 }
             }
         }
+        hold(None);
     }
 }
 

@@ -140,11 +140,15 @@ pub struct DataDirArg {
 /// `tradebaas state …`.
 #[derive(Debug, Subcommand)]
 pub enum StateAction {
-    /// Verify the store (quick_check, schema, event chain, snapshots); print the report as JSON;
-    /// exit 0 when ok, 1 when there are problems.
+    /// Verify the store (schema, the event chain after its last verified checkpoint, state,
+    /// snapshots; with --full: quick_check and the whole chain from seq 1); print the report as
+    /// JSON; exit 0 when ok, 1 when there are problems.
     Verify {
         #[command(flatten)]
         dir: DataDirArg,
+        /// Walk the whole chain and run `PRAGMA quick_check` (cost grows with history).
+        #[arg(long)]
+        full: bool,
     },
     /// Print the state map, the events and the snapshots as JSON.
     Export {

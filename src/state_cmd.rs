@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tradebaas_actors::store::{
-    BackupInfo, EventRow, SnapshotRow, Store, StoreError, list_backups, verify,
+    BackupInfo, EventRow, Scope, SnapshotRow, Store, StoreError, list_backups, verify_scoped,
 };
 
 use crate::cli::StateAction;
@@ -67,8 +67,9 @@ fn print(value: &impl Serialize) -> bool {
 /// Runs a `state` command; returns the exit code (0 ok, 1 problems or failure).
 pub fn run(action: &StateAction) -> i32 {
     match action {
-        StateAction::Verify { dir } => {
-            let report = verify(&store_path(&dir.data_dir));
+        StateAction::Verify { dir, full } => {
+            let scope = if *full { Scope::Full } else { Scope::Tail };
+            let report = verify_scoped(&store_path(&dir.data_dir), scope);
             if !print(&report) {
                 return 1;
             }

@@ -156,7 +156,7 @@ fn crafted_store(data: &Path, craft: impl FnOnce(&mut Store, &Path)) {
     std::fs::create_dir_all(data).unwrap();
     let path = data.join("tradebaas.db");
     let mut store = Store::open(&path).unwrap();
-    store.begin_run().unwrap();
+    store.begin_run(None).unwrap();
     store.mark_clean().unwrap();
     craft(&mut store, &path);
 }

@@ -38,7 +38,10 @@ use crate::alert::{Alert, AlertMsg, Severity};
 use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
-use crate::store::{IntegrityFacts, SnapshotRow, read_integrity_facts};
+use crate::store::{
+    CHECKPOINT_KEY, Change, Checkpoint, IntegrityFacts, Scope, SnapshotRow, read_integrity_facts,
+    verify_slice,
+};
 use crate::strategy::{Lifecycle, RECORD_KEY_PREFIX, StrategyRecord};
 
 /// Check names, as they appear in reports and alert keys.
@@ -82,6 +85,10 @@ pub struct ChecksConfig {
     /// Largest accepted relative difference between the newest snapshot's equity and the
     /// exchange's, per currency: |local − exchange| / max(|local|, |exchange|).
     pub capital_tolerance: f64,
+    /// Events of the whole chain re-verified per periodic run, oldest first, in the background
+    /// (`store::verify_slice`): an edited old row is found within
+    /// `ceil(events / full_verify_slice) × interval`.
+    pub full_verify_slice: u64,
 }
 
 impl Default for ChecksConfig {
@@ -90,6 +97,7 @@ impl Default for ChecksConfig {
             interval: Duration::from_secs(60 * 60),
             clock_skew: Duration::from_secs(5 * 60),
             capital_tolerance: 0.10,
+            full_verify_slice: 250_000,
         }
     }
 }
@@ -102,6 +110,9 @@ impl ChecksConfig {
         }
         if self.interval > Duration::from_secs(7 * 24 * 60 * 60) {
             return Err("interval must be at most 7d".into());
+        }
+        if self.full_verify_slice == 0 {
+            return Err("full_verify_slice must be at least 1".into());
         }
         if self.clock_skew.is_zero() {
             return Err("clock_skew must be greater than 0".into());
@@ -236,12 +247,15 @@ pub fn event_log(facts: &IntegrityFacts, now: DateTime<Utc>, skew: Duration) -> 
             format_args!("{skew:?}")
         ));
     }
+    let walked = match (facts.scope, facts.checkpoint_seq) {
+        (Scope::Tail, Some(cp)) => {
+            format!("{} events after the checkpoint at seq {cp}", chain.events)
+        }
+        _ => format!("{} events", chain.events),
+    };
     Check::from_problems(
         EVENT_LOG,
-        format!(
-            "{} events, last seq {}, hash chain intact",
-            chain.events, chain.last_seq
-        ),
+        format!("{walked}, last seq {}, hash chain intact", chain.last_seq),
         &problems,
     )
 }
@@ -771,7 +785,7 @@ fn unreadable_store(reason: &str) -> Vec<Check> {
 /// right after opening the store, before any actor can write (the fail-safe rewrites an
 /// unreadable mode as SHUTDOWN, for one), and hands the result to [`startup`].
 pub async fn read_facts(path: PathBuf) -> Result<IntegrityFacts, String> {
-    match tokio::task::spawn_blocking(move || read_integrity_facts(&path)).await {
+    match tokio::task::spawn_blocking(move || read_integrity_facts(&path, Scope::Tail)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("the reading thread failed: {e}")),
     }
@@ -782,7 +796,7 @@ pub async fn read_facts(path: PathBuf) -> Result<IntegrityFacts, String> {
 pub fn run_offline(path: &Path, config: &ChecksConfig) -> ChecksReport {
     let started = Instant::now();
     let now = Utc::now();
-    let checks = match read_integrity_facts(path) {
+    let checks = match read_integrity_facts(path, Scope::Tail) {
         Ok(facts) => evaluate_store(&facts, None, config, now),
         Err(e) => unreadable_store(&e.to_string()),
     };
@@ -1050,15 +1064,93 @@ pub async fn act_on_periodic(names: &Names, report: &ChecksReport) {
 }
 
 /// Runs the checks every `config.interval` (the first one an interval after the call), for as
-/// long as the task lives.
+/// long as the task lives. Each run verifies the events since the stored checkpoint (as at
+/// start) plus the next `full_verify_slice` events of the whole chain (a full pass over many
+/// runs; its findings fail `event_log`), and, when `event_log` passed, moves the checkpoint to
+/// the newest verified event (a `chain.checkpoint` event through the persister), so the next
+/// start verifies at most about an interval of events.
 pub async fn periodic(names: Names, args: ChecksArgs) {
+    let mut cursor: u64 = 0;
     loop {
         tokio::time::sleep(args.config.interval).await;
-        let report = run_online(&names, &args, RunKind::Periodic).await;
+        let started = Instant::now();
+        let facts = read_facts(args.store_path.clone()).await;
+        let head = facts
+            .as_ref()
+            .ok()
+            .map(|f| (f.chain.last_seq, f.chain.last_hash().to_owned()));
+        let mut report = run_with_facts(&names, &args, RunKind::Periodic, facts, started).await;
+        let path = args.store_path.clone();
+        let slice_len = args.config.full_verify_slice;
+        let from = cursor;
+        match tokio::task::spawn_blocking(move || verify_slice(&path, from, slice_len)).await {
+            Ok(Ok(slice)) => {
+                cursor = if slice.done { 0 } else { slice.through };
+                if slice.problems.is_empty() {
+                    if slice.done {
+                        info!(
+                            through = slice.through,
+                            "full chain verification pass complete"
+                        );
+                    }
+                } else {
+                    fail_event_log(
+                        &mut report,
+                        &format!(
+                            "full-chain slice after seq {}: {}",
+                            slice.after,
+                            slice.problems.join("; ")
+                        ),
+                    );
+                }
+            }
+            Ok(Err(e)) => fail_event_log(&mut report, &format!("full-chain slice: {e}")),
+            Err(e) => fail_event_log(&mut report, &format!("full-chain slice thread: {e}")),
+        }
         if report.passed {
             info!(took_ms = report.took_ms, "integrity checks passed");
         }
+        if report.get(EVENT_LOG).is_some_and(|c| c.passed)
+            && let Some((seq, hash)) = head
+        {
+            advance_checkpoint(&names, seq, hash);
+        }
         act_on_periodic(&names, &report).await;
+    }
+}
+
+/// Marks `event_log` failed in `report` with `detail` added.
+fn fail_event_log(report: &mut ChecksReport, detail: &str) {
+    match report.checks.iter_mut().find(|c| c.name == EVENT_LOG) {
+        Some(c) if c.passed => *c = Check::fail(EVENT_LOG, detail),
+        Some(c) => c.detail = format!("{}; {detail}", c.detail),
+        None => report.checks.push(Check::fail(EVENT_LOG, detail)),
+    }
+    report.passed = false;
+}
+
+/// Stores `seq`/`hash` as the verified checkpoint (with a `chain.checkpoint` event), through
+/// the persister like every other write.
+fn advance_checkpoint(names: &Names, seq: u64, hash: String) {
+    use crate::persister::PersisterMsg;
+    let cp = Checkpoint::now(seq, hash);
+    let change = Change::event(
+        "chain.checkpoint",
+        json!({ "seq": cp.seq, "hash": cp.hash }),
+    )
+    .set(CHECKPOINT_KEY, cp.to_value());
+    match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
+        Some(p) => {
+            if p.send_message(PersisterMsg::Commit {
+                change,
+                reply: None,
+            })
+            .is_err()
+            {
+                warn!("chain checkpoint not stored: the persister stopped");
+            }
+        }
+        None => warn!("chain checkpoint not stored: the persister is not running"),
     }
 }
 
@@ -1076,7 +1168,7 @@ mod tests {
     fn store_with(dir: &Path, capital: Value) -> PathBuf {
         let path = dir.join("tradebaas.db");
         let mut store = Store::open(&path).unwrap();
-        store.begin_run().unwrap();
+        store.begin_run(None).unwrap();
         store
             .commit(&Change::event("mode_changed", json!({})).set(
                 MODE_KEY,
@@ -1181,6 +1273,8 @@ mod tests {
         let facts = IntegrityFacts {
             path: "x".into(),
             chain,
+            scope: crate::store::Scope::Full,
+            checkpoint_seq: None,
             snapshots: vec![],
             state: BTreeMap::new(),
         };
@@ -1686,6 +1780,8 @@ mod tests {
             let facts = IntegrityFacts {
                 path: "x".into(),
                 chain: crate::store::ChainVerifier::new(),
+                scope: crate::store::Scope::Full,
+                checkpoint_seq: None,
                 snapshots: vec![],
                 state: facts_state,
             };

@@ -23,8 +23,9 @@ mod verify;
 
 pub use lock::DataDirLock;
 pub use verify::{
-    BackupInfo, ChainVerifier, IntegrityFacts, OpenReport, VerifyReport, backup_count,
-    backup_file_name, list_backups, open_verified, prune_backups, read_integrity_facts, verify,
+    BackupInfo, CHECKPOINT_KEY, ChainVerifier, Checkpoint, IntegrityFacts, OpenReport, Scope,
+    Slice, VerifyReport, backup_count, backup_file_name, list_backups, open_verified,
+    prune_backups, read_integrity_facts, verify, verify_scoped, verify_slice, verify_tail,
 };
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -511,7 +512,11 @@ impl Store {
     /// Records the start of a run: state key `run` = `{"clean": false, "started_at", "pid"}` with
     /// a `run.started` event. Returns whether the previous run did not stop cleanly (a `run` key
     /// existed and its `clean` was not `true`).
-    pub fn begin_run(&mut self) -> Result<bool, StoreError> {
+    ///
+    /// `verified` is the head the caller has just verified (seq, hash): when it is still the
+    /// head, it is stored as the chain's [`Checkpoint`] with the same event, so the next start
+    /// verifies only what comes after it.
+    pub fn begin_run(&mut self, verified: Option<(u64, String)>) -> Result<bool, StoreError> {
         let previous = self.state()?.remove(RUN_KEY);
         let crashed = previous
             .as_ref()
@@ -522,13 +527,18 @@ impl Store {
             "started_at": now,
             "pid": std::process::id(),
         });
-        self.commit(
-            &Change::event(
-                "run.started",
-                serde_json::json!({ "previous_run_crashed": crashed, "pid": std::process::id() }),
-            )
-            .set(RUN_KEY, run),
-        )?;
+        let mut change = Change::event(
+            "run.started",
+            serde_json::json!({ "previous_run_crashed": crashed, "pid": std::process::id() }),
+        )
+        .set(RUN_KEY, run);
+        if let Some((seq, hash)) = verified
+            && seq == self.last_seq
+            && hash == self.last_hash
+        {
+            change = change.set(CHECKPOINT_KEY, Checkpoint::now(seq, hash).to_value());
+        }
+        self.commit(&change)?;
         Ok(crashed)
     }
 
@@ -548,8 +558,10 @@ impl Store {
     }
 
     /// Copies the store with SQLite's online backup API into `dir` as
-    /// `tradebaas-<UTC timestamp>.db` (names sort by time), then verifies the copy (quick_check,
-    /// schema, event chain). A copy that fails verification is deleted and an error returned.
+    /// `tradebaas-<UTC timestamp>.db` (names sort by time), then verifies the copy (schema, the
+    /// event chain after its checkpoint, state, snapshots: [`verify_tail`], so an hourly backup
+    /// costs the same after a year). A copy that fails verification is deleted and an error
+    /// returned.
     pub fn backup_to(&self, dir: &Path) -> Result<PathBuf, StoreError> {
         let io = |e: std::io::Error| StoreError::Sqlite {
             path: dir.to_path_buf(),
@@ -573,7 +585,7 @@ impl Store {
             copy.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))
                 .map_err(&err)?;
             drop(copy);
-            let report = verify(&partial);
+            let report = verify_tail(&partial);
             if !report.ok {
                 return Err(StoreError::Corrupt {
                     path: partial.clone(),

@@ -12,6 +12,176 @@ use super::{EventRow, GENESIS_HASH, SCHEMA_VERSION, SnapshotRow, Store, StoreErr
 /// At most this many problems are listed one by one; the rest are counted.
 const MAX_LISTED_PROBLEMS: usize = 20;
 
+/// The state key holding the newest verified point of the event chain ([`Checkpoint`]).
+pub const CHECKPOINT_KEY: &str = "chain.verified";
+
+/// "Every event up to `seq` was verified, and the event at `seq` has `hash`": where a start-up
+/// verification resumes. Written with the `run.started` event once the store verified at open,
+/// and as a `chain.checkpoint` event by the periodic integrity check after it verified the tail.
+/// It protects itself: the event it names must still have that hash (an edit anywhere before it
+/// changes every later hash, and the rows after it must link to it), and a checkpoint naming an
+/// event that no longer exists is a finding (rows were deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    /// When it was verified (RFC 3339).
+    pub at: String,
+}
+
+impl Checkpoint {
+    /// A checkpoint at `seq`/`hash`, verified now.
+    pub fn now(seq: u64, hash: String) -> Self {
+        Self {
+            seq,
+            hash,
+            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// How much of the event chain a verification walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `PRAGMA quick_check` and every event from seq 1 (`tradebaas state verify --full`, the
+    /// periodic check's background slices): cost grows with history.
+    Full,
+    /// The events after the stored [`Checkpoint`] only, no `quick_check` (start-up, backups):
+    /// cost independent of history. Without a checkpoint it is [`Scope::Full`].
+    Tail,
+}
+
+/// Reads the stored checkpoint: `Ok(None)` when there is none; an unreadable one is an error
+/// (a finding, not a reason to trust less or more).
+fn read_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, String> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT value FROM state WHERE key = ?1",
+            [CHECKPOINT_KEY],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e.to_string()),
+        })?;
+    text.map(|t| {
+        serde_json::from_str::<Checkpoint>(&t)
+            .map_err(|e| format!("state key {CHECKPOINT_KEY:?} is not a checkpoint: {e}"))
+    })
+    .transpose()
+}
+
+/// The stored event at `seq`, by primary key: its hash when its contents still hash to it
+/// (`Err` text when not: an edited row), and its timestamp.
+fn event_at(
+    conn: &Connection,
+    seq: u64,
+) -> rusqlite::Result<Option<(Result<String, String>, String)>> {
+    conn.query_row(
+        "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events WHERE seq = ?1",
+        [i64::try_from(seq).unwrap_or(i64::MAX)],
+        |r| {
+            let row = EventRow {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
+                event_id: r.get(1)?,
+                ts: r.get(2)?,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+                prev_hash: r.get(5)?,
+                hash: r.get(6)?,
+            };
+            let own = chain_hash(
+                &row.prev_hash,
+                row.seq,
+                &row.event_id,
+                &row.ts,
+                &row.kind,
+                &row.payload,
+            );
+            let hash = if own == row.hash {
+                Ok(row.hash)
+            } else {
+                Err(format!(
+                    "event seq {seq}: stored hash does not match its contents (edited row)"
+                ))
+            };
+            Ok((hash, row.ts))
+        },
+    )
+    .map(Some)
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    })
+}
+
+/// Where a walk of the chain starts: a verifier resumed after the checkpoint, or from seq 1 when
+/// there is none (`None` when the checkpoint itself is wrong: the problem is in `problems`).
+fn start_point(
+    conn: &Connection,
+    scope: Scope,
+    problems: &mut Vec<String>,
+) -> rusqlite::Result<(Option<ChainVerifier>, Option<u64>)> {
+    if scope == Scope::Full {
+        return Ok((Some(ChainVerifier::untracked()), None));
+    }
+    let cp = match read_checkpoint(conn) {
+        Ok(Some(cp)) => cp,
+        Ok(None) => return Ok((Some(ChainVerifier::untracked()), None)),
+        Err(e) => {
+            problems.push(e);
+            return Ok((None, None));
+        }
+    };
+    if cp.seq == 0 {
+        return Ok((Some(ChainVerifier::new()), Some(0)));
+    }
+    match event_at(conn, cp.seq)? {
+        Some((Ok(hash), ts)) if hash == cp.hash => {
+            Ok((Some(ChainVerifier::resume(cp.seq, hash, &ts)), Some(cp.seq)))
+        }
+        Some((Err(edited), _)) => {
+            problems.push(edited);
+            Ok((None, Some(cp.seq)))
+        }
+        Some(_) => {
+            problems.push(format!(
+                "event seq {}: its hash is not the one verified at {} (edited row)",
+                cp.seq, cp.at
+            ));
+            Ok((None, Some(cp.seq)))
+        }
+        None => {
+            problems.push(format!(
+                "event seq {} was verified at {} and no longer exists (events deleted)",
+                cp.seq, cp.at
+            ));
+            Ok((None, Some(cp.seq)))
+        }
+    }
+}
+
+/// Event ids stored more than once (the `UNIQUE` index should make this impossible; a damaged
+/// or hand-edited file need not honour it). Streams the index: no id set in memory.
+fn duplicate_ids(conn: &Connection, problems: &mut Vec<String>) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT event_id, count(*) FROM events GROUP BY event_id HAVING count(*) > 1 LIMIT 20",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let n: i64 = r.get(1)?;
+        problems.push(format!("duplicate event id {id} ({n} events)"));
+    }
+    Ok(())
+}
+
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerifyReport {
@@ -20,9 +190,16 @@ pub struct VerifyReport {
     pub ok: bool,
     /// `PRAGMA user_version` (None when the file could not be read).
     pub schema_version: Option<i64>,
+    /// Events walked (all of them for [`Scope::Full`], those after the checkpoint for a tail).
     pub events: u64,
     pub last_seq: u64,
+    /// The newest event's hash (the next checkpoint when the report is ok).
+    pub last_hash: Option<String>,
     pub snapshots: u64,
+    /// What was walked: `full`, or `tail` (after `checkpoint_seq`).
+    pub scope: Scope,
+    /// The checkpoint the walk resumed from (a tail), if one was stored.
+    pub checkpoint_seq: Option<u64>,
     pub problems: Vec<String>,
 }
 
@@ -34,7 +211,10 @@ impl VerifyReport {
             schema_version: None,
             events: 0,
             last_seq: 0,
+            last_hash: None,
             snapshots: 0,
+            scope: Scope::Full,
+            checkpoint_seq: None,
             problems: Vec::new(),
         }
     }
@@ -55,7 +235,13 @@ impl VerifyReport {
     /// One line: the first problems.
     pub fn summary(&self) -> String {
         if self.ok {
-            format!("ok ({} events, last seq {})", self.events, self.last_seq)
+            match (self.scope, self.checkpoint_seq) {
+                (Scope::Tail, Some(cp)) => format!(
+                    "ok ({} events after the checkpoint at seq {cp}, last seq {})",
+                    self.events, self.last_seq
+                ),
+                _ => format!("ok ({} events, last seq {})", self.events, self.last_seq),
+            }
         } else {
             self.problems.join("; ")
         }
@@ -65,8 +251,23 @@ impl VerifyReport {
 /// Verifies the store at `path` without writing to it: `PRAGMA quick_check`, the schema
 /// version, the event chain (seq continuous from 1, unique ids, recomputed hashes, `prev_hash`
 /// links, non-decreasing timestamps), state values are JSON, snapshots chronological.
+/// Cost grows with history: see [`verify_tail`] for the start-up path.
 pub fn verify(path: &Path) -> VerifyReport {
+    verify_scoped(path, Scope::Full)
+}
+
+/// [`verify`] of only what changed since the stored [`Checkpoint`]: the checkpoint's event
+/// still has its hash, every later event links to it, state and snapshots as in [`verify`]; no
+/// `quick_check` (a damaged page elsewhere surfaces as a read error, or in the periodic check's
+/// full walk). Without a checkpoint, the full walk.
+pub fn verify_tail(path: &Path) -> VerifyReport {
+    verify_scoped(path, Scope::Tail)
+}
+
+/// [`verify`] or [`verify_tail`].
+pub fn verify_scoped(path: &Path, scope: Scope) -> VerifyReport {
     let mut report = VerifyReport::new(path);
+    report.scope = scope;
     match std::fs::metadata(path) {
         Err(e) => {
             report.problem(format!("cannot read the file: {e}"));
@@ -89,7 +290,10 @@ pub fn verify(path: &Path) -> VerifyReport {
         }
     };
     let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    // One read transaction: a consistent view while the daemon commits.
+    let _ = conn.execute_batch("BEGIN");
     check(&conn, &mut report);
+    let _ = conn.execute_batch("COMMIT");
     report.ok = report.problems.is_empty();
     report
 }
@@ -115,7 +319,11 @@ fn check(conn: &Connection, report: &mut VerifyReport) {
         ));
         return;
     }
-    match quick_check(conn) {
+    match if report.scope == Scope::Full {
+        quick_check(conn)
+    } else {
+        Ok(vec!["ok".to_owned()])
+    } {
         Ok(lines) if lines == ["ok"] => {}
         Ok(lines) => {
             for l in lines {
@@ -148,25 +356,51 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 fn check_events(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
-    let mut chain = ChainVerifier::new();
-    for_each_event(conn, |row| chain.push(&row))?;
-    report.events = chain.events;
-    report.last_seq = chain.last_seq;
-    for p in chain.problems {
+    let mut problems = Vec::new();
+    let (chain, checkpoint) = start_point(conn, report.scope, &mut problems)?;
+    report.checkpoint_seq = checkpoint;
+    if checkpoint.is_none() {
+        report.scope = Scope::Full;
+    }
+    if let Some(mut chain) = chain {
+        for_each_event_after(conn, checkpoint.unwrap_or(0), |row| chain.push(&row))?;
+        if report.scope == Scope::Full {
+            duplicate_ids(conn, &mut problems)?;
+        }
+        report.events = chain.events;
+        report.last_seq = chain.last_seq;
+        report.last_hash = Some(chain.prev_hash.clone());
+        problems.extend(chain.problems);
+    }
+    for p in problems {
         report.problem(p);
     }
     Ok(())
 }
 
-/// Streams every event, oldest first, into `f` (one row in memory at a time).
-pub(crate) fn for_each_event(
+/// Streams the events with a seq above `after`, oldest first, into `f` (by primary key; one
+/// row in memory at a time).
+pub(crate) fn for_each_event_after(
     conn: &Connection,
+    after: u64,
+    f: impl FnMut(EventRow),
+) -> rusqlite::Result<()> {
+    for_each_event_in(conn, after, u64::MAX, f)
+}
+
+/// Streams the events with `after < seq <= through`, oldest first, into `f`.
+pub(crate) fn for_each_event_in(
+    conn: &Connection,
+    after: u64,
+    through: u64,
     mut f: impl FnMut(EventRow),
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare(
-        "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events ORDER BY seq",
+        "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events \
+         WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
     )?;
-    let mut rows = stmt.query([])?;
+    let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut rows = stmt.query([bound(after), bound(through)])?;
     while let Some(r) = rows.next()? {
         f(EventRow {
             seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
@@ -190,7 +424,9 @@ pub struct ChainVerifier {
     expected_seq: u64,
     prev_hash: String,
     prev_ts: Option<DateTime<Utc>>,
-    ids: HashSet<String>,
+    /// The ids seen, for a bounded walk; `None` for a full walk, where [`duplicate_ids`] asks
+    /// the index instead (an id set of a year of events is hundreds of MB).
+    ids: Option<HashSet<String>>,
     /// Events seen.
     pub events: u64,
     /// The last event's seq.
@@ -214,12 +450,40 @@ impl ChainVerifier {
             expected_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
             prev_ts: None,
-            ids: HashSet::new(),
+            ids: Some(HashSet::new()),
             events: 0,
             last_seq: 0,
             newest_ts: None,
             problems: Vec::new(),
         }
+    }
+
+    /// Before the first event, without an id set (uniqueness is checked by [`duplicate_ids`]).
+    fn untracked() -> Self {
+        Self {
+            ids: None,
+            ..Self::new()
+        }
+    }
+
+    /// After the verified event `seq` with `hash` and timestamp `ts`.
+    pub fn resume(seq: u64, hash: String, ts: &str) -> Self {
+        let prev_ts = DateTime::parse_from_rfc3339(ts)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        Self {
+            expected_seq: seq.saturating_add(1),
+            prev_hash: hash,
+            prev_ts,
+            last_seq: seq,
+            newest_ts: prev_ts,
+            ..Self::new()
+        }
+    }
+
+    /// The hash of the last event pushed (of the checkpoint for a resumed walk with none yet).
+    pub fn last_hash(&self) -> &str {
+        &self.prev_hash
     }
 
     fn problem(&mut self, p: String) {
@@ -240,7 +504,9 @@ impl ChainVerifier {
                 self.expected_seq
             ));
         }
-        if !self.ids.insert(row.event_id.clone()) {
+        if let Some(ids) = &mut self.ids
+            && !ids.insert(row.event_id.clone())
+        {
             self.problem(format!(
                 "event seq {seq}: duplicate event id {}",
                 row.event_id
@@ -326,13 +592,91 @@ fn check_snapshots(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Re
     Ok(())
 }
 
+/// One bounded slice of a full walk of the chain ([`verify_slice`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Slice {
+    /// The slice covered `after < seq <= through`.
+    pub after: u64,
+    pub through: u64,
+    pub events: u64,
+    /// It reached the newest event: the pass is complete (`quick_check` and the id
+    /// uniqueness ran too); the next slice starts again at seq 1.
+    pub done: bool,
+    pub problems: Vec<String>,
+}
+
+/// Verifies at most `max` events after seq `after`, linked to the stored event at `after`
+/// (which the previous slice verified), read-only. The periodic integrity check walks the whole
+/// chain this way, a slice per run, so an edited old row is found within
+/// `ceil(events / max)` runs without any run reading the whole log. The last slice of a pass
+/// also runs `PRAGMA quick_check` and the duplicate-id query.
+pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreError> {
+    let err = |e: rusqlite::Error| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let tx = conn.transaction().map_err(err)?;
+    let mut problems = Vec::new();
+    let mut chain = if after == 0 {
+        ChainVerifier::new()
+    } else {
+        match event_at(&tx, after).map_err(err)? {
+            Some((Ok(hash), ts)) => ChainVerifier::resume(after, hash, &ts),
+            Some((Err(edited), _)) => {
+                problems.push(edited);
+                ChainVerifier::new()
+            }
+            None => {
+                problems.push(format!(
+                    "event seq {after} (where the last slice ended) no longer exists (events deleted)"
+                ));
+                ChainVerifier::new()
+            }
+        }
+    };
+    let through = after.saturating_add(max.max(1));
+    for_each_event_in(&tx, after, through, |row| chain.push(&row)).map_err(err)?;
+    let head: i64 = tx
+        .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+        .map_err(err)?;
+    let done = chain.last_seq >= u64::try_from(head).unwrap_or_default();
+    if done {
+        match quick_check(&tx) {
+            Ok(lines) if lines == ["ok"] => {}
+            Ok(lines) => problems.extend(lines.into_iter().map(|l| format!("quick_check: {l}"))),
+            Err(e) => problems.push(format!("quick_check failed: {e}")),
+        }
+        duplicate_ids(&tx, &mut problems).map_err(err)?;
+    }
+    problems.append(&mut chain.problems);
+    Ok(Slice {
+        after,
+        through: chain.last_seq,
+        events: chain.events,
+        done,
+        problems,
+    })
+}
+
 /// What the integrity checks (`crate::checks`) read from a store: the verified event chain, the
 /// snapshots and the raw state values, all from one read transaction (a consistent view even
 /// while the daemon commits).
 #[derive(Debug, Clone)]
 pub struct IntegrityFacts {
     pub path: String,
+    /// The walk: the events after `checkpoint_seq` for [`Scope::Tail`], all for [`Scope::Full`].
     pub chain: ChainVerifier,
+    /// What was walked (a tail without a stored checkpoint is a full walk).
+    pub scope: Scope,
+    /// The checkpoint the walk resumed from.
+    pub checkpoint_seq: Option<u64>,
     /// Oldest first.
     pub snapshots: Vec<SnapshotRow>,
     /// Every state key with its stored text (not parsed: an unreadable value is a finding).
@@ -340,8 +684,9 @@ pub struct IntegrityFacts {
 }
 
 /// Reads [`IntegrityFacts`] from the store at `path`, read-only (no lock, no migration, no
-/// write): safe beside a running daemon. The event chain is streamed, never held in memory.
-pub fn read_integrity_facts(path: &Path) -> Result<IntegrityFacts, StoreError> {
+/// write): safe beside a running daemon. The event chain is streamed, never held in memory;
+/// with [`Scope::Tail`] only the events after the stored [`Checkpoint`] are read.
+pub fn read_integrity_facts(path: &Path, scope: Scope) -> Result<IntegrityFacts, StoreError> {
     let err = |e: rusqlite::Error| StoreError::Sqlite {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -376,10 +721,30 @@ pub fn read_integrity_facts(path: &Path) -> Result<IntegrityFacts, StoreError> {
             reason: format!("schema version {version}: not an initialised TradeBaas store"),
         });
     }
-    let mut chain = ChainVerifier::new();
-    for_each_event(&tx, |row| chain.push(&row)).map_err(err)?;
+    let mut problems = Vec::new();
+    let (start, checkpoint_seq) = start_point(&tx, scope, &mut problems).map_err(err)?;
+    let scope = if checkpoint_seq.is_some() {
+        scope
+    } else {
+        Scope::Full
+    };
+    let mut chain = match start {
+        Some(mut chain) => {
+            for_each_event_after(&tx, checkpoint_seq.unwrap_or(0), |row| chain.push(&row))
+                .map_err(err)?;
+            chain
+        }
+        // The checkpoint itself is wrong: nothing after it can be trusted to link.
+        None => ChainVerifier::untracked(),
+    };
+    if scope == Scope::Full {
+        duplicate_ids(&tx, &mut problems).map_err(err)?;
+    }
     // The id set is only needed while walking; the report must not keep it alive.
-    chain.ids = HashSet::new();
+    chain.ids = None;
+    for p in problems {
+        chain.problem(p);
+    }
     let mut snapshots = Vec::new();
     if version >= 2 {
         let mut stmt = tx
@@ -417,6 +782,8 @@ pub fn read_integrity_facts(path: &Path) -> Result<IntegrityFacts, StoreError> {
     Ok(IntegrityFacts {
         path: path.display().to_string(),
         chain,
+        scope,
+        checkpoint_seq,
         snapshots,
         state,
     })
@@ -649,6 +1016,8 @@ fn is_blank(path: &Path) -> bool {
 
 pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenReport), StoreError> {
     let mut report = OpenReport::default();
+    // The head this open verified: stored as the chain's checkpoint with `run.started`.
+    let mut verified: Option<(u64, String)> = None;
     let failure = if path.exists() && is_blank(path) && backup_paths(backups_dir).is_empty() {
         // The very first initialisation was interrupted before its first commit (the schema is
         // created in one transaction): nothing was ever stored, so there is nothing to lose or
@@ -660,13 +1029,17 @@ pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenRepo
         report.created = true;
         None
     } else if path.exists() {
-        let check = verify(path);
+        let check = verify_tail(path);
         if check.too_new() {
             return Err(StoreError::TooNew {
                 path: path.to_path_buf(),
                 found: check.schema_version.unwrap_or_default(),
                 supported: SCHEMA_VERSION,
             });
+        }
+        if check.ok {
+            verified = check.last_hash.clone().map(|h| (check.last_seq, h));
+            tracing::info!(store = %path.display(), scope = ?check.scope, checkpoint_seq = ?check.checkpoint_seq, events = check.events, "store chain verified");
         }
         (!check.ok).then(|| check.summary())
     } else if companions(path).iter().any(|c| c.exists()) {
@@ -686,12 +1059,13 @@ pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenRepo
         );
         report.moved_aside = Some(aside.display().to_string());
         report.reason = Some(reason);
-        let good = backup_paths(backups_dir)
-            .into_iter()
-            .map(|(p, _)| p)
-            .find(|p| verify(p).ok);
+        let good = backup_paths(backups_dir).into_iter().find_map(|(p, _)| {
+            let r = verify_tail(&p);
+            r.ok.then(|| (p, r.last_hash.map(|h| (r.last_seq, h))))
+        });
         match good {
-            Some(backup) => {
+            Some((backup, head)) => {
+                verified = head;
                 restore(&backup, path)?;
                 tracing::warn!(store = %path.display(), backup = %backup.display(), "store restored from backup");
                 report.restored_from = Some(backup.display().to_string());
@@ -703,11 +1077,204 @@ pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenRepo
         }
     }
     let mut store = Store::open(path)?;
-    report.crashed = store.begin_run()?;
+    report.crashed = store.begin_run(verified)?;
     Ok((store, report))
 }
 
 #[cfg(test)]
 pub(super) fn tests_companions(path: &Path) -> [PathBuf; 2] {
     companions(path)
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use crate::store::Change;
+    use rusqlite::params;
+    use serde_json::json;
+
+    fn store_with(events: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let backups = dir.path().join("backups");
+        let mut store = Store::open(&path).unwrap();
+        for i in 0..events {
+            store
+                .commit(&Change::event("heartbeat", json!({ "n": i })))
+                .unwrap();
+        }
+        (dir, path, backups)
+    }
+
+    fn stored_checkpoint(path: &Path) -> Option<Checkpoint> {
+        let conn = Connection::open(path).unwrap();
+        read_checkpoint(&conn).unwrap()
+    }
+
+    /// Rewrites the payload of event `seq` without fixing any hash (an edited row).
+    fn edit(path: &Path, seq: u64) {
+        let conn = Connection::open(path).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE events SET payload = '{\"edited\":true}' WHERE seq = ?1",
+                params![seq as i64],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn an_open_stores_the_verified_head_as_checkpoint_and_the_next_open_walks_only_the_tail() {
+        let (_dir, path, backups) = store_with(50);
+        let (store, _) = open_verified(&path, &backups).unwrap();
+        drop(store);
+        // The head that was verified (seq 50), stored with the `run.started` event (seq 51).
+        let cp = stored_checkpoint(&path).expect("a checkpoint");
+        assert_eq!(cp.seq, 50);
+        let report = verify_tail(&path);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.scope, Scope::Tail);
+        assert_eq!(report.checkpoint_seq, Some(50));
+        assert_eq!(report.events, 1, "only run.started after the checkpoint");
+        assert_eq!(report.last_seq, 51);
+
+        let mut store = Store::open(&path).unwrap();
+        for i in 0..10 {
+            store
+                .commit(&Change::event("x", json!({ "i": i })))
+                .unwrap();
+        }
+        drop(store);
+        let report = verify_tail(&path);
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.events, report.last_seq), (11, 61));
+        let facts = read_integrity_facts(&path, Scope::Tail).unwrap();
+        assert_eq!(facts.checkpoint_seq, Some(50));
+        assert_eq!(facts.chain.events, 11);
+        assert!(
+            facts.chain.problems.is_empty(),
+            "{:?}",
+            facts.chain.problems
+        );
+        // The next open moves the checkpoint to the new head.
+        let (store, _) = open_verified(&path, &backups).unwrap();
+        drop(store);
+        assert_eq!(stored_checkpoint(&path).unwrap().seq, 61);
+    }
+
+    #[test]
+    fn without_a_checkpoint_the_tail_verification_is_the_full_walk() {
+        let (_dir, path, _) = store_with(5);
+        let report = verify_tail(&path);
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.scope, Scope::Full);
+        assert_eq!((report.events, report.checkpoint_seq), (5, None));
+        edit(&path, 2);
+        assert!(!verify_tail(&path).ok);
+    }
+
+    #[test]
+    fn an_edit_after_the_checkpoint_fails_the_start_and_one_before_it_is_found_by_the_full_walks() {
+        let (_dir, path, backups) = store_with(30);
+        drop(open_verified(&path, &backups).unwrap());
+        let mut store = Store::open(&path).unwrap();
+        for i in 0..5 {
+            store
+                .commit(&Change::event("x", json!({ "i": i })))
+                .unwrap();
+        }
+        drop(store);
+
+        // After the checkpoint (seq 30): the start-up walk sees it.
+        let dir2 = tempfile::tempdir().unwrap();
+        let copy = dir2.path().join("tradebaas.db");
+        std::fs::copy(&path, &copy).unwrap();
+        edit(&copy, 33);
+        let r = verify_tail(&copy);
+        assert!(!r.ok);
+        assert!(r.summary().contains("event seq 33"), "{}", r.summary());
+
+        // Before it: the start-up walk does not read that row (that is the point), the full
+        // verification and the periodic slices do.
+        edit(&path, 10);
+        assert!(
+            verify_tail(&path).ok,
+            "the start-up walk reads only the tail"
+        );
+        let full = verify(&path);
+        assert!(!full.ok);
+        assert!(
+            full.summary().contains("event seq 10"),
+            "{}",
+            full.summary()
+        );
+        let mut after = 0;
+        let mut found = Vec::new();
+        loop {
+            let slice = verify_slice(&path, after, 8).unwrap();
+            found.extend(slice.problems.clone());
+            if slice.done {
+                break;
+            }
+            after = slice.through;
+        }
+        assert!(
+            found.iter().any(|p| p.contains("event seq 10")),
+            "slices found: {found:?}"
+        );
+    }
+
+    #[test]
+    fn an_edited_or_deleted_checkpoint_event_fails_the_start() {
+        let (_dir, path, backups) = store_with(20);
+        drop(open_verified(&path, &backups).unwrap());
+        let dir2 = tempfile::tempdir().unwrap();
+        let copy = dir2.path().join("tradebaas.db");
+        std::fs::copy(&path, &copy).unwrap();
+
+        edit(&path, 20);
+        let r = verify_tail(&path);
+        assert!(!r.ok);
+        assert!(
+            r.summary()
+                .contains("event seq 20: stored hash does not match its contents"),
+            "{}",
+            r.summary()
+        );
+
+        let conn = Connection::open(&copy).unwrap();
+        conn.execute("DELETE FROM events WHERE seq >= 20", [])
+            .unwrap();
+        drop(conn);
+        let r = verify_tail(&copy);
+        assert!(!r.ok);
+        assert!(
+            r.summary().contains("was verified at") && r.summary().contains("no longer exists"),
+            "{}",
+            r.summary()
+        );
+        // And the open moves such a store aside (no backup: a fresh one).
+        let (_, report) = open_verified(&copy, &dir2.path().join("backups")).unwrap();
+        assert!(report.moved_aside.is_some(), "{report:?}");
+    }
+
+    #[test]
+    fn slices_cover_the_whole_chain_and_the_last_one_runs_quick_check() {
+        let (_dir, path, _) = store_with(25);
+        let mut after = 0;
+        let mut covered = 0;
+        let mut slices = 0;
+        loop {
+            let s = verify_slice(&path, after, 10).unwrap();
+            assert!(s.problems.is_empty(), "{s:?}");
+            covered += s.events;
+            slices += 1;
+            if s.done {
+                assert_eq!(s.through, 25);
+                break;
+            }
+            after = s.through;
+        }
+        assert_eq!((covered, slices), (25, 3));
+    }
 }

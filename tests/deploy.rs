@@ -284,7 +284,20 @@ fn install_sh_refuses_without_systemd() {
         }
     }
     let dest_probe = tempfile::tempdir().unwrap();
-    for args in [&["--binary", BIN][..], &["--uninstall"][..]] {
+    // A missing --config and --binary: should the systemd check ever regress, the script still
+    // refuses before it writes anything to this machine (the message then differs: a failure).
+    let no_config = dest_probe.path().join("missing.toml");
+    let no_config = no_config.to_str().unwrap();
+    let prefix = dest_probe.path().to_str().unwrap();
+    let install = [
+        "--prefix",
+        prefix,
+        "--binary",
+        "/nonexistent/tradebaas",
+        "--config",
+        no_config,
+    ];
+    for args in [&install[..], &["--prefix", prefix, "--uninstall"][..]] {
         let out = Command::new(tools.path().join("sh"))
             .arg(root().join("deploy/install.sh"))
             .args(args)

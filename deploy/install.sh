@@ -92,8 +92,8 @@ esac
 case "$prefix" in
 *[!A-Za-z0-9/._+-]*) refuse "--prefix may contain only letters, digits and / . _ + -, got '$prefix'" ;;
 esac
+# "/" becomes "" so that "$prefix/bin" is /bin.
 prefix=${prefix%/}
-[ -n "$prefix" ] || prefix=/
 
 # Without DESTDIR this installs into the live system and drives systemd: refuse clearly when
 # systemd is not there (a container, a non-systemd init) instead of half-installing.

@@ -563,6 +563,13 @@ fn dashboard_uses_the_datasource_variable_everywhere() {
     let mut ids = BTreeSet::new();
     for p in panels(&dash) {
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        let g = &p["gridPos"];
+        let (x, w, h) = (g["x"].as_u64(), g["w"].as_u64(), g["h"].as_u64());
+        assert!(
+            x.zip(w).is_some_and(|(x, w)| w > 0 && x + w <= 24) && h.is_some_and(|h| h > 0),
+            "panel {} has a bad gridPos {g}",
+            p["title"]
+        );
         if p["type"] == "row" {
             continue;
         }

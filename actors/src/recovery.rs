@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
 use crate::broker::{BrokerMsg, LinkState};
@@ -33,10 +33,18 @@ pub const ALERT_KEY: &str = "capital:recovery_differences";
 const SIZE_EPSILON: f64 = 1e-9;
 /// One persister load attempt.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
-const LOAD_ATTEMPTS: u32 = 20;
-/// Pause between load attempts (the persister may still be starting: the supervisor starts its
-/// children after the tree is spawned). The whole recovery stays bounded by its timeout.
-const LOAD_RETRY: Duration = Duration::from_millis(100);
+const LOAD_ATTEMPTS: u32 = 30;
+/// Pause between load attempts: the persister may still be starting (the supervisor starts its
+/// children after the tree is spawned, and opening the store takes a few ms), so the first
+/// retries come quickly, 5 ms doubling to at most 100 ms (about 2.5 s in all). A fixed 100 ms
+/// pause made every start that lost this race 100 ms slower. The whole recovery stays bounded
+/// by its timeout.
+const LOAD_RETRY: crate::backoff::Backoff = crate::backoff::Backoff {
+    initial: Duration::from_millis(5),
+    max: Duration::from_millis(100),
+    multiplier: 2.0,
+    jitter: 0.0,
+};
 /// Broker status poll interval while waiting for the connection.
 const POLL: Duration = Duration::from_millis(10);
 /// One status question to an actor.
@@ -509,12 +517,17 @@ async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
         let result = persister::load_state(names, LOAD_TIMEOUT).await;
         match result {
             Ok(state) => return Ok(state),
+            // Expected for the first few ms of a start: the persister is not registered yet.
+            Err(e) if attempt <= 5 && e.contains("not running") => {
+                debug!(attempt, error = %e, "recovery waits for the state-persister");
+                last = e;
+            }
             Err(e) => {
                 warn!(attempt, attempts = LOAD_ATTEMPTS, error = %e, "recovery could not load the stored state");
                 last = e;
             }
         }
-        tokio::time::sleep(LOAD_RETRY).await;
+        tokio::time::sleep(LOAD_RETRY.nominal(attempt - 1)).await;
     }
     Err(last)
 }

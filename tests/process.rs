@@ -382,3 +382,54 @@ async fn a_panic_in_an_alert_sink_restarts_its_task_and_the_alert_is_still_deliv
         daemon.log()
     );
 }
+
+/// Below `[store] disk_free_floor` the daemon itself raises `store:disk_low` (WARNING) before
+/// any write fails; trading is not restricted by it. (A floor above any real disk's free space
+/// stands in for a full disk.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_space_below_the_floor_raises_the_disk_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "disk.toml",
+        &[
+            (
+                "disk_free_floor = 1073741824",
+                "disk_free_floor = 18446744073709551615",
+            ),
+            (
+                "evaluate_interval = \"5s\"",
+                "evaluate_interval = \"100ms\"",
+            ),
+        ],
+    );
+    let daemon = Daemon::start(&dir.path().join("data"), &config, &[]);
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["actors"]["alert"]["open_alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["key"] == "store:disk_low"))
+    })
+    .await;
+    let alert = body["actors"]["alert"]["open_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "store:disk_low")
+        .unwrap()
+        .clone();
+    assert_eq!(alert["severity"], "WARNING", "{alert:#}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("below the floor") && m.contains("disk_free_floor")),
+        "{alert:#}"
+    );
+    assert_eq!(
+        body["mode"], "AGGRESSIVE",
+        "the disk alert does not change the mode"
+    );
+    let p = &body["actors"]["state-persister"];
+    assert!(p["disk_free_bytes"].as_u64().is_some(), "{p:#}");
+    assert_eq!(p["disk_free_floor_bytes"], u64::MAX, "{p:#}");
+}

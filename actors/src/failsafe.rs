@@ -33,6 +33,8 @@ pub mod triggers;
 pub use triggers::TriggerConfig;
 use triggers::{Action, Finding, Watch};
 
+/// The alert raised while the store's filesystem is below `[store] disk_free_floor`.
+pub const DISK_ALERT_KEY: &str = "store:disk_low";
 /// The state key holding the mode.
 pub const MODE_KEY: &str = "mode";
 
@@ -582,9 +584,42 @@ impl FailSafeState {
         });
     }
 
+    /// A condition of the watch stopped holding: its alert-only finding is resolved (mode
+    /// changes are never undone by the watch).
+    fn on_ended(&mut self, trigger: &'static str) {
+        if trigger != triggers::DISK_LOW {
+            return;
+        }
+        info!(
+            actor = "fail-safe",
+            trigger, "disk space back above the floor: resolving its alert"
+        );
+        if let Some(a) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
+            let _ = a.send_message(AlertMsg::Resolve {
+                key: DISK_ALERT_KEY.into(),
+            });
+        }
+    }
+
     /// Applies one finding of the watch.
     fn act_on(&mut self, finding: Finding) {
         match finding.action {
+            Action::Alert => {
+                warn!(actor = "fail-safe", trigger = finding.trigger, reason = %finding.reason, "disk space below the floor");
+                self.send_alert(Alert {
+                    key: DISK_ALERT_KEY.into(),
+                    severity: Severity::Warning,
+                    title: "Disk space below the floor: free space before writes fail".into(),
+                    message: finding.reason.clone(),
+                    root_cause: finding.reason.clone(),
+                    recommended_action: "Free space on the data directory's filesystem (old \
+                                         backups, logs) or grow it; trading goes on, but once \
+                                         writes fail the fail-safe latches SHUTDOWN \
+                                         (event_log_failing)"
+                        .into(),
+                    metadata: json!({ "trigger": finding.trigger }),
+                });
+            }
             Action::Shutdown => self.trigger(finding.trigger.to_owned(), finding.reason, None),
             Action::ObserveOnly => {
                 self.triggers += 1;
@@ -823,6 +858,9 @@ impl Actor for FailSafeActor {
                 let findings = state.watch.evaluate(&replies, Utc::now(), uptime);
                 for finding in findings {
                     state.act_on(finding);
+                }
+                for ended in state.watch.take_ended() {
+                    state.on_ended(ended);
                 }
             }
             FailSafeMsg::ChecksReported(report) => state.checks = Some(report),

@@ -90,6 +90,8 @@ pub struct PersisterArgs {
     pub backup_interval: Duration,
     /// Backups kept.
     pub backups_keep: usize,
+    /// `[store] disk_free_floor`, reported with the free space (the fail-safe alerts below it).
+    pub disk_free_floor: u64,
 }
 
 impl PersisterArgs {
@@ -106,6 +108,7 @@ impl PersisterArgs {
             backups_dir,
             backup_interval: config.backup_interval,
             backups_keep: config.backups_keep,
+            disk_free_floor: config.disk_free_floor,
         }
     }
 }
@@ -207,6 +210,8 @@ pub struct PersisterStatus {
     /// Bytes available to the daemon on the store's filesystem, read when this status was asked
     /// for (None when `statvfs` failed).
     pub disk_free_bytes: Option<u64>,
+    /// `[store] disk_free_floor`: below it the fail-safe raises `store:disk_low`.
+    pub disk_free_floor_bytes: u64,
 }
 
 enum Job {
@@ -243,6 +248,7 @@ pub struct PersisterState {
     recovery: Option<Value>,
     last_snapshot_at: Option<DateTime<Utc>>,
     last_capital_snapshot_at: Option<DateTime<Utc>>,
+    disk_free_floor: u64,
 }
 
 /// Where and how often the database thread backs up.
@@ -565,6 +571,7 @@ impl Actor for PersisterActor {
             recovery,
             last_snapshot_at,
             last_capital_snapshot_at,
+            disk_free_floor: args.disk_free_floor,
         })
     }
 
@@ -655,6 +662,7 @@ impl Actor for PersisterActor {
                     last_snapshot_at: state.last_snapshot_at,
                     last_capital_snapshot_at: state.last_capital_snapshot_at,
                     disk_free_bytes: disk_free_bytes(&state.path),
+                    disk_free_floor_bytes: state.disk_free_floor,
                 });
             }
             PersisterMsg::Ping(reply) => {

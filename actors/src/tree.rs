@@ -107,6 +107,7 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
                     backups_dir: config.backups_dir.clone(),
                     backup_interval: config.store.backup_interval,
                     backups_keep: config.store.backups_keep,
+                    disk_free_floor: config.store.disk_free_floor,
                     ..PersisterArgs::new(names.clone(), config.store_path.clone(), metrics.clone())
                 },
             ),

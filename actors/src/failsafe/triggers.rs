@@ -95,6 +95,8 @@ pub enum Action {
     Shutdown,
     /// Restrict to OBSERVE_ONLY and raise an alert.
     ObserveOnly,
+    /// Raise an alert only (resolved when the condition ends, see [`Watch::take_ended`]).
+    Alert,
 }
 
 /// One condition that started.
@@ -116,6 +118,15 @@ pub struct Watch {
     heartbeat_silent_since: Option<DateTime<Utc>>,
     /// Conditions currently holding (each fired once when it started).
     active: BTreeSet<&'static str>,
+    /// Conditions that stopped holding at the last evaluation.
+    ended: Vec<&'static str>,
+}
+
+/// The finding raised while the store's filesystem is below `[store] disk_free_floor`.
+pub const DISK_LOW: &str = "disk_low";
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn age(now: DateTime<Utc>, at: DateTime<Utc>) -> Duration {
@@ -135,12 +146,18 @@ impl Watch {
             unhealthy_since: None,
             heartbeat_silent_since: None,
             active: BTreeSet::new(),
+            ended: Vec::new(),
         }
     }
 
     /// Moves the baseline (to the run's start, once the stored run marker is known).
     pub fn set_since(&mut self, since: DateTime<Utc>) {
         self.since = since;
+    }
+
+    /// The conditions that stopped holding at the last [`Watch::evaluate`] (taken once).
+    pub fn take_ended(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.ended)
     }
 
     /// The conditions holding now.
@@ -216,6 +233,29 @@ impl Watch {
                 });
             }
         }
+        if let Some(p) = replies.persister.answered()
+            && let Some(free) = p.disk_free_bytes
+        {
+            let floor = p.disk_free_floor_bytes;
+            // Once low, it clears only 10 % above the floor: no alert flapping at the line.
+            let low = if self.active.contains(DISK_LOW) {
+                free < floor.saturating_add(floor / 10)
+            } else {
+                free < floor
+            };
+            if low {
+                holding.push(Finding {
+                    trigger: DISK_LOW,
+                    reason: format!(
+                        "{} free on the data directory's filesystem, below the floor of {} \
+                         ([store] disk_free_floor); writes fail when it is full",
+                        mib(free),
+                        mib(floor)
+                    ),
+                    action: Action::Alert,
+                });
+            }
+        }
         if let Some(h) = replies.heartbeat.answered() {
             let rate = h.system.error_rate_per_minute;
             if rate > c.error_rate_per_minute {
@@ -278,6 +318,7 @@ impl Watch {
         }
 
         let now_active: BTreeSet<&'static str> = holding.iter().map(|f| f.trigger).collect();
+        self.ended = self.active.difference(&now_active).copied().collect();
         let started = holding
             .into_iter()
             .filter(|f| !self.active.contains(f.trigger))

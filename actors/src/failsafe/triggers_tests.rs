@@ -293,3 +293,45 @@ fn a_snapshot_without_capital_does_not_reset_snapshot_failing() {
     assert!(!fired(&mut w, &r, at(hours(24))).contains(&"snapshot_failing"));
     assert!(fired(&mut w, &r, at(hours(26))).contains(&"snapshot_failing"));
 }
+
+#[test]
+fn disk_below_the_floor_alerts_once_and_ends_only_ten_percent_above_it() {
+    let mut w = watch();
+    let now = at(30 * MIN);
+    let with_free = |free: Option<u64>| {
+        let mut r = fresh(now);
+        if let Reply::Answered(p) = &mut r.persister {
+            p.disk_free_floor_bytes = 1000;
+            p.disk_free_bytes = free;
+        }
+        r
+    };
+    assert!(
+        fired(&mut w, &with_free(Some(1000)), now).is_empty(),
+        "at the floor: fine"
+    );
+    // Unknown free space is not "low".
+    assert!(fired(&mut w, &with_free(None), now).is_empty());
+    let findings = w.evaluate(&with_free(Some(999)), now, Duration::from_secs(1));
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].trigger, DISK_LOW);
+    assert_eq!(findings[0].action, Action::Alert);
+    assert!(
+        findings[0].reason.contains("below the floor"),
+        "{}",
+        findings[0].reason
+    );
+    assert!(w.take_ended().is_empty());
+    // Once per episode; back at the floor it still holds (hysteresis).
+    assert!(fired(&mut w, &with_free(Some(500)), now).is_empty());
+    assert!(fired(&mut w, &with_free(Some(1050)), now).is_empty());
+    assert_eq!(w.active(), [DISK_LOW]);
+    assert!(w.take_ended().is_empty());
+    // 10 % above: it ends, once.
+    assert!(fired(&mut w, &with_free(Some(1100)), now).is_empty());
+    assert_eq!(w.take_ended(), [DISK_LOW]);
+    assert!(w.take_ended().is_empty());
+    assert!(w.active().is_empty());
+    // A new episode fires again.
+    assert_eq!(fired(&mut w, &with_free(Some(10)), now), [DISK_LOW]);
+}

@@ -93,6 +93,7 @@ pub(crate) fn healthy_replies() -> Replies {
             last_snapshot_at: None,
             last_capital_snapshot_at: None,
             disk_free_bytes: None,
+            disk_free_floor_bytes: 1 << 30,
         }),
         fail_safe: Reply::Answered(FailSafeStatus {
             mode: TradingMode::ObserveOnly,

@@ -24,7 +24,8 @@ use crate::alert::{Alert, AlertMsg, Severity};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::store::{
-    Change, Committed, SnapshotKind, Store, StoreError, backup_count, prune_backups,
+    Change, Committed, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir,
+    backup_count, prune_backups,
 };
 
 /// `[store]`.
@@ -42,6 +43,8 @@ pub struct StoreConfig {
     /// Free bytes on the data directory's filesystem below which the disk alert fires
     /// (`tradebaas_store_disk_free_bytes` < `tradebaas_store_disk_free_floor_bytes`).
     pub disk_free_floor: u64,
+    /// `[store.retention]`: old heartbeat events archived out of the live table.
+    pub retention: RetentionConfig,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +54,7 @@ impl Default for StoreConfig {
             backups_keep: 24,
             snapshot_interval: Duration::from_secs(24 * 60 * 60),
             disk_free_floor: 1 << 30,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -73,7 +77,7 @@ impl StoreConfig {
         if self.backups_keep > 10_000 {
             return Err("backups_keep must be at most 10000".into());
         }
-        Ok(())
+        self.retention.validate()
     }
 }
 
@@ -92,6 +96,8 @@ pub struct PersisterArgs {
     pub backups_keep: usize,
     /// `[store] disk_free_floor`, reported with the free space (the fail-safe alerts below it).
     pub disk_free_floor: u64,
+    /// `[store.retention]`, run on the database thread before each timed backup.
+    pub retention: RetentionConfig,
 }
 
 impl PersisterArgs {
@@ -109,6 +115,7 @@ impl PersisterArgs {
             backup_interval: config.backup_interval,
             backups_keep: config.backups_keep,
             disk_free_floor: config.disk_free_floor,
+            retention: config.retention,
         }
     }
 }
@@ -251,11 +258,42 @@ pub struct PersisterState {
     disk_free_floor: u64,
 }
 
-/// Where and how often the database thread backs up.
+/// Where and how often the database thread backs up (and archives, just before).
 struct BackupPlan {
     dir: PathBuf,
     interval: Duration,
     keep: usize,
+    retention: RetentionConfig,
+    archives: PathBuf,
+}
+
+/// One retention run on the database thread; its `store.archived` commit is reported like
+/// any other write.
+fn retain(store: &mut Store, plan: &BackupPlan, actor: &ActorRef<PersisterMsg>) {
+    let started = Instant::now();
+    match store.archive_old(&plan.archives, &plan.retention, Utc::now()) {
+        Ok(Some(r)) => {
+            info!(
+                actor = "state-persister",
+                file = %r.file.display(),
+                first_seq = r.first_seq,
+                last_seq = r.last_seq,
+                rows = r.rows,
+                bytes = r.bytes,
+                freed_pages = r.freed_pages,
+                took_ms = started.elapsed().as_millis() as u64,
+                "retention: old events archived"
+            );
+            let _ = actor.send_message(PersisterMsg::Written(WriteOutcome {
+                result: Ok(store.last_seq()),
+                took: started.elapsed(),
+            }));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            error!(actor = "state-persister", error = %e, "retention run failed; the events stay live")
+        }
+    }
 }
 
 /// Bytes available to an unprivileged writer on the filesystem holding `store_path`
@@ -300,6 +338,8 @@ fn run_db_thread(
             Job::Backup(reply) => {
                 if reply.is_none() {
                     next_backup = after(interval);
+                    // Retention first, so the backup is of the trimmed store.
+                    retain(&mut store, &plan, &actor);
                 }
                 let result = backup(&store, &plan);
                 let outcome = BackupOutcome {
@@ -529,6 +569,7 @@ impl Actor for PersisterActor {
         let last_seq = store.last_seq();
         let (tx, rx) = mpsc::channel();
         let me = myself.clone();
+        let archives = archives_dir(&args.path);
         std::thread::Builder::new()
             .name("tradebaas-store".into())
             .spawn(move || {
@@ -540,6 +581,8 @@ impl Actor for PersisterActor {
                         dir: args.backups_dir,
                         interval: args.backup_interval,
                         keep: args.backups_keep.max(1),
+                        retention: args.retention,
+                        archives,
                     },
                 )
             })?;
@@ -819,6 +862,71 @@ mod tests {
         let list = list_backups(&dir.path().join("backups"));
         assert!(
             list.len() <= 2 && list.iter().all(|b| b.verified.ok),
+            "{list:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn store_retention_archives_old_heartbeats_before_each_timed_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        let backups = dir.path().join("backups");
+        {
+            let mut store = Store::open(&path).unwrap();
+            for i in 0..50 {
+                store
+                    .commit(&Change::event("heartbeat", json!({ "i": i })))
+                    .unwrap();
+            }
+            store
+                .commit(&Change::event("order.placed", json!({})))
+                .unwrap();
+            store
+                .commit(&Change::event("heartbeat", json!({})))
+                .unwrap();
+        }
+        // The open stores the checkpoint at the head (seq 52).
+        drop(open_verified(&path, &backups).unwrap());
+        let names = Names::with_prefix("persister-retention-");
+        let mut args = PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap());
+        args.backup_interval = Duration::from_millis(50);
+        // Everything is "old" with a zero keep (the config refuses < 1h; the mechanism does not care).
+        args.retention.keep = Duration::ZERO;
+        let p = spawn(&names, args).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = status(&p).await;
+            if s.backups >= Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = status(&p).await;
+        p.stop_and_wait(None, None).await.unwrap();
+        let store = Store::open_read_only(&path).unwrap();
+        let events = store.events(0, 1000).unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "heartbeat").count(),
+            1,
+            "50 heartbeats before the checkpoint archived, the checkpoint's own kept: {kinds:?}"
+        );
+        assert!(kinds.contains(&"order.placed"));
+        assert!(kinds.contains(&"store.archived"));
+        assert_eq!(
+            s.last_seq,
+            events.last().unwrap().seq,
+            "the persister counted the commit"
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("archives"))
+            .unwrap()
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert!(crate::store::verify(&path).ok);
+        let list = list_backups(&backups);
+        assert!(
+            !list.is_empty() && list.iter().all(|b| b.verified.ok),
             "{list:?}"
         );
     }

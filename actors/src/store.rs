@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod archive;
 mod lock;
 mod verify;
 
+pub use archive::{ARCHIVABLE_KINDS, ArchiveReport, RetentionConfig, archives_dir};
 pub use lock::DataDirLock;
 pub use verify::{
     BackupInfo, CHECKPOINT_KEY, ChainVerifier, Checkpoint, IntegrityFacts, OpenReport, Scope,
@@ -30,8 +32,8 @@ pub use verify::{
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 ///
-/// History: 1 = `state` + `events`; 2 = adds `snapshots`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// History: 1 = `state` + `events`; 2 = adds `snapshots`; 3 = adds `archives` (retention).
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The schema of version 1, exactly as the first release created it.
 pub const V1_DDL: &str = "CREATE TABLE state (
@@ -71,9 +73,27 @@ pub fn v1_to_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
+/// Version 2 → 3: the `archives` table, one row per sealed archive file of events moved out of
+/// the live table by retention ([`archive`]): which seq range it covers, how many rows, and the
+/// sha256 of the file.
+pub fn v2_to_v3(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE archives (
+            id INTEGER PRIMARY KEY,
+            file TEXT NOT NULL UNIQUE,
+            first_seq INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            rows INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            created_at TEXT NOT NULL
+         );
+         PRAGMA user_version = 3;",
+    )
+}
+
 /// The migration steps: `MIGRATIONS[v]` takes a store from version `v` to `v + 1`.
-const MIGRATIONS: [fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>; 2] =
-    [v0_to_v1, v1_to_v2];
+const MIGRATIONS: [fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>; 3] =
+    [v0_to_v1, v1_to_v2, v2_to_v3];
 
 /// Why a snapshot was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +280,14 @@ impl Store {
         )
         .map_err(&err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
+        // Effective only on a file that is still empty (before the WAL switch writes its
+        // header; later it would need a full VACUUM): retention's deletes then give pages back
+        // with `incremental_vacuum`. On an existing store it changes nothing.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+            .map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("not a database or unreadable: {e}"),
+            })?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(|e| StoreError::Corrupt {

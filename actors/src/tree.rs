@@ -108,6 +108,7 @@ pub fn child_specs(names: &Names, config: &TreeConfig, metrics: &Metrics) -> Vec
                     backup_interval: config.store.backup_interval,
                     backups_keep: config.store.backups_keep,
                     disk_free_floor: config.store.disk_free_floor,
+                    retention: config.store.retention.clone(),
                     ..PersisterArgs::new(names.clone(), config.store_path.clone(), metrics.clone())
                 },
             ),

@@ -57,14 +57,14 @@ fn file_names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn a_v1_store_migrates_to_v2_and_verifies() {
+fn a_v1_store_migrates_to_the_current_version_and_verifies() {
     let (_dir, path, _) = temp();
     v1_fixture(&path);
     let before = verify(&path);
     assert!(before.ok, "{:?}", before.problems);
     assert_eq!(before.schema_version, Some(1));
     let mut store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(store.last_seq(), 3);
     assert_eq!(store.state().unwrap()["mode"], json!({"mode": "ACTIVE"}));
     store
@@ -73,7 +73,7 @@ fn a_v1_store_migrates_to_v2_and_verifies() {
     drop(store);
     let after = verify(&path);
     assert!(after.ok, "{:?}", after.problems);
-    assert_eq!(after.schema_version, Some(2));
+    assert_eq!(after.schema_version, Some(SCHEMA_VERSION));
     assert_eq!((after.events, after.last_seq, after.snapshots), (4, 4, 1));
 }
 

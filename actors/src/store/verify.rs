@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use super::archive::{ArchivedRows, archive_entries, archives_dir, covered};
 use super::{EventRow, GENESIS_HASH, SCHEMA_VERSION, SnapshotRow, Store, StoreError, chain_hash};
 
 /// At most this many problems are listed one by one; the rest are counted.
@@ -264,8 +265,13 @@ pub fn verify_tail(path: &Path) -> VerifyReport {
     verify_scoped(path, Scope::Tail)
 }
 
-/// [`verify`] or [`verify_tail`].
+/// [`verify`] or [`verify_tail`]; a full walk reads the archives next to the store.
 pub fn verify_scoped(path: &Path, scope: Scope) -> VerifyReport {
+    verify_with_archives(path, scope, &archives_dir(path))
+}
+
+/// [`verify_scoped`] with the archives in `archives` (a backup's are the data directory's).
+pub fn verify_with_archives(path: &Path, scope: Scope, archives: &Path) -> VerifyReport {
     let mut report = VerifyReport::new(path);
     report.scope = scope;
     match std::fs::metadata(path) {
@@ -292,13 +298,13 @@ pub fn verify_scoped(path: &Path, scope: Scope) -> VerifyReport {
     let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
     // One read transaction: a consistent view while the daemon commits.
     let _ = conn.execute_batch("BEGIN");
-    check(&conn, &mut report);
+    check(&conn, &mut report, archives);
     let _ = conn.execute_batch("COMMIT");
     report.ok = report.problems.is_empty();
     report
 }
 
-fn check(conn: &Connection, report: &mut VerifyReport) {
+fn check(conn: &Connection, report: &mut VerifyReport, archives: &Path) {
     match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
         Ok(v) => report.schema_version = Some(v),
         Err(e) => {
@@ -336,7 +342,7 @@ fn check(conn: &Connection, report: &mut VerifyReport) {
             return;
         }
     }
-    if let Err(e) = check_events(conn, report) {
+    if let Err(e) = check_events(conn, report, archives) {
         report.problem(format!("cannot read events: {e}"));
     }
     if let Err(e) = check_state(conn, report) {
@@ -355,7 +361,11 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     rows.collect()
 }
 
-fn check_events(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
+fn check_events(
+    conn: &Connection,
+    report: &mut VerifyReport,
+    archives: &Path,
+) -> rusqlite::Result<()> {
     let mut problems = Vec::new();
     let (chain, checkpoint) = start_point(conn, report.scope, &mut problems)?;
     report.checkpoint_seq = checkpoint;
@@ -363,7 +373,23 @@ fn check_events(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Resul
         report.scope = Scope::Full;
     }
     if let Some(mut chain) = chain {
-        for_each_event_after(conn, checkpoint.unwrap_or(0), |row| chain.push(&row))?;
+        if report.scope == Scope::Full {
+            // The whole chain: live rows and archived rows merged by seq, every link checked.
+            let mut archived = ArchivedRows::new(archives.to_path_buf(), archive_entries(conn)?);
+            for_each_event_after(conn, 0, |row| {
+                while let Some(a) = archived.next_before(row.seq) {
+                    chain.push(&a);
+                }
+                chain.push(&row);
+            })?;
+            while let Some(a) = archived.next_before(u64::MAX) {
+                chain.push(&a);
+            }
+            problems.append(&mut archived.problems);
+        } else {
+            chain.archived = archived_ranges(conn)?;
+            for_each_event_after(conn, checkpoint.unwrap_or(0), |row| chain.push(&row))?;
+        }
         if report.scope == Scope::Full {
             duplicate_ids(conn, &mut problems)?;
         }
@@ -435,6 +461,21 @@ pub struct ChainVerifier {
     pub newest_ts: Option<DateTime<Utc>>,
     /// What is wrong, at most [`MAX_LISTED_PROBLEMS`] listed (then one "more" line).
     pub problems: Vec<String>,
+    /// Seq ranges moved to archives: a live-only walk accepts a gap inside them (their links
+    /// are checked by the merged walk of `verify --full`).
+    archived: Vec<(u64, u64)>,
+    /// Gaps accepted because archives cover them.
+    pub gaps_archived: u64,
+    /// The previous row was archived: the next row's link cannot be checked in a live walk.
+    link_unknown: bool,
+}
+
+/// The archived seq ranges, sorted (empty before schema 3).
+fn archived_ranges(conn: &Connection) -> rusqlite::Result<Vec<(u64, u64)>> {
+    Ok(archive_entries(conn)?
+        .into_iter()
+        .map(|e| (e.first_seq, e.last_seq))
+        .collect())
 }
 
 impl Default for ChainVerifier {
@@ -455,6 +496,9 @@ impl ChainVerifier {
             last_seq: 0,
             newest_ts: None,
             problems: Vec::new(),
+            archived: Vec::new(),
+            gaps_archived: 0,
+            link_unknown: false,
         }
     }
 
@@ -498,7 +542,11 @@ impl ChainVerifier {
     pub fn push(&mut self, row: &EventRow) {
         let seq = row.seq;
         self.events += 1;
-        if seq != self.expected_seq {
+        let across_archive =
+            seq > self.expected_seq && covered(&self.archived, self.expected_seq, seq - 1);
+        if across_archive {
+            self.gaps_archived += 1;
+        } else if seq != self.expected_seq {
             self.problem(format!(
                 "event seq {seq}: expected seq {} (gap or reorder)",
                 self.expected_seq
@@ -512,7 +560,10 @@ impl ChainVerifier {
                 row.event_id
             ));
         }
-        if row.prev_hash != self.prev_hash {
+        if !across_archive
+            && !std::mem::take(&mut self.link_unknown)
+            && row.prev_hash != self.prev_hash
+        {
             self.problem(format!(
                 "event seq {seq}: prev_hash does not link to the previous event's hash"
             ));
@@ -624,6 +675,7 @@ pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreErr
         .map_err(err)?;
     let tx = conn.transaction().map_err(err)?;
     let mut problems = Vec::new();
+    let ranges = archived_ranges(&tx).map_err(err)?;
     let mut chain = if after == 0 {
         ChainVerifier::new()
     } else {
@@ -633,6 +685,12 @@ pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreErr
                 problems.push(edited);
                 ChainVerifier::new()
             }
+            // Archived since the last slice: the walk goes on from the next live row.
+            None if covered(&ranges, after, after) => {
+                let mut c = ChainVerifier::resume(after, String::new(), "");
+                c.link_unknown = true;
+                c
+            }
             None => {
                 problems.push(format!(
                     "event seq {after} (where the last slice ended) no longer exists (events deleted)"
@@ -641,6 +699,7 @@ pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreErr
             }
         }
     };
+    chain.archived = ranges;
     let through = after.saturating_add(max.max(1));
     for_each_event_in(&tx, after, through, |row| chain.push(&row)).map_err(err)?;
     let head: i64 = tx
@@ -730,6 +789,7 @@ pub fn read_integrity_facts(path: &Path, scope: Scope) -> Result<IntegrityFacts,
     };
     let mut chain = match start {
         Some(mut chain) => {
+            chain.archived = archived_ranges(&tx).map_err(err)?;
             for_each_event_after(&tx, checkpoint_seq.unwrap_or(0), |row| chain.push(&row))
                 .map_err(err)?;
             chain
@@ -893,11 +953,15 @@ fn backup_paths(dir: &Path) -> Vec<(PathBuf, DateTime<Utc>)> {
 
 /// The backups in `dir`, newest first, each verified. A missing directory has none.
 pub fn list_backups(dir: &Path) -> Vec<BackupInfo> {
+    // A backup's archived rows are in the data directory's archives (sealed, append-only).
+    let archives = dir
+        .parent()
+        .map_or_else(|| PathBuf::from("archives"), |d| d.join("archives"));
     backup_paths(dir)
         .into_iter()
         .map(|(path, taken_at)| BackupInfo {
             size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-            verified: verify(&path),
+            verified: verify_with_archives(&path, Scope::Full, &archives),
             path,
             taken_at,
         })

@@ -57,7 +57,10 @@ fn state_verify_exits_0_on_a_good_store_and_1_on_an_edited_one() {
     );
     let report = json_out(&out);
     assert_eq!(report["ok"], json!(true));
-    assert_eq!(report["schema_version"], json!(tradebaas_actors::store::SCHEMA_VERSION));
+    assert_eq!(
+        report["schema_version"],
+        json!(tradebaas_actors::store::SCHEMA_VERSION)
+    );
     assert_eq!(report["last_seq"], json!(3));
     drop(store);
     edit_event_bytes(&dir.path().join("tradebaas.db"));

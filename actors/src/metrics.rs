@@ -82,6 +82,10 @@ pub struct Metrics {
     pub store_disk_free_bytes: IntGauge,
     /// `[store] disk_free_floor`: below this much free space the disk alert fires.
     pub store_disk_free_floor_bytes: IntGauge,
+    /// Unix time this registry (the process) was created: a restart counter that needs no
+    /// `/proc/stat` (hidden by the unit's `ProcSubset=pid`, where the process collector's
+    /// `process_start_time_seconds` reads 0).
+    pub start_time_seconds: Gauge,
 }
 
 impl Metrics {
@@ -209,6 +213,15 @@ impl Metrics {
             "tradebaas_store_disk_free_floor_bytes",
             "The configured free-space floor for the data directory ([store] disk_free_floor)",
         )?;
+        let start_time_seconds = Gauge::new(
+            "tradebaas_start_time_seconds",
+            "Unix time the daemon process started (works where process_start_time_seconds cannot read /proc/stat)",
+        )?;
+        start_time_seconds.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("tradebaas_build_info", "Build information, always 1"),
             &["version"],
@@ -241,6 +254,7 @@ impl Metrics {
         registry.register(Box::new(snapshot_age_seconds.clone()))?;
         registry.register(Box::new(store_disk_free_bytes.clone()))?;
         registry.register(Box::new(store_disk_free_floor_bytes.clone()))?;
+        registry.register(Box::new(start_time_seconds.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -291,6 +305,7 @@ impl Metrics {
             snapshot_age_seconds,
             store_disk_free_bytes,
             store_disk_free_floor_bytes,
+            start_time_seconds,
         })
     }
 
@@ -541,6 +556,7 @@ mod tests {
             ("process_resident_memory_bytes", &[], Kind::Gauge, None),
             ("process_cpu_seconds_total", &[], Kind::Counter, None),
             ("process_start_time_seconds", &[], Kind::Gauge, None),
+            ("tradebaas_start_time_seconds", &[], Kind::Gauge, None),
         ];
         for (name, labels, ty, value) in want {
             let found: Vec<_> = scrape
@@ -569,6 +585,7 @@ mod tests {
         for name in [
             "process_resident_memory_bytes",
             "process_start_time_seconds",
+            "tradebaas_start_time_seconds",
         ] {
             let s = scrape.samples.iter().find(|s| s.metric == name);
             assert!(s.is_some_and(|s| number(&s.value) > 0.0), "{name}: {s:?}");

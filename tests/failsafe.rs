@@ -307,6 +307,16 @@ async fn a_missing_heartbeat_restricts_to_observe_only_with_an_alert() {
     );
     let a = alert(&h, "heartbeat:missing").await;
     assert_eq!(a["severity"], "CRITICAL", "{a:#}");
+    // The wedge ends after 2.5 s: rounds resume, the alert resolves, the mode stays restricted.
+    let (_, body) = h
+        .wait_for("/health", Duration::from_secs(15), |_, b| {
+            b["actors"]["alert"]["recent"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|a| a["key"] == "heartbeat:missing" && a["resolved_at"].is_string())
+            })
+        })
+        .await;
+    assert_eq!(body["mode"], "OBSERVE_ONLY", "{body:#}");
     h.stop().await;
 }
 

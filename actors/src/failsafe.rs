@@ -584,20 +584,21 @@ impl FailSafeState {
         });
     }
 
-    /// A condition of the watch stopped holding: its alert-only finding is resolved (mode
-    /// changes are never undone by the watch).
+    /// A condition of the watch stopped holding: its alert is resolved. Mode changes are never
+    /// undone by the watch (a lost heartbeat's OBSERVE_ONLY stays until the operator sets the
+    /// mode; `/health` and `tradebaas_trading_mode` keep showing it).
     fn on_ended(&mut self, trigger: &'static str) {
-        if trigger != triggers::DISK_LOW {
-            return;
-        }
+        let key = match trigger {
+            triggers::DISK_LOW => DISK_ALERT_KEY,
+            "heartbeat_missing" => "heartbeat:missing",
+            _ => return,
+        };
         info!(
             actor = "fail-safe",
-            trigger, "disk space back above the floor: resolving its alert"
+            trigger, key, "condition ended: resolving its alert"
         );
         if let Some(a) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
-            let _ = a.send_message(AlertMsg::Resolve {
-                key: DISK_ALERT_KEY.into(),
-            });
+            let _ = a.send_message(AlertMsg::Resolve { key: key.into() });
         }
     }
 

@@ -433,3 +433,50 @@ async fn free_space_below_the_floor_raises_the_disk_alert() {
     assert!(p["disk_free_bytes"].as_u64().is_some(), "{p:#}");
     assert_eq!(p["disk_free_floor_bytes"], u64::MAX, "{p:#}");
 }
+
+/// A panic in one of an actor's helper tasks (here the fail-safe's evaluation task) fails the
+/// actor, so the supervisor restarts it and the work goes on; before, the fail-safe waited
+/// forever for the evaluation the task never sent, and its watch stopped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_actors_helper_task_restarts_the_actor_and_its_work_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "helper.toml",
+        &[
+            // A condition the watch reports at once, to see that it still evaluates.
+            (
+                "disk_free_floor = 1073741824",
+                "disk_free_floor = 18446744073709551615",
+            ),
+            (
+                "evaluate_interval = \"5s\"",
+                "evaluate_interval = \"100ms\"",
+            ),
+        ],
+    );
+    let daemon = Daemon::start(
+        &dir.path().join("data"),
+        &config,
+        &[("TRADEBAAS_TEST_HOOKS", "panic_once:failsafe_evaluate")],
+    );
+    let base = daemon.base_url();
+    let body = wait_health(&base, Duration::from_secs(30), |b| {
+        b["actors"]["alert"]["open_alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["key"] == "store:disk_low"))
+    })
+    .await;
+    let fs = &body["actors"]["fail-safe"];
+    assert_eq!(fs["restarts"], 1, "{fs:#}");
+    assert!(
+        fs["last_failure"]["reason"].as_str().is_some_and(
+            |f| f.contains("task `evaluate` panicked: test hook: panic at failsafe_evaluate")
+        ),
+        "{fs:#}"
+    );
+    assert_eq!(
+        body["mode"], "AGGRESSIVE",
+        "the stored mode is reloaded after the restart"
+    );
+}

@@ -163,6 +163,8 @@ pub struct BrokerArgs {
 pub enum BrokerMsg {
     /// Report connection facts.
     Status(RpcReplyPort<BrokerStatus>),
+    /// Internal: a helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
+    TaskPanicked(String),
     /// Liveness.
     Ping(RpcReplyPort<()>),
     /// Send a JSON-RPC request on the current session, after the client-side rate limiter
@@ -453,10 +455,11 @@ impl BrokerState {
         let url = self.args.url.clone();
         let config = self.args.config.clone();
         let credentials = self.args.credentials.clone();
-        let task = tokio::spawn(async move {
-            let result = establish(conn, url, config, credentials, sink).await;
-            let _ = me.send_message(BrokerMsg::Established { conn, result });
-        });
+        let task =
+            crate::task::spawn_helper(myself, "connect", BrokerMsg::TaskPanicked, async move {
+                let result = establish(conn, url, config, credentials, sink).await;
+                let _ = me.send_message(BrokerMsg::Established { conn, result });
+            });
         debug!(conn, url = %self.safe_url, "connecting to the exchange");
         self.link = Link::Connecting {
             conn,
@@ -599,7 +602,7 @@ impl Actor for BrokerActor {
             malformed_burst: None,
             test_requests_before: 0,
             last_error: None,
-            _check: AbortOnDrop(check),
+            _check: AbortOnDrop::from(check),
         })
     }
 
@@ -619,6 +622,7 @@ impl Actor for BrokerActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            BrokerMsg::TaskPanicked(reason) => return Err(reason.into()),
             BrokerMsg::Session { conn, event } => {
                 if state.current_conn() != Some(conn) {
                     return Ok(());

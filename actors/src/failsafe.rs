@@ -146,6 +146,9 @@ pub type ChangeReply = RpcReplyPort<Result<(), String>>;
 pub enum FailSafeMsg {
     /// Report the mode and how it got there.
     Status(RpcReplyPort<FailSafeStatus>),
+    /// Internal: one of the actor's helper tasks panicked ([`crate::task::spawn_helper`]); the
+    /// handler fails with the reason, so the supervisor restarts the fail-safe.
+    TaskPanicked(String),
     /// Liveness.
     Ping(RpcReplyPort<()>),
     /// The current mode.
@@ -578,7 +581,8 @@ impl FailSafeState {
         let names = self.args.names.clone();
         let timeout = self.args.health.actor_timeout;
         let me = myself.clone();
-        tokio::spawn(async move {
+        crate::task::spawn_helper(myself, "evaluate", FailSafeMsg::TaskPanicked, async move {
+            crate::test_points::point("failsafe_evaluate");
             let replies = crate::health::gather(&names, timeout).await;
             let _ = me.send_message(FailSafeMsg::Evaluated(Box::new(replies)));
         });
@@ -842,6 +846,7 @@ impl Actor for FailSafeActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            FailSafeMsg::TaskPanicked(reason) => return Err(reason.into()),
             FailSafeMsg::RecoveryFinished | FailSafeMsg::RecoveredEarlier => {
                 if !state.recovered {
                     info!(

@@ -154,6 +154,8 @@ impl HeartbeatArgs {
 pub enum HeartbeatMsg {
     /// Report the last round.
     Status(RpcReplyPort<HeartbeatStatus>),
+    /// Internal: a helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
+    TaskPanicked(String),
     /// Liveness.
     Ping(RpcReplyPort<()>),
     /// Internal: time for a round.
@@ -409,7 +411,7 @@ pub struct HeartbeatState {
     ticker: Option<JoinHandle<()>>,
     event_ticker: Option<JoinHandle<()>>,
     /// The running round and when it started.
-    in_flight: Option<(Instant, JoinHandle<()>)>,
+    in_flight: Option<(Instant, tokio::task::AbortHandle)>,
     /// The running `heartbeat` event commit.
     recording: Option<JoinHandle<()>>,
     /// Lent to the running round, `None` meanwhile.
@@ -482,10 +484,11 @@ impl HeartbeatState {
         let names = self.args.names.clone();
         let timeout = self.ping_timeout;
         let me = myself.clone();
-        let task = tokio::spawn(async move {
-            let report = round(names, timeout, sampler).await;
-            let _ = me.send_message(HeartbeatMsg::BeatDone(Box::new(report)));
-        });
+        let task =
+            crate::task::spawn_helper(myself, "round", HeartbeatMsg::TaskPanicked, async move {
+                let report = round(names, timeout, sampler).await;
+                let _ = me.send_message(HeartbeatMsg::BeatDone(Box::new(report)));
+            });
         if let Some((_, old)) = self.in_flight.replace((Instant::now(), task)) {
             old.abort();
         }
@@ -780,6 +783,7 @@ impl Actor for HeartbeatActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            HeartbeatMsg::TaskPanicked(reason) => return Err(reason.into()),
             HeartbeatMsg::Beat => state.start_round(&myself),
             HeartbeatMsg::BeatDone(report) => state.finish_round(*report),
             HeartbeatMsg::Record => state.record(),

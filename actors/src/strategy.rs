@@ -92,6 +92,10 @@ impl StrategyArgs {
 pub enum StrategyMsg {
     /// Market data from the broker.
     Ticker(Ticker),
+    /// Internal: a helper task (an order-path job, the orphan sweep) panicked
+    /// ([`crate::task::spawn_helper`]): fail, to be restarted; the restarted actor resumes from
+    /// the stored records, as after a crash.
+    TaskPanicked(String),
     /// Liveness.
     Ping(RpcReplyPort<()>),
     /// Report every instance.
@@ -569,10 +573,11 @@ impl StrategyState {
         let name = job.name();
         let id = snap.id.clone();
         let me = myself.clone();
-        let task = tokio::spawn(async move {
-            let outcome = exec::run(ex, snap, job).await;
-            let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
-        });
+        let task =
+            crate::task::spawn_helper(myself, "job", StrategyMsg::TaskPanicked, async move {
+                let outcome = exec::run(ex, snap, job).await;
+                let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
+            });
         instance.job = Some((name, Utc::now(), AbortOnDrop(task)));
     }
 
@@ -609,12 +614,13 @@ impl StrategyState {
         let prefix = self.label_prefix.clone();
         let me = myself.clone();
         let counter = self.orphans_cancelled.clone();
-        let task = tokio::spawn(async move {
-            let specs = orphans::fetch_specs(&names, &currencies).await;
-            let _ = me.send_message(StrategyMsg::Specs(specs));
-            let cancelled = orphans::sweep(&names, &me, &prefix, &currencies, conn).await;
-            counter.fetch_add(cancelled, std::sync::atomic::Ordering::Relaxed);
-        });
+        let task =
+            crate::task::spawn_helper(myself, "sweep", StrategyMsg::TaskPanicked, async move {
+                let specs = orphans::fetch_specs(&names, &currencies).await;
+                let _ = me.send_message(StrategyMsg::Specs(specs));
+                let cancelled = orphans::sweep(&names, &me, &prefix, &currencies, conn).await;
+                counter.fetch_add(cancelled, std::sync::atomic::Ordering::Relaxed);
+            });
         self.sweep = Some(AbortOnDrop(task));
         self.check(myself);
     }
@@ -852,7 +858,7 @@ impl Actor for StrategyActor {
         }
         let every = args.execution.check_interval;
         let mut state = StrategyState::new(args);
-        state._check = Some(AbortOnDrop(
+        state._check = Some(AbortOnDrop::from(
             myself.send_interval(every, || StrategyMsg::Check),
         ));
         Ok(state)
@@ -889,6 +895,7 @@ impl Actor for StrategyActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            StrategyMsg::TaskPanicked(reason) => return Err(reason.into()),
             StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
             StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
             StrategyMsg::Check => state.check(&myself),

@@ -19,7 +19,13 @@ use crate::names::{ChildName, Names};
 
 /// Owns a spawned task and aborts it when dropped, so a task never outlives the actor state
 /// (or the attempt) it was spawned for.
-pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) AbortHandle);
+
+impl From<JoinHandle<()>> for AbortOnDrop {
+    fn from(h: JoinHandle<()>) -> Self {
+        Self(h.abort_handle())
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -52,6 +58,39 @@ where
                 panic_message(e.into_panic().as_ref())
             );
             unrecoverable_error(&names, &reason, LATCH_TIMEOUT).await;
+        }
+    });
+    abort
+}
+
+/// Spawns `fut` as a helper task of `actor` (a request/reply helper that must never wait inside
+/// the actor's handler). A panic in it is sent to the actor as `on_panic(reason)`, whose handler
+/// fails with that reason: the supervisor then restarts the actor like any other failure
+/// (counted, intensity, `last_failure`), instead of the actor waiting forever for the answer the
+/// task would have sent (the fail-safe's watch would stop evaluating, silently).
+pub fn spawn_helper<M, F>(
+    actor: &ractor::ActorRef<M>,
+    task: &'static str,
+    on_panic: fn(String) -> M,
+    fut: F,
+) -> AbortHandle
+where
+    M: ractor::Message,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::spawn(fut);
+    let abort = handle.abort_handle();
+    let actor = actor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = handle.await
+            && e.is_panic()
+        {
+            let reason = format!(
+                "its task `{task}` panicked: {}",
+                panic_message(e.into_panic().as_ref())
+            );
+            error!(actor = %actor.get_name().unwrap_or_default(), task, reason, "helper task panicked; failing the actor so it is restarted");
+            let _ = actor.send_message(on_panic(reason));
         }
     });
     abort

@@ -197,25 +197,61 @@ fn rows_outside_chain(conn: &Connection, problems: &mut Vec<String>) -> rusqlite
     Ok(())
 }
 
-/// The tables each schema version introduced (see `MIGRATIONS`). A store declaring an older
-/// version must not hold a later version's table: its `user_version` was edited or damaged, and
-/// the migration from the declared version would fail on start.
-const TABLES_SINCE: &[(i64, &str)] = &[(1, "state"), (1, "events"), (2, "snapshots")];
+/// The tables each schema version introduced (see `MIGRATIONS`) and the columns the store
+/// writes. A store declaring an older version must not hold a later version's table (its
+/// `user_version` was edited or damaged: the migration from the declared version would fail on
+/// start), and a table the version has must have its columns (a damaged schema text opens, but
+/// every commit would fail).
+const TABLES_SINCE: &[(i64, &str, &[&str])] = &[
+    (1, "state", &["key", "value", "updated_at"]),
+    (
+        1,
+        "events",
+        &[
+            "seq",
+            "event_id",
+            "ts",
+            "kind",
+            "payload",
+            "prev_hash",
+            "hash",
+        ],
+    ),
+    (
+        2,
+        "snapshots",
+        &["id", "taken_at", "kind", "payload", "event_seq"],
+    ),
+];
 
 fn check_schema_objects(conn: &Connection, version: i64, report: &mut VerifyReport) {
-    for &(since, table) in TABLES_SINCE.iter().filter(|(since, _)| *since > version) {
-        let exists = conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get::<_, i64>(0),
-        );
-        match exists {
-            Ok(0) => {}
-            Ok(_) => report.problem(format!(
+    for &(since, table, columns) in TABLES_SINCE {
+        let found: rusqlite::Result<Vec<String>> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut stmt| {
+                stmt.query_map([table], |r| r.get::<_, String>(0))?
+                    .collect()
+            });
+        match found {
+            Err(e) => report.problem(format!("cannot read the schema: {e}")),
+            Ok(found) if since > version && !found.is_empty() => report.problem(format!(
                 "schema version {version}, but table {table} of version {since} exists \
                  (user_version edited or damaged)"
             )),
-            Err(e) => report.problem(format!("cannot read the schema: {e}")),
+            Ok(found) if since <= version => {
+                let missing: Vec<&str> = columns
+                    .iter()
+                    .copied()
+                    .filter(|c| !found.iter().any(|f| f == c))
+                    .collect();
+                if !missing.is_empty() {
+                    report.problem(format!(
+                        "table {table} lacks column(s) {} (damaged schema)",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            Ok(_) => {}
         }
     }
 }
@@ -1412,6 +1448,29 @@ mod checkpoint_tests {
         let r = verify_tail(&path);
         assert!(
             !r.ok && r.summary().contains("table snapshots of version 2"),
+            "{r:?}"
+        );
+        let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");
+        assert!(report.moved_aside.is_some(), "{report:?}");
+    }
+
+    /// Found by the store fuzz: bytes overwritten in the schema text (page 1) renamed a column
+    /// of `state`; the store verified, then every commit failed ("table state has no column
+    /// named updated_at"), so the daemon refused to start.
+    #[test]
+    fn a_damaged_schema_text_fails_verification() {
+        let (_dir, path, backups) = store_with(5);
+        drop(open_verified(&path, &backups).unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(10)
+            .position(|w| w == b"updated_at")
+            .expect("the schema text");
+        bytes[at..at + 10].copy_from_slice(b"updated_ax");
+        std::fs::write(&path, &bytes).unwrap();
+        let r = verify_tail(&path);
+        assert!(
+            !r.ok && r.summary().contains("lacks column(s) updated_at"),
             "{r:?}"
         );
         let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");

@@ -102,7 +102,7 @@ pub fn generate(rng: &mut fastrand::Rng) -> String {
         _ => rng.u64(..100_000),
     };
     let value = match rng.u8(..8) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let instrument = name(rng);
             let mut data = json!({
                 "instrument_name": instrument,

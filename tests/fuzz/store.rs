@@ -743,111 +743,121 @@ fn judge(
             .any(|(k, v)| state.get(k) != Some(v));
         tally.accepted_state_changed += u64::from(changed);
     }
-    let last = fx.events.len() as u64;
-    match compare_chain(&conn, &fx.events) {
-        Ok(k) if k == last && full.ok => Ok(Outcome::AcceptedIntact),
-        Ok(k) if k == last => Ok(Outcome::Deferred),
-        Ok(k) if k >= fx.checkpoint_seq && full.ok => Ok(Outcome::AcceptedTailLost),
-        Ok(k) => Err(format!(
-            "accepted with only {k} of {last} events (checkpoint {}); full verify: {}",
+    // The chain after the checkpoint, read the way the start-up check reads it (a range scan),
+    // against the original; the events up to the checkpoint by their seq.
+    let post = post_checkpoint(&conn, fx)?;
+    let checkpoint_intact = row_at(&conn, fx.checkpoint_seq).as_ref()
+        == Some(&fx.events[fx.checkpoint_seq as usize - 1]);
+    let pre_damaged = pre_checkpoint_damaged(&conn, fx);
+    let rewrites = matches!(name, "forge_one_event" | "insert_row");
+    let fail = |what: &str| {
+        Err(format!(
+            "SILENT ACCEPT of a damaged chain: {what} (checkpoint {}); full verify: {}",
             fx.checkpoint_seq,
             full.summary()
-        )),
-        Err(diff) => {
-            // Rows changed: acceptable only when every change is before the checkpoint and the
-            // full walk finds it.
-            let first_bad = per_seq_damage(&conn, fx);
-            let rewrites = matches!(name, "forge_one_event" | "insert_row");
-            if !full.ok && first_bad.is_some_and(|(_, max)| max < fx.checkpoint_seq) {
-                Ok(Outcome::Deferred)
-            } else if full.ok
-                && rewrites
-                && first_bad.is_some_and(|(min, _)| min > fx.checkpoint_seq)
-            {
-                Ok(Outcome::AcceptedRewritten)
-            } else {
-                Err(format!(
-                    "SILENT ACCEPT of a damaged chain: {diff}; damaged seqs {first_bad:?}, checkpoint {}; full verify: {}",
-                    fx.checkpoint_seq,
-                    full.summary()
-                ))
-            }
-        }
+        ))
+    };
+    if !checkpoint_intact {
+        return fail("the checkpoint's event changed");
     }
+    if post.rewritten && !rewrites {
+        return fail("events after the checkpoint changed");
+    }
+    if pre_damaged && full.ok {
+        return fail("events before the checkpoint changed and the full walk does not see it");
+    }
+    Ok(if pre_damaged || !full.ok {
+        // Damage before the checkpoint or in pages the tail does not read: the periodic full
+        // walk finds it (documented in ADR 0003).
+        Outcome::Deferred
+    } else if post.rewritten {
+        Outcome::AcceptedRewritten
+    } else if post.tail_lost {
+        Outcome::AcceptedTailLost
+    } else {
+        Outcome::AcceptedIntact
+    })
 }
 
-/// The lowest and highest original seq whose row is missing, unreadable or different, not
-/// counting the newest events when they are simply gone after the checkpoint (a lost tail is a
-/// consistent prefix); inserted rows count at their seq.
-fn per_seq_damage(conn: &Connection, fx: &Fixture) -> Option<(u64, u64)> {
-    #[derive(PartialEq)]
-    enum Row {
-        Same,
-        Missing,
-        Different,
-    }
-    let rows: Vec<Row> = fx
-        .events
-        .iter()
-        .map(|o| {
-            let row: rusqlite::Result<EventRow> = conn.query_row(
-                "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events WHERE seq = ?1",
-                [o.seq as i64],
-                |r| {
-                    Ok(EventRow {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        event_id: r.get(1)?,
-                        ts: r.get(2)?,
-                        kind: r.get(3)?,
-                        payload: r.get(4)?,
-                        prev_hash: r.get(5)?,
-                        hash: r.get(6)?,
-                    })
-                },
-            );
-            match row {
-                Ok(r)
-                    if r.event_id == o.event_id
-                        && r.ts == o.ts
-                        && r.kind == o.kind
-                        && r.payload == o.payload
-                        && r.prev_hash == o.prev_hash
-                        && r.hash == o.hash =>
-                {
-                    Row::Same
-                }
-                Err(rusqlite::Error::QueryReturnedNoRows) => Row::Missing,
-                // The `run.started` this open appended where a lost event used to be.
-                Ok(r) if r.kind == "run.started" && !fx.events.iter().any(|e| e.event_id == r.event_id) => {
-                    Row::Missing
-                }
-                _ => Row::Different,
-            }
+fn row_at(conn: &Connection, seq: u64) -> Option<EventRow> {
+    conn.query_row(
+        "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events WHERE seq = ?1",
+        [seq as i64],
+        |r| {
+            Ok(EventRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                event_id: r.get(1)?,
+                ts: r.get(2)?,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+                prev_hash: r.get(5)?,
+                hash: r.get(6)?,
+            })
+        },
+    )
+    .ok()
+}
+
+struct Post {
+    /// The newest original events are gone (the rest a prefix).
+    tail_lost: bool,
+    /// Rows differ from the original (other than the appended `run.started`).
+    rewritten: bool,
+}
+
+fn post_checkpoint(conn: &Connection, fx: &Fixture) -> Result<Post, String> {
+    let original = &fx.events[fx.checkpoint_seq as usize..];
+    let known: HashSet<&str> = fx.events.iter().map(|e| e.event_id.as_str()).collect();
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events \
+             WHERE seq > ?1 ORDER BY seq",
+        )
+        .map_err(|e| {
+            format!("accepted, but the events after the checkpoint are unreadable: {e}")
+        })?;
+    let rows = stmt
+        .query_map([fx.checkpoint_seq as i64], |r| {
+            Ok(EventRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                event_id: r.get(1)?,
+                ts: r.get(2)?,
+                kind: r.get(3)?,
+                payload: r.get(4)?,
+                prev_hash: r.get(5)?,
+                hash: r.get(6)?,
+            })
         })
-        .collect();
-    // seq of the first event of a missing tail (all later ones missing too).
-    let mut tail = rows.len() as u64 + 1;
-    while tail > 1 && rows[tail as usize - 2] == Row::Missing {
-        tail -= 1;
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| {
+            format!("accepted, but the events after the checkpoint are unreadable: {e}")
+        })?;
+    let (mut i, mut appended, mut rewritten) = (0, false, false);
+    for row in &rows {
+        if !appended && original.get(i) == Some(row) {
+            i += 1;
+        } else if !appended && row.kind == "run.started" && !known.contains(row.event_id.as_str()) {
+            appended = true;
+        } else {
+            rewritten = true;
+        }
     }
-    if tail <= fx.checkpoint_seq {
-        tail = rows.len() as u64 + 1; // the checkpoint itself is gone: that is damage
-    }
-    let mut damaged: Vec<u64> = rows
-        .iter()
-        .zip(1u64..)
-        .filter(|(r, seq)| **r != Row::Same && *seq < tail)
-        .map(|(_, seq)| seq)
-        .collect();
-    if let Ok(all) = read_events(conn) {
-        let known: HashSet<&str> = fx.events.iter().map(|e| e.event_id.as_str()).collect();
-        damaged.extend(
-            all.iter()
-                .filter(|r| !known.contains(r.event_id.as_str()) && r.kind != "run.started")
-                .map(|r| r.seq),
-        );
-    }
-    Some((*damaged.iter().min()?, *damaged.iter().max()?))
+    Ok(Post {
+        tail_lost: i < original.len(),
+        rewritten,
+    })
+}
+
+/// An event before the checkpoint is missing, unreadable or changed, or rows sit below seq 1.
+fn pre_checkpoint_damaged(conn: &Connection, fx: &Fixture) -> bool {
+    let below: rusqlite::Result<i64> =
+        conn.query_row("SELECT count(*) FROM events WHERE seq < 1", [], |r| {
+            r.get(0)
+        });
+    !matches!(below, Ok(0))
+        || fx.events[..fx.checkpoint_seq as usize - 1]
+            .iter()
+            .any(|o| row_at(conn, o.seq).as_ref() != Some(o))
 }
 
 /// `files` mutated files from `seed`.

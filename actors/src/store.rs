@@ -272,6 +272,9 @@ impl Store {
     /// Opens (creating if missing) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let err = sqlite_err(path);
+        // A file that does not exist yet or holds nothing: the only case where the auto_vacuum
+        // mode can still be chosen (and where setting it writes nothing to an existing store).
+        let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -280,14 +283,14 @@ impl Store {
         )
         .map_err(&err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
-        // Effective only on a file that is still empty (before the WAL switch writes its
-        // header; later it would need a full VACUUM): retention's deletes then give pages back
-        // with `incremental_vacuum`. On an existing store it changes nothing.
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
-            .map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!("not a database or unreadable: {e}"),
-            })?;
+        // Only on a new, empty file (before the WAL switch writes its header; later it would
+        // need a full VACUUM): retention's deletes then give pages back with
+        // `incremental_vacuum`. Never on an existing store: the pragma may write to it (the
+        // store fuzz caught it changing a damaged file before it was moved aside).
+        if fresh {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(&err)?;
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(|e| StoreError::Corrupt {

@@ -112,10 +112,22 @@ struct Envelope<'a> {
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     params: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    /// `Some` whenever the member is present, `null` included (a method may answer `null`).
+    #[serde(default, borrow, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<RpcError>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A JSON object (serde's derived structs also accept a JSON array of the field values in
+/// order; no JSON-RPC frame, params or ticker is an array, so such a frame is malformed).
+fn is_object(raw: &str) -> bool {
+    raw.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
 }
 
 #[derive(Deserialize)]
@@ -136,21 +148,32 @@ struct HeartbeatParams<'a> {
 pub fn decode(text: &str) -> Result<Incoming, DecodeError> {
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if !is_object(text) {
+        return Err(DecodeError::Json("a frame must be a JSON object".into()));
+    }
     if let Some(method) = env.method {
         return decode_notification(&method, env.params);
     }
+    let error = match env.error.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(raw) if is_object(raw) => Some(
+            serde_json::from_str::<RpcError>(raw)
+                .map_err(|e| DecodeError::Json(format!("error member: {e}")))?,
+        ),
+        Some(_) => return Err(DecodeError::Json("error member is not an object".into())),
+    };
     let id = match env.id {
         Some(raw) => raw.get().parse::<u64>().ok(),
         None => None,
     };
     let Some(id) = id else {
-        return if env.result.is_some() || env.error.is_some() {
+        return if env.result.is_some() || error.is_some() {
             Ok(Incoming::UnmatchedResponse)
         } else {
             Err(DecodeError::Shape)
         };
     };
-    let result = match (env.error, env.result) {
+    let result = match (error, env.result) {
         (Some(err), _) => Err(err),
         (None, Some(raw)) => Ok(raw.to_owned()),
         (None, None) => return Err(DecodeError::Shape),
@@ -166,9 +189,18 @@ fn decode_notification(method: &str, params: Option<&RawValue>) -> Result<Incomi
     match method {
         "subscription" => {
             let raw = params.ok_or_else(|| params_err("missing params".into()))?;
+            if !is_object(raw.get()) {
+                return Err(params_err("params is not an object".into()));
+            }
             let p: SubscriptionParams<'_> =
                 serde_json::from_str(raw.get()).map_err(|e| params_err(e.to_string()))?;
             if p.channel.starts_with("ticker.") {
+                if !is_object(p.data.get()) {
+                    return Err(DecodeError::Ticker {
+                        channel: p.channel.to_string(),
+                        reason: "data is not an object".into(),
+                    });
+                }
                 let ticker: Ticker =
                     serde_json::from_str(p.data.get()).map_err(|e| DecodeError::Ticker {
                         channel: p.channel.to_string(),
@@ -184,6 +216,9 @@ fn decode_notification(method: &str, params: Option<&RawValue>) -> Result<Incomi
         }
         "heartbeat" => {
             let raw = params.ok_or_else(|| params_err("missing params".into()))?;
+            if !is_object(raw.get()) {
+                return Err(params_err("params is not an object".into()));
+            }
             let p: HeartbeatParams<'_> =
                 serde_json::from_str(raw.get()).map_err(|e| params_err(e.to_string()))?;
             Ok(if p.kind == "test_request" {
@@ -315,6 +350,56 @@ mod tests {
         ] {
             assert!(decode(frame).is_err(), "{frame:?} decoded");
         }
+    }
+
+    /// Found by the frame fuzz (tests/fuzz.rs): serde's derived structs also read a JSON array
+    /// of the field values, so arrays decoded as responses, tickers and heartbeats instead of
+    /// being counted as malformed.
+    #[test]
+    fn arrays_in_place_of_objects_are_malformed() {
+        for frame in [
+            r#"[1,null,null,5]"#,
+            r#"["2.0","subscription",{"channel":"ticker.X.raw","data":{"instrument_name":"X","timestamp":1,"mark_price":1.5}}]"#,
+            r#"{"method":"subscription","params":["ticker.X.raw",{"instrument_name":"X","timestamp":1,"mark_price":1.5}]}"#,
+            r#"{"method":"subscription","params":{"channel":"ticker.X.raw","data":["X",1,1.5]}}"#,
+            r#"{"method":"heartbeat","params":["test_request"]}"#,
+            r#"{"id":3,"error":[13009,"unauthorized"]}"#,
+        ] {
+            assert!(decode(frame).is_err(), "{frame} decoded");
+        }
+        // Whitespace before the object is fine, and other notifications' data may be an array.
+        assert!(decode(" \n{\"id\":1,\"result\":2}").is_ok());
+        assert!(matches!(
+            decode(r#"{"method":"subscription","params":{"channel":"user.trades.x","data":[1]}}"#),
+            Ok(Incoming::Subscription { .. })
+        ));
+    }
+
+    /// Found by the frame fuzz: `"result": null` is a valid JSON-RPC answer, not a malformed
+    /// frame (the request would otherwise wait for its timeout).
+    #[test]
+    fn a_null_result_is_an_answer() {
+        let Incoming::Response { id: 4, result } =
+            decode(r#"{"jsonrpc":"2.0","id":4,"result":null}"#).unwrap()
+        else {
+            panic!("not a response")
+        };
+        assert_eq!(result.unwrap().get(), "null");
+        let Incoming::Response { id: 5, result } =
+            decode(r#"{"id":5,"result":null,"error":{"code":10028,"message":"too many"}}"#)
+                .unwrap()
+        else {
+            panic!("not a response")
+        };
+        assert_eq!(result.unwrap_err().code, 10028);
+        assert!(matches!(
+            decode(r#"{"id":6,"error":null,"result":1}"#),
+            Ok(Incoming::Response {
+                id: 6,
+                result: Ok(_)
+            })
+        ));
+        assert_eq!(decode(r#"{"id":6}"#).unwrap_err(), DecodeError::Shape);
     }
 
     #[test]

@@ -183,6 +183,80 @@ fn duplicate_ids(conn: &Connection, problems: &mut Vec<String>) -> rusqlite::Res
     Ok(())
 }
 
+/// Events stored with a seq below 1: outside the chain (it starts at 1), so no walk reads them,
+/// yet they are rows of the event log (inserted by hand or by damage). One primary-key range
+/// lookup, so every scope runs it.
+fn rows_outside_chain(conn: &Connection, problems: &mut Vec<String>) -> rusqlite::Result<()> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM events WHERE seq < 1", [], |r| {
+        r.get(0)
+    })?;
+    if n > 0 {
+        problems.push(format!(
+            "{n} event(s) stored with a seq below 1, outside the chain (inserted rows)"
+        ));
+    }
+    Ok(())
+}
+
+/// The tables each schema version introduced (see `MIGRATIONS`) and the columns the store
+/// writes. A store declaring an older version must not hold a later version's table (its
+/// `user_version` was edited or damaged: the migration from the declared version would fail on
+/// start), and a table the version has must have its columns (a damaged schema text opens, but
+/// every commit would fail).
+const TABLES_SINCE: &[(i64, &str, &[&str])] = &[
+    (1, "state", &["key", "value", "updated_at"]),
+    (
+        1,
+        "events",
+        &[
+            "seq",
+            "event_id",
+            "ts",
+            "kind",
+            "payload",
+            "prev_hash",
+            "hash",
+        ],
+    ),
+    (
+        2,
+        "snapshots",
+        &["id", "taken_at", "kind", "payload", "event_seq"],
+    ),
+];
+
+fn check_schema_objects(conn: &Connection, version: i64, report: &mut VerifyReport) {
+    for &(since, table, columns) in TABLES_SINCE {
+        let found: rusqlite::Result<Vec<String>> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut stmt| {
+                stmt.query_map([table], |r| r.get::<_, String>(0))?
+                    .collect()
+            });
+        match found {
+            Err(e) => report.problem(format!("cannot read the schema: {e}")),
+            Ok(found) if since > version && !found.is_empty() => report.problem(format!(
+                "schema version {version}, but table {table} of version {since} exists \
+                 (user_version edited or damaged)"
+            )),
+            Ok(found) if since <= version => {
+                let missing: Vec<&str> = columns
+                    .iter()
+                    .copied()
+                    .filter(|c| !found.iter().any(|f| f == c))
+                    .collect();
+                if !missing.is_empty() {
+                    report.problem(format!(
+                        "table {table} lacks column(s) {} (damaged schema)",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VerifyReport {
@@ -325,6 +399,10 @@ fn check(conn: &Connection, report: &mut VerifyReport, archives: &Path) {
         ));
         return;
     }
+    check_schema_objects(conn, version, report);
+    if !report.problems.is_empty() {
+        return;
+    }
     match if report.scope == Scope::Full {
         quick_check(conn)
     } else {
@@ -393,6 +471,7 @@ fn check_events(
         if report.scope == Scope::Full {
             duplicate_ids(conn, &mut problems)?;
         }
+        rows_outside_chain(conn, &mut problems)?;
         report.events = chain.events;
         report.last_seq = chain.last_seq;
         report.last_hash = Some(chain.prev_hash.clone());
@@ -713,6 +792,7 @@ pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreErr
             Err(e) => problems.push(format!("quick_check failed: {e}")),
         }
         duplicate_ids(&tx, &mut problems).map_err(err)?;
+        rows_outside_chain(&tx, &mut problems).map_err(err)?;
     }
     problems.append(&mut chain.problems);
     Ok(Slice {
@@ -800,6 +880,7 @@ pub fn read_integrity_facts(path: &Path, scope: Scope) -> Result<IntegrityFacts,
     if scope == Scope::Full {
         duplicate_ids(&tx, &mut problems).map_err(err)?;
     }
+    rows_outside_chain(&tx, &mut problems).map_err(err)?;
     // The id set is only needed while walking; the report must not keep it alive.
     chain.ids = None;
     for p in problems {
@@ -1113,36 +1194,71 @@ pub fn open_verified(path: &Path, backups_dir: &Path) -> Result<(Store, OpenRepo
         report.created = true;
         None
     };
+    let accepted_in_place = failure.is_none() && !report.created;
     if let Some(reason) = failure {
-        let aside = move_aside(path)?;
-        tracing::error!(
-            store = %path.display(),
-            moved_aside = %aside.display(),
-            reason = %reason,
-            "the store failed verification and was moved aside"
-        );
-        report.moved_aside = Some(aside.display().to_string());
-        report.reason = Some(reason);
-        let good = backup_paths(backups_dir).into_iter().find_map(|(p, _)| {
-            let r = verify_tail(&p);
-            r.ok.then(|| (p, r.last_hash.map(|h| (r.last_seq, h))))
-        });
-        match good {
-            Some((backup, head)) => {
-                verified = head;
-                restore(&backup, path)?;
-                tracing::warn!(store = %path.display(), backup = %backup.display(), "store restored from backup");
-                report.restored_from = Some(backup.display().to_string());
+        verified = recover(path, backups_dir, reason, &mut report)?;
+    }
+    let opened = Store::open(path).and_then(|mut store| {
+        let crashed = store.begin_run(verified.clone())?;
+        Ok((store, crashed))
+    });
+    let (store, crashed) = match opened {
+        Ok(pair) => pair,
+        // The start-up verification reads only the tail and skips `quick_check`: damage it
+        // did not read (a broken page under the state table or an index, say) can still fail
+        // the open. When the full verification confirms the file is damaged, it is moved aside
+        // like any failed store instead of refusing to start.
+        Err(e) if accepted_in_place && !matches!(e, StoreError::TooNew { .. }) => {
+            let full = verify(path);
+            if full.ok {
+                return Err(e);
             }
-            None => {
-                tracing::warn!(store = %path.display(), "no backup verifies; starting with a fresh store");
-                report.created = true;
-            }
+            let reason = format!("{e} (full verification: {})", full.summary());
+            verified = recover(path, backups_dir, reason, &mut report)?;
+            let mut store = Store::open(path)?;
+            let crashed = store.begin_run(verified)?;
+            (store, crashed)
+        }
+        Err(e) => return Err(e),
+    };
+    report.crashed = crashed;
+    Ok((store, report))
+}
+
+/// Moves the failed store aside and restores the newest backup that verifies (else leaves no
+/// file: a fresh store is created); returns the restored head, the checkpoint for `begin_run`.
+fn recover(
+    path: &Path,
+    backups_dir: &Path,
+    reason: String,
+    report: &mut OpenReport,
+) -> Result<Option<(u64, String)>, StoreError> {
+    let aside = move_aside(path)?;
+    tracing::error!(
+        store = %path.display(),
+        moved_aside = %aside.display(),
+        reason = %reason,
+        "the store failed verification and was moved aside"
+    );
+    report.moved_aside = Some(aside.display().to_string());
+    report.reason = Some(reason);
+    let good = backup_paths(backups_dir).into_iter().find_map(|(p, _)| {
+        let r = verify_tail(&p);
+        r.ok.then(|| (p, r.last_hash.map(|h| (r.last_seq, h))))
+    });
+    match good {
+        Some((backup, head)) => {
+            restore(&backup, path)?;
+            tracing::warn!(store = %path.display(), backup = %backup.display(), "store restored from backup");
+            report.restored_from = Some(backup.display().to_string());
+            Ok(head)
+        }
+        None => {
+            tracing::warn!(store = %path.display(), "no backup verifies; starting with a fresh store");
+            report.created = true;
+            Ok(None)
         }
     }
-    let mut store = Store::open(path)?;
-    report.crashed = store.begin_run(verified)?;
-    Ok((store, report))
 }
 
 #[cfg(test)]
@@ -1340,5 +1456,139 @@ mod checkpoint_tests {
             after = s.through;
         }
         assert_eq!((covered, slices), (25, 3));
+    }
+
+    /// Found by the store fuzz (tests/fuzz.rs): a row inserted with seq 0 or below is outside
+    /// every walk (they start after seq 0), so the full verification accepted it.
+    #[test]
+    fn an_event_stored_below_seq_1_fails_every_verification() {
+        let (_dir, path, backups) = store_with(5);
+        drop(open_verified(&path, &backups).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO events (seq, event_id, ts, kind, payload, prev_hash, hash) \
+             SELECT 0, 'inserted', ts, kind, payload, prev_hash, hash FROM events WHERE seq = 1",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        for report in [verify(&path), verify_tail(&path)] {
+            assert!(!report.ok, "{report:?}");
+            assert!(
+                report.summary().contains("seq below 1"),
+                "{}",
+                report.summary()
+            );
+        }
+        let s = verify_slice(&path, 0, 1_000).unwrap();
+        assert!(
+            s.done && s.problems.iter().any(|p| p.contains("seq below 1")),
+            "{s:?}"
+        );
+        let facts = read_integrity_facts(&path, Scope::Tail).unwrap();
+        assert!(
+            facts
+                .chain
+                .problems
+                .iter()
+                .any(|p| p.contains("seq below 1")),
+            "{:?}",
+            facts.chain.problems
+        );
+        let (_, report) = open_verified(&path, &backups).unwrap();
+        assert!(report.moved_aside.is_some(), "{report:?}");
+    }
+
+    /// Found by the store fuzz: `user_version` 1 on a version-2 store verified, then the
+    /// 1 → 2 migration failed on the existing `snapshots` table, so the daemon refused to start
+    /// instead of restoring a backup.
+    #[test]
+    fn a_user_version_older_than_the_tables_moves_the_store_aside() {
+        let (_dir, path, backups) = store_with(5);
+        drop(open_verified(&path, &backups).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        drop(conn);
+        let r = verify_tail(&path);
+        assert!(
+            !r.ok && r.summary().contains("table snapshots of version 2"),
+            "{r:?}"
+        );
+        let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");
+        assert!(report.moved_aside.is_some(), "{report:?}");
+    }
+
+    /// Found by the store fuzz: bytes overwritten in the schema text (page 1) renamed a column
+    /// of `state`; the store verified, then every commit failed ("table state has no column
+    /// named updated_at"), so the daemon refused to start.
+    #[test]
+    fn a_damaged_schema_text_fails_verification() {
+        let (_dir, path, backups) = store_with(5);
+        drop(open_verified(&path, &backups).unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(10)
+            .position(|w| w == b"updated_at")
+            .expect("the schema text");
+        bytes[at..at + 10].copy_from_slice(b"updated_ax");
+        std::fs::write(&path, &bytes).unwrap();
+        let r = verify_tail(&path);
+        assert!(
+            !r.ok && r.summary().contains("lacks column(s) updated_at"),
+            "{r:?}"
+        );
+        let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");
+        assert!(report.moved_aside.is_some(), "{report:?}");
+    }
+
+    /// Found by the store fuzz: damage the start-up (tail) verification does not read, here the
+    /// zeroed page of the `event_id` index, failed `begin_run` with "database disk image is
+    /// malformed" and the daemon refused to start; now the full verification confirms the
+    /// damage and the store is moved aside and the backup restored.
+    #[test]
+    fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
+        let (_dir, path, backups) = store_with(5);
+        let (store, _) = open_verified(&path, &backups).unwrap();
+        let backup = store.backup_to(&backups).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let root: i64 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        drop(conn);
+        assert!(!tests_companions(&path)[0].exists());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let start = usize::try_from((root - 1) * page_size).unwrap();
+        let end = start + usize::try_from(page_size).unwrap();
+        bytes[start..end].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            verify_tail(&path).ok,
+            "the tail check does not read the index"
+        );
+        assert!(!verify(&path).ok, "the full check does");
+        let (store, report) = open_verified(&path, &backups).expect("recovered, not refused");
+        drop(store);
+        assert!(report.moved_aside.is_some(), "{report:?}");
+        assert_eq!(
+            report.restored_from.as_deref(),
+            Some(backup.display().to_string().as_str())
+        );
+        assert!(
+            report
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("quick_check"),
+            "{report:?}"
+        );
+        assert!(verify(&path).ok);
     }
 }

@@ -41,6 +41,7 @@ async fn main() {
     let dir =
         tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into())).unwrap();
     let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
     let mut history = String::from("fresh store");
     if aged > 0 {
         aged_start::start_once(&data, Duration::from_secs(60)).await;

@@ -57,6 +57,35 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into())).unwrap()
 }
 
+/// A ticker frame as the paper exchange writes it.
+const PAPER_TICKER: &str = concat!(
+    r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.BTC-PERPETUAL.raw","#,
+    r#""data":{"timestamp":1764763200000,"stats":{"volume_usd":0.0,"volume":0.0,"price_change":0.0125,"#,
+    r#""low":59990.5,"high":60010.0},"state":"open","settlement_price":60000.0,"open_interest":0.0,"#,
+    r#""min_price":58507.5,"max_price":61507.5,"mark_price":60007.5,"last_price":60007.5,"#,
+    r#""instrument_name":"BTC-PERPETUAL","index_price":60007.5,"funding_8h":0.0,"#,
+    r#""estimated_delivery_price":60007.5,"current_funding":0.0,"best_bid_price":60007.0,"#,
+    r#""best_bid_amount":123450.0,"best_ask_price":60008.0,"best_ask_amount":9870.0}}}"#
+);
+
+/// The broker's decode of one ticker frame, single-threaded: the best of 5 runs of `n`.
+fn decode_cost(n: u64) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..n {
+            let decoded =
+                tradebaas_actors::broker::protocol::decode(std::hint::black_box(PAPER_TICKER));
+            assert!(matches!(
+                decoded,
+                Ok(tradebaas_actors::broker::protocol::Incoming::Ticker(_))
+            ));
+        }
+        best = best.min(t.elapsed().as_secs_f64() / n as f64 * 1e9);
+    }
+    best
+}
+
 async fn throughput(rate: u64, seconds: u64) {
     let dir = tempdir();
     let exchange = Exchange::start(rate as f64, 1).await;
@@ -340,9 +369,25 @@ async fn latency(rounds: u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `RUST_LOG=info` shows the daemon's log lines (with µs timestamps) while investigating.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rates = list("--rates", &[100_000, 200_000, 300_000]);
     let seconds = arg("--seconds", 10);
     let rounds = arg("--rounds", 100);
+    let decode = arg("--decode", 200_000);
+    if decode > 0 {
+        println!(
+            "decode of one paper-exchange ticker frame ({} bytes) by the broker: {:.0} ns \
+             (best of 5 × {decode})",
+            PAPER_TICKER.len(),
+            decode_cost(decode)
+        );
+    }
     if rates != [0] {
         println!(
             "throughput: ticks through broker → strategy with back-to-back GET /health, \

@@ -120,6 +120,9 @@ async fn main() {
     let max_after = sorted[sorted.len() - 1];
     let peak_sample = samples.iter().map(|s| s.2).max().unwrap_or(0);
     let growth = (rss_end as f64 - warm.2 as f64) / warm.2 as f64 * 100.0;
+    // The second half alone: growth that is still going on, not the settling after warm-up.
+    let half = samples.iter().find(|s| s.1 >= target / 2).copied().unwrap();
+    let growth_half = (rss_end as f64 - half.2 as f64) / half.2 as f64 * 100.0;
 
     println!("  ready after {ready_ms:.0} ms");
     println!(
@@ -143,6 +146,12 @@ async fn main() {
          (target < 5 %, steady < 40 MB)",
         mb(steady),
         mb(max_after)
+    );
+    println!(
+        "  second half ({} ticks → end): {:.1} → {:.1} MB, {growth_half:+.2} %",
+        half.1,
+        mb(half.2),
+        mb(rss_end)
     );
     println!("  /health: {}", health.summary());
     println!("  CPU by thread: {cpu}");

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+// `aged_start.rs` loads `args.rs` too.
+#[allow(clippy::duplicate_mod)]
 #[path = "args.rs"]
 mod args;
 use args::arg;

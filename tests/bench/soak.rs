@@ -156,6 +156,23 @@ async fn main() {
         mb(rss_end)
     );
     println!("  /health: {}", health.summary());
+    // What grows with the run's age besides the daemon: the exchange's kept orders (at most
+    // 10,000) and the store file (the example strategy trades; SQLite caches up to 2 MB of pages
+    // per connection); the bench itself keeps every /health latency (16 bytes each).
+    let db = std::fs::metadata(data.join("tradebaas.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let wal = std::fs::metadata(data.join("tradebaas.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "  at the end: {} orders kept by the exchange, store {:.1} MB + WAL {:.1} MB, \
+         {} /health latencies kept by the bench",
+        exchange.paper.all_orders().len(),
+        db as f64 / 1e6,
+        wal as f64 / 1e6,
+        health.latencies.len()
+    );
     println!("  CPU by thread: {cpu}");
     println!("  RSS includes the paper exchange and the bench, which run in the same process.");
     daemon.stop().await;

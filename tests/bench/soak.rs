@@ -10,7 +10,8 @@
 //! (`VmHWM` and the largest sample), the end, and the growth from warm-up to the end.
 //! `--aged N` first runs the release daemon once on the data dir and appends N chain-correct
 //! heartbeat events to its store (the `aged_start` bench's aging, checkpoint included), so the run
-//! starts on a store with a long history. The data dir is under `TMPDIR` (default `/tmp`).
+//! starts on a store with a long history. `--trade 0` turns execution off (the strategy only
+//! analyzes), which separates what trading adds to memory. The data dir is under `TMPDIR` (default `/tmp`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +61,10 @@ async fn main() {
 
     let exchange = Exchange::start(rate, 1).await;
     let started = Instant::now();
-    let daemon = Daemon::start(&bench_config(), &data, exchange.url()).await;
+    let mut config = bench_config();
+    // `--trade 0`: the strategies only analyze (no orders), to tell trading's share of growth.
+    config.execution.enabled = arg("--trade", 1) == 1;
+    let daemon = Daemon::start(&config, &data, exchange.url()).await;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let rss_start = status_kb("VmRSS");
     let cpu_before = cpu_by_thread();

@@ -80,7 +80,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 /// One start: spawn → first /ready 200, and RSS then; stops the daemon with SIGTERM.
-async fn start_once(data: &Path, limit: Duration) -> (Duration, u64) {
+pub async fn start_once(data: &Path, limit: Duration) -> (Duration, u64) {
     let t = Instant::now();
     let (mut child, lines) = spawn(data);
     let base = loop {
@@ -118,7 +118,7 @@ async fn start_once(data: &Path, limit: Duration) -> (Duration, u64) {
 
 /// Appends `n` chain-correct heartbeat events after the store's head and sets the checkpoint
 /// 120 events before the new head (or removes it with `checkpoint = false`).
-fn age(db: &Path, n: u64) {
+pub fn age(db: &Path, n: u64) {
     let mut conn = Connection::open(db).unwrap();
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")
         .unwrap();

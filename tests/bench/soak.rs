@@ -1,0 +1,184 @@
+//! Soak: does memory stay flat over 10,000,000 ticks with the whole tree running?
+//!
+//! Run: `cargo bench --bench soak` (options: `-- --ticks 10000000 --rate 150000 --aged 1000000`).
+//! The paper exchange (own runtime) streams BTC-PERPETUAL ticks at `--rate` per second through the
+//! real supervision tree (broker → strategy with the example strategy trading on it, persister,
+//! heartbeat, fail-safe, alerts) and the HTTP server, all in this process; `GET /health` is polled
+//! every 10 ms on a keep-alive connection. Every second the bench samples this process's `VmRSS`
+//! and the strategy actor's tick counter, until the strategy has processed `--ticks` ticks. It
+//! prints RSS at start (ready), after warm-up (the first sample past 10 % of the ticks), the peak
+//! (`VmHWM` and the largest sample), the end, and the growth from warm-up to the end.
+//! `--aged N` first runs the release daemon once on the data dir and appends N chain-correct
+//! heartbeat events to its store (the `aged_start` bench's aging, checkpoint included), so the run
+//! starts on a store with a long history. `--trade 0` turns execution off (the strategy only
+//! analyzes), which separates what trading adds to memory. The data dir is under `TMPDIR` (default `/tmp`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+// `aged_start.rs` loads `args.rs` too.
+#[allow(clippy::duplicate_mod)]
+#[path = "args.rs"]
+mod args;
+use args::arg;
+
+#[path = "inproc.rs"]
+mod inproc;
+use inproc::{Daemon, Exchange, bench_config, cpu_by_thread, cpu_delta, poll_health, status_kb};
+
+// The aging (`age`) and the first run of the binary (`start_once`) of the aged_start bench.
+#[allow(dead_code)]
+#[path = "aged_start.rs"]
+mod aged_start;
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let target = arg("--ticks", 10_000_000);
+    let rate = arg("--rate", 150_000) as f64;
+    let aged = arg("--aged", 0);
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into())).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut history = String::from("fresh store");
+    if aged > 0 {
+        aged_start::start_once(&data, Duration::from_secs(60)).await;
+        let db = data.join("tradebaas.db");
+        let t = Instant::now();
+        aged_start::age(&db, aged);
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        history = format!(
+            "store aged with {aged} heartbeat events ({size:.0} MB, built in {:.0} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    println!("soak: {target} ticks at {rate:.0} ticks/s offered, {history}, /health every 10 ms");
+
+    let exchange = Exchange::start(rate, 1).await;
+    let started = Instant::now();
+    let mut config = bench_config();
+    // `--trade 0`: the strategies only analyze (no orders), to tell trading's share of growth.
+    config.execution.enabled = arg("--trade", 1) == 1;
+    let daemon = Daemon::start(&config, &data, exchange.url()).await;
+    let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    let rss_start = status_kb("VmRSS");
+    let cpu_before = cpu_by_thread();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_health(
+        daemon.health_uri.clone(),
+        Duration::from_millis(10),
+        Arc::clone(&stop),
+    );
+    let dropped_before = exchange.paper.stats().ticks_dropped_lagging;
+
+    let t0 = Instant::now();
+    let ticks0 = daemon.ticks().await.unwrap_or(0);
+    // (seconds since t0, ticks processed since t0, RSS kB)
+    let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+    let limit = Duration::from_secs_f64(target as f64 / rate * 3.0 + 120.0);
+    let mut next = t0 + Duration::from_secs(1);
+    let mut next_report = target / 10;
+    loop {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_secs(1);
+        let ticks = daemon.ticks().await.map(|t| t - ticks0);
+        let rss = status_kb("VmRSS");
+        let at = t0.elapsed().as_secs_f64();
+        if let Some(ticks) = ticks {
+            samples.push((at, ticks, rss));
+            if ticks >= next_report {
+                println!("  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB", mb(rss));
+                next_report += target / 10;
+            }
+            if ticks >= target {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "only {ticks:?} of {target} ticks within {limit:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut health = poller.await.unwrap();
+    let cpu = cpu_delta(&cpu_before, &cpu_by_thread());
+    let dropped = exchange.paper.stats().ticks_dropped_lagging - dropped_before;
+    let hwm = status_kb("VmHWM");
+    let (end_at, end_ticks, rss_end) = *samples.last().unwrap();
+    let warm = samples
+        .iter()
+        .find(|s| s.1 >= target / 10)
+        .copied()
+        .unwrap();
+    let after: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.0 >= warm.0)
+        .map(|s| s.2)
+        .collect();
+    let mut sorted = after.clone();
+    sorted.sort();
+    let steady = sorted[sorted.len() / 2];
+    let max_after = sorted[sorted.len() - 1];
+    let peak_sample = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    let growth = (rss_end as f64 - warm.2 as f64) / warm.2 as f64 * 100.0;
+    // The second half alone: growth that is still going on, not the settling after warm-up.
+    let half = samples.iter().find(|s| s.1 >= target / 2).copied().unwrap();
+    let growth_half = (rss_end as f64 - half.2 as f64) / half.2 as f64 * 100.0;
+
+    println!("  ready after {ready_ms:.0} ms");
+    println!(
+        "  processed {end_ticks} ticks in {end_at:.1} s: {:.0} ticks/s through broker → strategy; \
+         {dropped} ticks skipped by the exchange because the daemon lagged",
+        end_ticks as f64 / end_at
+    );
+    println!(
+        "  RSS: start {:.1} MB, after warm-up ({} ticks, {:.0} s) {:.1} MB, peak {:.1} MB \
+         (largest sample; VmHWM {:.1} MB), end {:.1} MB",
+        mb(rss_start),
+        warm.1,
+        warm.0,
+        mb(warm.2),
+        mb(peak_sample),
+        mb(hwm),
+        mb(rss_end),
+    );
+    println!(
+        "  after warm-up: median {:.1} MB, max {:.1} MB; growth warm-up → end {growth:+.2} % \
+         (target < 5 %, steady < 40 MB)",
+        mb(steady),
+        mb(max_after)
+    );
+    println!(
+        "  second half ({} ticks → end): {:.1} → {:.1} MB, {growth_half:+.2} %",
+        half.1,
+        mb(half.2),
+        mb(rss_end)
+    );
+    println!("  /health: {}", health.summary());
+    // What grows with the run's age besides the daemon: the exchange's kept orders (at most
+    // 10,000) and the store file (the example strategy trades; SQLite caches up to 2 MB of pages
+    // per connection); the bench itself keeps every /health latency (16 bytes each).
+    let db = std::fs::metadata(data.join("tradebaas.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let wal = std::fs::metadata(data.join("tradebaas.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "  at the end: {} orders kept by the exchange, store {:.1} MB + WAL {:.1} MB, \
+         {} /health latencies kept by the bench",
+        exchange.paper.all_orders().len(),
+        db as f64 / 1e6,
+        wal as f64 / 1e6,
+        health.latencies.len()
+    );
+    println!("  CPU by thread: {cpu}");
+    println!("  RSS includes the paper exchange and the bench, which run in the same process.");
+    daemon.stop().await;
+    drop(exchange);
+}

@@ -227,6 +227,21 @@ pub struct EventRow {
     pub hash: String,
 }
 
+impl EventRow {
+    /// A row of `SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events`.
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
+            event_id: r.get(1)?,
+            ts: r.get(2)?,
+            kind: r.get(3)?,
+            payload: r.get(4)?,
+            prev_hash: r.get(5)?,
+            hash: r.get(6)?,
+        })
+    }
+}
+
 /// The chain hash of an event.
 pub fn chain_hash(
     prev_hash: &str,
@@ -707,17 +722,7 @@ impl Store {
                     i64::try_from(after_seq).unwrap_or(i64::MAX),
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                |r| {
-                    Ok(EventRow {
-                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-                        event_id: r.get(1)?,
-                        ts: r.get(2)?,
-                        kind: r.get(3)?,
-                        payload: r.get(4)?,
-                        prev_hash: r.get(5)?,
-                        hash: r.get(6)?,
-                    })
-                },
+                EventRow::from_row,
             )
             .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)

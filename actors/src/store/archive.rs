@@ -171,17 +171,7 @@ impl Store {
                 ))
                 .map_err(&err)?;
             let mapped = stmt
-                .query_map(params_from_iter(args.iter()), |r| {
-                    Ok(EventRow {
-                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-                        event_id: r.get(1)?,
-                        ts: r.get(2)?,
-                        kind: r.get(3)?,
-                        payload: r.get(4)?,
-                        prev_hash: r.get(5)?,
-                        hash: r.get(6)?,
-                    })
-                })
+                .query_map(params_from_iter(args.iter()), EventRow::from_row)
                 .map_err(&err)?;
             mapped.collect::<Result<_, _>>().map_err(&err)?
         };

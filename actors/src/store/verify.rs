@@ -88,15 +88,7 @@ fn event_at(
         "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events WHERE seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
         |r| {
-            let row = EventRow {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-                event_id: r.get(1)?,
-                ts: r.get(2)?,
-                kind: r.get(3)?,
-                payload: r.get(4)?,
-                prev_hash: r.get(5)?,
-                hash: r.get(6)?,
-            };
+            let row = EventRow::from_row(r)?;
             let own = chain_hash(
                 &row.prev_hash,
                 row.seq,
@@ -222,6 +214,19 @@ const TABLES_SINCE: &[(i64, &str, &[&str])] = &[
         2,
         "snapshots",
         &["id", "taken_at", "kind", "payload", "event_seq"],
+    ),
+    (
+        3,
+        "archives",
+        &[
+            "id",
+            "file",
+            "first_seq",
+            "last_seq",
+            "rows",
+            "sha256",
+            "created_at",
+        ],
     ),
 ];
 
@@ -507,15 +512,7 @@ pub(crate) fn for_each_event_in(
     let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut rows = stmt.query([bound(after), bound(through)])?;
     while let Some(r) = rows.next()? {
-        f(EventRow {
-            seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-            event_id: r.get(1)?,
-            ts: r.get(2)?,
-            kind: r.get(3)?,
-            payload: r.get(4)?,
-            prev_hash: r.get(5)?,
-            hash: r.get(6)?,
-        });
+        f(EventRow::from_row(r)?);
     }
     Ok(())
 }
@@ -722,6 +719,17 @@ fn check_snapshots(conn: &Connection, report: &mut VerifyReport) -> rusqlite::Re
     Ok(())
 }
 
+/// A read-only connection beside a running daemon (no lock, no migration, waits up to 5 s for
+/// a writer's lock).
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// One bounded slice of a full walk of the chain ([`verify_slice`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Slice {
@@ -745,13 +753,7 @@ pub fn verify_slice(path: &Path, after: u64, max: u64) -> Result<Slice, StoreErr
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    let mut conn = open_read_only(path).map_err(err)?;
     let tx = conn.transaction().map_err(err)?;
     let mut problems = Vec::new();
     let ranges = archived_ranges(&tx).map_err(err)?;
@@ -836,13 +838,7 @@ pub fn read_integrity_facts(path: &Path, scope: Scope) -> Result<IntegrityFacts,
             reason: "no such file".into(),
         });
     }
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    let mut conn = open_read_only(path).map_err(err)?;
     let tx = conn.transaction().map_err(err)?;
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -1264,6 +1260,37 @@ fn recover(
 #[cfg(test)]
 pub(super) fn tests_companions(path: &Path) -> [PathBuf; 2] {
     companions(path)
+}
+
+#[cfg(test)]
+mod schema_table_tests {
+    use super::*;
+
+    /// Every table a fresh store has is listed in `TABLES_SINCE` with its columns, and the
+    /// newest entry is the current version: a schema bump that forgets the list fails here
+    /// (the store fuzz found schema 3's table missing from it).
+    #[test]
+    fn tables_since_lists_every_table_of_the_current_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tradebaas.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let tables: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for t in &tables {
+            let entry = TABLES_SINCE.iter().find(|(_, name, _)| name == t);
+            assert!(entry.is_some(), "table {t} is not in TABLES_SINCE");
+        }
+        assert_eq!(TABLES_SINCE.len(), tables.len(), "{tables:?}");
+        assert_eq!(TABLES_SINCE.iter().map(|e| e.0).max(), Some(SCHEMA_VERSION));
+        assert!(verify(&path).ok);
+    }
 }
 
 #[cfg(test)]

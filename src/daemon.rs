@@ -41,9 +41,11 @@ use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::notify::SdNotifier;
 use tradebaas_actors::persister::{PersisterMsg, commit_change};
-use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryReport, recover};
+use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryConfig, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
-use tradebaas_actors::store::{Change, DataDirLock, SnapshotKind, open_verified};
+use tradebaas_actors::store::{
+    Change, DataDirLock, IntegrityFacts, OpenReport, SnapshotKind, open_verified,
+};
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::{SupervisorMsg, SupervisorStatus};
 use tradebaas_actors::task::{spawn_critical, unrecoverable_error};
@@ -295,66 +297,23 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
     // key `recovery.last`), where the persister reports it in /health. Then the start-up checks
     // (`checks::startup`), and every `checks.interval` the same checks (`checks::periodic`).
     let config_checks = config.checks.clone();
-    let recovery = {
-        let names = names.clone();
-        let snapshot_interval = config.store.snapshot_interval;
-        let config = config.recovery.clone();
-        let metrics = metrics.clone();
-        let open_report = open_report.clone();
-        let notifier = notifier.clone();
-        let checks_args = checks::ChecksArgs {
-            store_path: store_path.clone(),
-            config: config_checks,
-        };
-        let task_names = names.clone();
-        spawn_critical(&task_names, "recovery", async move {
-            if let Some(alert) = open_report.alert() {
-                // The supervisor starts its children after `start_tree` returns: wait for the
-                // alert actor rather than drop the alert.
-                let sent =
-                    send_when_running(&names, ChildName::Alert, || AlertMsg::Raise(alert.clone()))
-                        .await;
-                if !sent {
-                    error!(alert = ?alert, "store alert not raised: the alert actor is not running");
-                }
-            }
-            if open_report.degraded() {
-                checks::restrict(&names, "the store was restored from a backup").await;
-            }
-            let report = recover(&names, &config, &config.currencies, &metrics).await;
-            record_recovery(&names, &report).await;
-            // The start-up checks, before the strategy may act: any failure restricts trading to
-            // OBSERVE_ONLY (awaited, so it is in force before entries are allowed) and raises one
-            // `startup_checks` alert.
-            checks::startup(&names, &checks_args, store_facts).await;
-            // Entries stay refused until the fail-safe hears that recovery finished.
-            if send_when_running(&names, ChildName::FailSafe, || {
-                FailSafeMsg::RecoveryFinished
-            })
-            .await
-            {
-                // Start-up is over: systemd may now consider the service started.
-                if let Some(n) = &notifier {
-                    n.ready(&format!(
-                        "started: recovery finished ({})",
-                        if report.success {
-                            "ok"
-                        } else {
-                            "with problems, see /health"
-                        }
-                    ));
-                }
-            } else {
-                // No READY=1: systemd's start timeout restarts a daemon stuck here.
-                error!("the fail-safe is not running: entries stay refused");
-            }
-            test_points::point("after_startup");
-            tokio::join!(
-                daily_snapshots(&names, snapshot_interval, &config.currencies),
-                checks::periodic(names.clone(), checks_args),
-            );
-        })
-    };
+    let recovery = spawn_critical(
+        &names,
+        "recovery",
+        startup_sequence(Startup {
+            names: names.clone(),
+            open_report: open_report.clone(),
+            store_facts,
+            recovery: config.recovery.clone(),
+            snapshot_interval: config.store.snapshot_interval,
+            checks: checks::ChecksArgs {
+                store_path: store_path.clone(),
+                config: config_checks,
+            },
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
+        }),
+    );
     let readiness = spawn_critical(
         &names,
         "readiness",
@@ -428,6 +387,82 @@ pub async fn run(config: Config, metrics: Metrics) -> i32 {
     code
 }
 
+/// What [`startup_sequence`] needs.
+pub struct Startup {
+    pub names: Names,
+    /// What opening the store found (its alert is raised first; a restore restricts trading).
+    pub open_report: OpenReport,
+    /// The start-up checks' facts, read before any actor could write to the store.
+    pub store_facts: Result<IntegrityFacts, String>,
+    pub recovery: RecoveryConfig,
+    pub snapshot_interval: Duration,
+    pub checks: checks::ChecksArgs,
+    pub metrics: Metrics,
+    pub notifier: Option<SdNotifier>,
+}
+
+/// What runs once the tree is up, in this order, before the strategy may act: the store's alert,
+/// recovery (reconcile with the exchange; its report committed as `recovery.completed` and state
+/// key `recovery.last`), the start-up checks (any failure restricts to OBSERVE_ONLY, awaited),
+/// then entries allowed and systemd told READY. Then, forever, the daily snapshots and the
+/// periodic checks (`checks.interval`). `run` spawns it; a simulation runs the same sequence.
+pub async fn startup_sequence(s: Startup) {
+    let Startup {
+        names,
+        open_report,
+        store_facts,
+        recovery: config,
+        snapshot_interval,
+        checks: checks_args,
+        metrics,
+        notifier,
+    } = s;
+    if let Some(alert) = open_report.alert() {
+        // The supervisor starts its children after `start_tree` returns: wait for the
+        // alert actor rather than drop the alert.
+        let sent =
+            send_when_running(&names, ChildName::Alert, || AlertMsg::Raise(alert.clone())).await;
+        if !sent {
+            error!(alert = ?alert, "store alert not raised: the alert actor is not running");
+        }
+    }
+    if open_report.degraded() {
+        checks::restrict(&names, "the store was restored from a backup").await;
+    }
+    let report = recover(&names, &config, &config.currencies, &metrics).await;
+    record_recovery(&names, &report).await;
+    // The start-up checks, before the strategy may act: any failure restricts trading to
+    // OBSERVE_ONLY (awaited, so it is in force before entries are allowed) and raises one
+    // `startup_checks` alert.
+    checks::startup(&names, &checks_args, store_facts).await;
+    // Entries stay refused until the fail-safe hears that recovery finished.
+    if send_when_running(&names, ChildName::FailSafe, || {
+        FailSafeMsg::RecoveryFinished
+    })
+    .await
+    {
+        // Start-up is over: systemd may now consider the service started.
+        if let Some(n) = &notifier {
+            n.ready(&format!(
+                "started: recovery finished ({})",
+                if report.success {
+                    "ok"
+                } else {
+                    "with problems, see /health"
+                }
+            ));
+        }
+    } else {
+        // No READY=1: systemd's start timeout restarts a daemon stuck here.
+        error!("the fail-safe is not running: entries stay refused");
+    }
+    test_points::point("after_startup");
+    tokio::join!(
+        daily_snapshots(&names, snapshot_interval, &config.currencies),
+        checks::periodic(names.clone(), checks_args),
+    );
+}
+
 /// Arms the hard shutdown limit: a plain thread, independent of the tokio runtime (whose worker
 /// threads a wedged task may hold), that exits the process with code 1 once `limit` has passed.
 /// Call when shutdown starts; a shutdown that finishes in time has exited before.
@@ -476,7 +511,7 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
         let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
         let due = match health::ask(persister, PersisterMsg::Status, ask).await {
             health::Reply::Answered(s) => snapshot_due(
-                chrono::Utc::now(),
+                tradebaas_actors::clock::now(),
                 s.last_snapshot_at,
                 s.last_capital_snapshot_at,
                 interval,
@@ -748,7 +783,7 @@ mod tests {
 
     #[test]
     fn a_failed_snapshot_is_retried_within_minutes_a_good_one_waits_the_interval() {
-        let t0 = chrono::Utc::now();
+        let t0 = tradebaas_actors::clock::now();
         let day = Duration::from_secs(24 * 3600);
         let mins = |m: i64| t0 + chrono::Duration::minutes(m);
         // None yet: due.

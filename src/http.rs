@@ -126,7 +126,9 @@ impl Api {
             // "Since start" when there is none yet, so a store that never backs up still ages.
             let age = |at: Option<chrono::DateTime<Utc>>| {
                 at.map_or(self.started.elapsed().as_secs_f64(), |t| {
-                    (Utc::now() - t).as_seconds_f64().max(0.0)
+                    (tradebaas_actors::clock::now() - t)
+                        .as_seconds_f64()
+                        .max(0.0)
                 })
             };
             self.metrics.backup_age_seconds.set(age(p.last_backup_at));
@@ -155,7 +157,7 @@ impl Api {
         let started = Instant::now();
         let replies = health::gather(&self.names, self.health.actor_timeout).await;
         let ctx = Context {
-            now: Utc::now(),
+            now: tradebaas_actors::clock::now(),
             uptime: self.started.elapsed(),
             version: self.version,
         };
@@ -225,7 +227,7 @@ impl Api {
         .await;
         match reply.answered() {
             Some(p) => {
-                let now = Utc::now();
+                let now = tradebaas_actors::clock::now();
                 json_reply(
                     StatusCode::OK,
                     &json!({
@@ -360,7 +362,7 @@ impl Api {
             }
             "/api/health/status" => self.api_status().await,
             "/api/health/uptime" => {
-                let now = Utc::now();
+                let now = tradebaas_actors::clock::now();
                 let uptime = self.started.elapsed();
                 json_reply(
                     StatusCode::OK,

@@ -105,6 +105,8 @@ use shared::Shared;
 pub struct PaperExchange {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    /// The in-process name, when started with [`PaperExchange::start_in_memory`].
+    memory: Option<String>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -112,14 +114,38 @@ impl PaperExchange {
     /// Validates `config`, binds `listen` (port 0 picks a free port) and starts serving.
     /// An invalid config is an `InvalidInput` error naming the field.
     pub async fn start(config: PaperConfig, listen: SocketAddr) -> std::io::Result<PaperExchange> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        Self::serve(config, server::Listener::Tcp(listener), local_addr, None)
+    }
+
+    /// Like [`PaperExchange::start`], but listening on the in-process name `name` rather than a
+    /// socket: clients dial `memory://<name>/ws/api/v2` ([`PaperExchange::url`]). What a
+    /// simulation on paused time runs against (see `tradebaas_actors::memory_net`). Must be
+    /// called on the runtime the clients run on.
+    pub fn start_in_memory(config: PaperConfig, name: &str) -> std::io::Result<PaperExchange> {
+        let listener = tradebaas_actors::memory_net::Listener::bind(name)?;
+        let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+        Self::serve(
+            config,
+            server::Listener::Memory(listener),
+            unspecified,
+            Some(name.to_owned()),
+        )
+    }
+
+    fn serve(
+        config: PaperConfig,
+        listener: server::Listener,
+        local_addr: SocketAddr,
+        memory: Option<String>,
+    ) -> std::io::Result<PaperExchange> {
         config.validate().map_err(|reason| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("invalid [paper_exchange] config: {reason}"),
             )
         })?;
-        let listener = TcpListener::bind(listen).await?;
-        let local_addr = listener.local_addr()?;
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
         let markets = config
             .instruments
@@ -144,10 +170,14 @@ impl PaperExchange {
             tokio::spawn(server::run_accept(Arc::clone(&shared), listener)),
             tokio::spawn(server::run_market(Arc::clone(&shared))),
         ];
-        info!(%local_addr, seed, "paper exchange listening");
+        match &memory {
+            Some(name) => info!(name, seed, "paper exchange listening in memory"),
+            None => info!(%local_addr, seed, "paper exchange listening"),
+        }
         Ok(PaperExchange {
             shared,
             local_addr,
+            memory,
             tasks,
         })
     }
@@ -160,6 +190,9 @@ impl PaperExchange {
     /// The WebSocket URL clients connect to, e.g. `ws://127.0.0.1:PORT/ws/api/v2` (a wildcard
     /// listen address is given as loopback).
     pub fn url(&self) -> String {
+        if let Some(name) = &self.memory {
+            return format!("{}{name}/ws/api/v2", tradebaas_actors::memory_net::SCHEME);
+        }
         let ip = match self.local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),

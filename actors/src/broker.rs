@@ -321,7 +321,7 @@ fn ms(d: Duration) -> u64 {
 
 fn wall(at: Instant) -> DateTime<Utc> {
     let ago = chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
-    Utc::now() - ago
+    crate::clock::now() - ago
 }
 
 /// The `interval` param of `public/set_heartbeat`: whole seconds when possible.
@@ -629,7 +629,7 @@ impl Actor for BrokerActor {
                 }
                 match event {
                     SessionEvent::Ticker(ticker) => {
-                        state.last_market_data = Some((Instant::now(), Utc::now()));
+                        state.last_market_data = Some((Instant::now(), crate::clock::now()));
                         state.market_data_messages += 1;
                         state.args.metrics.market_data_messages.inc();
                         if let Some(strategy) =
@@ -694,7 +694,7 @@ impl Actor for BrokerActor {
                         state.link = Link::Connected {
                             session: est.session,
                             since: Instant::now(),
-                            since_wall: Utc::now(),
+                            since_wall: crate::clock::now(),
                         };
                         // Every (re)connect: the strategy re-checks intents, protection, orphans.
                         if let Some(strategy) =

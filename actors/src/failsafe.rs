@@ -378,7 +378,7 @@ impl FailSafeState {
         reply: Option<ChangeReply>,
     ) {
         let from = self.mode;
-        let now = Utc::now();
+        let now = crate::clock::now();
         self.mode = to;
         self.changed_at = Some(now);
         self.generation += 1;
@@ -424,7 +424,7 @@ impl FailSafeState {
         reason: String,
         reply: Option<ChangeReply>,
     ) {
-        let changed_at = Utc::now();
+        let changed_at = crate::clock::now();
         let change = Self::mode_change(self.mode, to, &reason, None, changed_at);
         match self.send_commit(change) {
             Ok(rx) => {
@@ -812,7 +812,7 @@ impl Actor for FailSafeActor {
         let watch = Watch::new(
             args.config.triggers.clone(),
             args.health.clone(),
-            Utc::now(),
+            crate::clock::now(),
         );
         let initial_mode = args.initial.mode;
         let initial_mode_reason = format!(
@@ -861,7 +861,7 @@ impl Actor for FailSafeActor {
             FailSafeMsg::Evaluated(replies) => {
                 state.evaluating = false;
                 let uptime = state.started.elapsed();
-                let findings = state.watch.evaluate(&replies, Utc::now(), uptime);
+                let findings = state.watch.evaluate(&replies, crate::clock::now(), uptime);
                 for finding in findings {
                     state.act_on(finding);
                 }
@@ -1103,7 +1103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = Names::with_prefix("fs-recovered-");
         let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let started = Utc::now();
+        let started = crate::clock::now();
         let change = Change::event("test", json!({}))
             .set(
                 crate::store::RUN_KEY,
@@ -1137,7 +1137,7 @@ mod tests {
         // A report from an earlier run does not count.
         let change = Change::event("test", json!({})).set(
             crate::store::RUN_KEY,
-            json!({"clean": false, "started_at": Utc::now() + chrono::Duration::seconds(1)}),
+            json!({"clean": false, "started_at": crate::clock::now() + chrono::Duration::seconds(1)}),
         );
         call_t!(
             persister,

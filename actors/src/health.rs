@@ -543,7 +543,7 @@ pub fn failed_checks(replies: &Replies) -> Vec<crate::checks::Check> {
 /// Whether this run's start-up recovery has finished: the persister reports a stored recovery
 /// report whose `finished_at` is not older than the process start (`uptime` ago).
 pub fn recovery_finished(replies: &Replies, uptime: Duration) -> Result<(), String> {
-    let since = Utc::now() - chrono::Duration::from_std(uptime).unwrap_or_default();
+    let since = crate::clock::now() - chrono::Duration::from_std(uptime).unwrap_or_default();
     let Some(p) = replies.persister.answered() else {
         return Err("state-persister does not answer".into());
     };

@@ -503,7 +503,7 @@ impl HeartbeatState {
             self.system = system;
         }
         self.beats += 1;
-        self.last_beat_at = Some(Utc::now());
+        self.last_beat_at = Some(crate::clock::now());
         self.mode = report.mode;
         self.round_trip_ms.clear();
         self.absent.clear();

@@ -17,11 +17,13 @@ pub mod alert;
 pub mod backoff;
 pub mod broker;
 pub mod checks;
+pub mod clock;
 pub mod failsafe;
 pub mod health;
 pub mod heartbeat;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
+pub mod memory_net;
 pub mod metrics;
 pub mod mode;
 pub mod names;

@@ -1,17 +1,17 @@
 //! The `state-persister` actor: the only writer of the durable store.
 //!
-//! The store runs on a database thread of its own; the actor hands it jobs in mailbox order and
-//! never waits for the disk, so it answers `Status` while a commit is being fsynced. A commit's
+//! The store runs on a database worker of its own (a task that runs the jobs, in mailbox order
+//! and in batches, on tokio's blocking pool); the actor hands it jobs and never waits for the
+//! disk, so it answers `Status` while a commit is being fsynced. A commit's
 //! reply goes to the sender only after the commit is durable. `Flush` is answered after every job
 //! queued before it has finished, which is what "flush" means for the shutdown path.
 //!
-//! Backups run on the database thread too, every `backup_interval` (between jobs, so they never
-//! block the actor): SQLite's online backup API into `backups_dir`, verified, the newest
+//! Backups run on the database worker too, every `backup_interval` of tokio's clock (between
+//! jobs, so they never block the actor): SQLite's online backup API into `backups_dir`, verified, the newest
 //! `backups_keep` kept. A failed backup raises a WARNING alert (`store:backup`) and nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -96,7 +96,7 @@ pub struct PersisterArgs {
     pub backups_keep: usize,
     /// `[store] disk_free_floor`, reported with the free space (the fail-safe alerts below it).
     pub disk_free_floor: u64,
-    /// `[store.retention]`, run on the database thread before each timed backup.
+    /// `[store.retention]`, run on the database worker before each timed backup.
     pub retention: RetentionConfig,
 }
 
@@ -151,11 +151,11 @@ pub enum PersisterMsg {
         payload: Value,
         reply: Option<CommitReply>,
     },
-    /// Internal: the database thread finished a write.
+    /// Internal: the database worker finished a write.
     Written(WriteOutcome),
-    /// Internal: the database thread finished a backup.
+    /// Internal: the database worker finished a backup.
     BackedUp(BackupOutcome),
-    /// Internal: the database thread committed a snapshot taken at `at`; `capital` when it holds
+    /// Internal: the database worker committed a snapshot taken at `at`; `capital` when it holds
     /// capital ([`crate::checks::capital_missing`]), not an error instead.
     SnapshotTaken { at: DateTime<Utc>, capital: bool },
     /// Test-only misbehaviour.
@@ -170,14 +170,14 @@ pub struct FlushReport {
     pub took_ms: u64,
 }
 
-/// A write the database thread finished.
+/// A write the database worker finished.
 #[derive(Debug, Clone)]
 pub struct WriteOutcome {
     pub result: Result<u64, String>,
     pub took: Duration,
 }
 
-/// A backup the database thread finished.
+/// A backup the database worker finished.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
     /// The file and how many backups are kept now.
@@ -198,7 +198,7 @@ pub struct PersisterStatus {
     /// Since when writes fail (None when the last write succeeded).
     pub failing_since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    /// Jobs handed to the database thread and not finished yet.
+    /// Jobs handed to the database worker and not finished yet.
     pub queue_depth: u64,
     pub backups_dir: String,
     pub last_backup_at: Option<DateTime<Utc>>,
@@ -235,7 +235,7 @@ pub struct PersisterActor;
 
 /// The persister's state.
 pub struct PersisterState {
-    jobs: mpsc::Sender<Job>,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
     path: PathBuf,
     schema_version: i64,
     last_seq: u64,
@@ -258,7 +258,7 @@ pub struct PersisterState {
     disk_free_floor: u64,
 }
 
-/// Where and how often the database thread backs up (and archives, just before).
+/// Where and how often the database worker backs up (and archives, just before).
 struct BackupPlan {
     dir: PathBuf,
     interval: Duration,
@@ -267,11 +267,11 @@ struct BackupPlan {
     archives: PathBuf,
 }
 
-/// One retention run on the database thread; its `store.archived` commit is reported like
+/// One retention run on the database worker; its `store.archived` commit is reported like
 /// any other write.
 fn retain(store: &mut Store, plan: &BackupPlan, actor: &ActorRef<PersisterMsg>) {
     let started = Instant::now();
-    match store.archive_old(&plan.archives, &plan.retention, Utc::now()) {
+    match store.archive_old(&plan.archives, &plan.retention, crate::clock::now()) {
         Ok(Some(r)) => {
             info!(
                 actor = "state-persister",
@@ -314,87 +314,118 @@ fn backup(store: &Store, plan: &BackupPlan) -> Result<(PathBuf, usize), StoreErr
     Ok((file, kept))
 }
 
-fn run_db_thread(
+/// Most jobs handed to the blocking pool at once (one `spawn_blocking` per batch).
+const BATCH: usize = 256;
+
+/// The database worker: a task that hands the jobs, in mailbox order and in batches, to tokio's
+/// blocking pool, and queues a timed backup every `plan.interval` on tokio's clock (so paused
+/// time drives it in tests). While a batch runs on the blocking pool a paused clock does not
+/// auto-advance: simulated time stands still while SQLite works, as no timeout may fire because
+/// the disk is slower than a simulated second.
+async fn run_db_worker(
     mut store: Store,
-    jobs: mpsc::Receiver<Job>,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
     actor: ActorRef<PersisterMsg>,
     plan: BackupPlan,
 ) {
-    // Never a busy loop, never an Instant overflow (PersisterArgs need not come from StoreConfig).
+    // Never a busy loop (PersisterArgs need not come from StoreConfig).
     let interval = plan.interval.max(Duration::from_millis(10));
-    let after = |d: Duration| {
-        let now = Instant::now();
-        now.checked_add(d)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60))
-    };
-    let mut next_backup = after(interval);
+    let first = tokio::time::Instant::now()
+        .checked_add(interval)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let mut timer = tokio::time::interval_at(first, interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let plan = std::sync::Arc::new(plan);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let job = match jobs.recv_timeout(next_backup.saturating_duration_since(Instant::now())) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => Job::Backup(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match job {
-            Job::Backup(reply) => {
-                if reply.is_none() {
-                    next_backup = after(interval);
-                    // Retention first, so the backup is of the trimmed store.
-                    retain(&mut store, &plan, &actor);
-                }
-                let result = backup(&store, &plan);
-                let outcome = BackupOutcome {
-                    result: result
-                        .as_ref()
-                        .map(|(p, n)| (p.clone(), *n))
-                        .map_err(ToString::to_string),
-                    at: Utc::now(),
-                };
-                let _ = actor.send_message(PersisterMsg::BackedUp(outcome));
-                if let Some(reply) = reply {
-                    let _ = reply.send(result.map(|(p, _)| p));
-                }
+        tokio::select! {
+            // The timer first: it is ready once an interval, so a flood of jobs cannot starve it.
+            biased;
+            _ = timer.tick() => batch.push(Job::Backup(None)),
+            n = jobs.recv_many(&mut batch, BATCH) => if n == 0 { break },
+        }
+        let work = std::mem::take(&mut batch);
+        let (me, plan) = (actor.clone(), std::sync::Arc::clone(&plan));
+        let ran = tokio::task::spawn_blocking(move || {
+            for job in work {
+                run_job(&mut store, job, &me, &plan);
             }
-            Job::MarkClean(reply) => {
-                let _ = reply.send(store.mark_clean().map(|_| ()));
+            store
+        })
+        .await;
+        match ran {
+            Ok(back) => store = back,
+            Err(e) => {
+                // The jobs of the batch lost their replies (their callers see the reply port
+                // dropped); later ones are refused by `submit`.
+                error!(actor = "state-persister", error = %e, "the database worker failed");
+                break;
             }
-            Job::Snapshot(kind, payload, reply) => {
-                let started = Instant::now();
-                let result = store.snapshot(kind, &payload);
-                if let Ok(c) = &result {
-                    let capital = crate::checks::capital_missing(&payload).is_none();
-                    let _ = actor.send_message(PersisterMsg::SnapshotTaken { at: c.at, capital });
-                }
-                let outcome = WriteOutcome {
-                    result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
-                    took: started.elapsed(),
-                };
-                let _ = actor.send_message(PersisterMsg::Written(outcome));
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+        }
+    }
+}
+
+/// One job, on the blocking pool.
+fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &BackupPlan) {
+    match job {
+        Job::Backup(reply) => {
+            if reply.is_none() {
+                // Retention first, so the backup is of the trimmed store.
+                retain(store, plan, actor);
             }
-            Job::Commit(change, reply) => {
-                let started = Instant::now();
-                let result = store.commit(&change);
-                let outcome = WriteOutcome {
-                    result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
-                    took: started.elapsed(),
-                };
-                let _ = actor.send_message(PersisterMsg::Written(outcome));
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+            let result = backup(store, plan);
+            let outcome = BackupOutcome {
+                result: result
+                    .as_ref()
+                    .map(|(p, n)| (p.clone(), *n))
+                    .map_err(ToString::to_string),
+                at: crate::clock::now(),
+            };
+            let _ = actor.send_message(PersisterMsg::BackedUp(outcome));
+            if let Some(reply) = reply {
+                let _ = reply.send(result.map(|(p, _)| p));
             }
-            Job::Load(reply) => {
-                let _ = reply.send(store.state());
+        }
+        Job::MarkClean(reply) => {
+            let _ = reply.send(store.mark_clean().map(|_| ()));
+        }
+        Job::Snapshot(kind, payload, reply) => {
+            let started = Instant::now();
+            let result = store.snapshot(kind, &payload);
+            if let Ok(c) = &result {
+                let capital = crate::checks::capital_missing(&payload).is_none();
+                let _ = actor.send_message(PersisterMsg::SnapshotTaken { at: c.at, capital });
             }
-            Job::Flush(reply, started) => {
-                let result = store.checkpoint().map(|()| FlushReport {
-                    last_seq: store.last_seq(),
-                    took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                });
+            let outcome = WriteOutcome {
+                result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
+                took: started.elapsed(),
+            };
+            let _ = actor.send_message(PersisterMsg::Written(outcome));
+            if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
+        }
+        Job::Commit(change, reply) => {
+            let started = Instant::now();
+            let result = store.commit(&change);
+            let outcome = WriteOutcome {
+                result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
+                took: started.elapsed(),
+            };
+            let _ = actor.send_message(PersisterMsg::Written(outcome));
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        Job::Load(reply) => {
+            let _ = reply.send(store.state());
+        }
+        Job::Flush(reply, started) => {
+            let result = store.checkpoint().map(|()| FlushReport {
+                last_seq: store.last_seq(),
+                took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+            let _ = reply.send(result);
         }
     }
 }
@@ -453,9 +484,9 @@ impl PersisterState {
         if matches!(job, Job::Commit(..) | Job::Snapshot(..)) {
             self.queued += 1;
         }
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            // The database thread is gone (it only ends when this sender drops, or by panic).
-            let reason = "the database thread has stopped".to_string();
+        if let Err(tokio::sync::mpsc::error::SendError(job)) = self.jobs.send(job) {
+            // The database worker is gone (it only ends when this sender drops, or by panic).
+            let reason = "the database worker has stopped".to_string();
             match job {
                 Job::Commit(_, Some(reply)) => {
                     let _ = reply.send(Err(StoreError::Unavailable(reason)));
@@ -567,25 +598,21 @@ impl Actor for PersisterActor {
         let names = args.names.clone();
         let schema_version = store.schema_version()?;
         let last_seq = store.last_seq();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let me = myself.clone();
         let archives = archives_dir(&args.path);
-        std::thread::Builder::new()
-            .name("tradebaas-store".into())
-            .spawn(move || {
-                run_db_thread(
-                    store,
-                    rx,
-                    me,
-                    BackupPlan {
-                        dir: args.backups_dir,
-                        interval: args.backup_interval,
-                        keep: args.backups_keep.max(1),
-                        retention: args.retention,
-                        archives,
-                    },
-                )
-            })?;
+        tokio::spawn(run_db_worker(
+            store,
+            rx,
+            me,
+            BackupPlan {
+                dir: args.backups_dir,
+                interval: args.backup_interval,
+                keep: args.backups_keep.max(1),
+                retention: args.retention,
+                archives,
+            },
+        ));
         info!(
             actor = "state-persister",
             path = %args.path.display(),
@@ -666,7 +693,7 @@ impl Actor for PersisterActor {
                     Ok(seq) => {
                         state.writes_ok += 1;
                         state.last_seq = seq;
-                        state.last_write_at = Some(Utc::now());
+                        state.last_write_at = Some(crate::clock::now());
                         if state.failing_since.take().is_some() {
                             info!(actor = "state-persister", "store writes succeed again");
                         }
@@ -675,7 +702,7 @@ impl Actor for PersisterActor {
                         state.writes_failed += 1;
                         if state.failing_since.is_none() {
                             error!(actor = "state-persister", error = %e, "store write failed");
-                            state.failing_since = Some(Utc::now());
+                            state.failing_since = Some(crate::clock::now());
                         } else {
                             warn!(actor = "state-persister", error = %e, "store write failed again");
                         }

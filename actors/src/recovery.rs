@@ -383,7 +383,7 @@ pub async fn recover(
         differences: p.differences,
         warnings: p.warnings,
         errors: p.errors,
-        finished_at: Utc::now(),
+        finished_at: crate::clock::now(),
     };
     metrics
         .last_recovery_duration_seconds

@@ -1,7 +1,7 @@
 //! The durable store: an SQLite database (WAL journal, `synchronous=FULL`) holding the state the
 //! actors re-read on start and an append-only, hash-chained event log.
 //!
-//! Only the `state-persister` actor writes it (through its database thread). A state change and
+//! Only the `state-persister` actor writes it (through its database worker). A state change and
 //! the event that explains it are one transaction; [`Store::commit`] returns only after the
 //! commit is durable.
 //!
@@ -439,7 +439,7 @@ impl Store {
         let previous = last_ts
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));
-        let at = previous.map_or_else(Utc::now, |p| Utc::now().max(p));
+        let at = previous.map_or_else(Utc::now, |p| crate::clock::now().max(p));
         let ts = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let event_id = uuid::Uuid::now_v7().to_string();
         let payload = change.event.payload.to_string();
@@ -567,7 +567,7 @@ impl Store {
         let crashed = previous
             .as_ref()
             .is_some_and(|v| v.get("clean") != Some(&Value::Bool(true)));
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let now = crate::clock::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let run = serde_json::json!({
             "clean": false,
             "started_at": now,
@@ -595,7 +595,7 @@ impl Store {
             .remove(RUN_KEY)
             .filter(Value::is_object)
             .unwrap_or_else(|| serde_json::json!({}));
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let now = crate::clock::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         if let Some(obj) = run.as_object_mut() {
             obj.insert("clean".into(), Value::Bool(true));
             obj.insert("stopped_at".into(), Value::String(now));
@@ -614,7 +614,7 @@ impl Store {
             reason: format!("backup: {e}"),
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let name = backup_file_name(Utc::now());
+        let name = backup_file_name(crate::clock::now());
         let final_path = dir.join(&name);
         let partial = dir.join(format!("{name}.partial"));
         let err = sqlite_err(&partial);
@@ -758,8 +758,8 @@ mod tests {
         store.commit(&Change::event("a", json!({}))).unwrap();
         // As if the clock had been an hour ahead when event 1 was written: rewrite its time and
         // hash consistently.
-        let ahead =
-            (Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let ahead = (crate::clock::now() + chrono::Duration::hours(1))
+            .to_rfc3339_opts(SecondsFormat::Micros, true);
         let (id, kind, payload): (String, String, String) = store
             .conn
             .query_row(

@@ -275,7 +275,7 @@ impl StrategyRecord {
             position: None,
             intents_in_flight: Vec::new(),
             next_intent_seq: 0,
-            updated_at: Utc::now(),
+            updated_at: crate::clock::now(),
         }
     }
 
@@ -382,7 +382,7 @@ impl Instance {
         }
         self.signals += 1;
         self.last_decision = Some(decision.clone());
-        self.last_decision_at = Some(Utc::now());
+        self.last_decision_at = Some(crate::clock::now());
         Some(decision)
     }
 
@@ -516,7 +516,7 @@ impl StrategyState {
 
     fn on_tick(&mut self, myself: &ActorRef<StrategyMsg>, ticker: &Ticker) {
         self.ticks_received += 1;
-        self.last_tick_at = Some(Utc::now());
+        self.last_tick_at = Some(crate::clock::now());
         let Some(indices) = self.by_instrument.get(ticker.instrument_name.as_str()) else {
             return;
         };
@@ -578,7 +578,7 @@ impl StrategyState {
                 let outcome = exec::run(ex, snap, job).await;
                 let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
             });
-        instance.job = Some((name, Utc::now(), AbortOnDrop(task)));
+        instance.job = Some((name, crate::clock::now(), AbortOnDrop(task)));
     }
 
     /// Starts the job each idle instance with outstanding work needs.
@@ -750,7 +750,7 @@ impl StrategyState {
         }
         let mut next = instance.record.clone();
         next.lifecycle = to;
-        next.updated_at = Utc::now();
+        next.updated_at = crate::clock::now();
         if to == Lifecycle::EnteringPosition {
             next.next_intent_seq += 1;
         }

@@ -221,7 +221,7 @@ impl SupervisorState {
                 let child = &mut self.children[idx];
                 child.generation += 1;
                 child.state = ChildState::Running;
-                child.started_at = Some(Utc::now());
+                child.started_at = Some(crate::clock::now());
                 child.restart_due = None;
                 self.by_id.insert(cell.get_id(), idx);
                 child.cell = Some(cell);
@@ -264,7 +264,7 @@ impl SupervisorState {
         if kind == ExitKind::Abnormal {
             self.children[idx].last_failure = Some(FailureReport {
                 reason: reason.clone(),
-                at: Utc::now(),
+                at: crate::clock::now(),
             });
         }
         let now = Instant::now();

@@ -2,14 +2,12 @@
 //! responses, ticks, account events, heartbeats and injected faults, and the clean-up
 //! (cancel-on-disconnect) when it ends for any reason. The per-connection [`Session`] lives here.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -133,11 +131,16 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, id: u64) {
+/// A byte stream a client connected over: TCP, or an in-process pipe (`memory://`).
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// What a connection task reads and writes.
+pub(crate) type Stream = Box<dyn Io>;
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn run(shared: Arc<Shared>, stream: Stream, peer: String, id: u64) {
     let _active = ActiveGuard::new(&shared);
-    // Loopback latency matters more than packet count here.
-    let _ = stream.set_nodelay(true);
     // Frames up to 64x the request limit are read whole so they can be answered with -32600;
     // anything larger is a protocol error that closes the connection.
     let read_limit = shared
@@ -183,7 +186,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
 
 struct Connection {
     shared: Arc<Shared>,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Stream>,
     session: Session,
     drop_rx: watch::Receiver<u64>,
     malformed_rx: broadcast::Receiver<usize>,

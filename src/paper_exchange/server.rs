@@ -13,8 +13,34 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::connection;
 use super::shared::{Shared, now_instant};
 
+/// Where the exchange listens: a TCP socket, or an in-process name (`memory://<name>`).
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Memory(tradebaas_actors::memory_net::Listener),
+}
+
+impl Listener {
+    /// The next connection and a peer name for the logs.
+    async fn accept(&mut self) -> std::io::Result<(connection::Stream, String)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Loopback latency matters more than packet count here.
+                let _ = stream.set_nodelay(true);
+                Ok((Box::new(stream), peer.to_string()))
+            }
+            Listener::Memory(listener) => match listener.accept().await {
+                Some(stream) => Ok((Box::new(stream), format!("memory://{}", listener.name()))),
+                // Never: the listener holds the name until it is dropped.
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
 /// Accepts connections until shutdown, then waits for every connection task to end.
-pub(crate) async fn run_accept(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn run_accept(shared: Arc<Shared>, mut listener: Listener) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

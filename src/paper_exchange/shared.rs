@@ -103,12 +103,12 @@ impl std::fmt::Debug for Shared {
 
 /// Wall-clock milliseconds since the epoch (timestamps on the wire).
 pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    tradebaas_actors::clock::now().timestamp_millis()
 }
 
 /// Wall-clock microseconds since the epoch (`usIn`/`usOut`).
 pub(crate) fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+    tradebaas_actors::clock::now().timestamp_micros()
 }
 
 /// Monotonic time for stats, from tokio's clock so paused-time tests see virtual time.

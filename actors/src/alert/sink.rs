@@ -354,7 +354,7 @@ impl Sink {
                 );
                 let mut s = SinkStatus::new(kind, String::new());
                 s.last_error = Some(reason);
-                s.last_error_at = Some(Utc::now());
+                s.last_error_at = Some(crate::clock::now());
                 s.failing = true;
                 (watch::channel(s).1, None)
             }
@@ -459,7 +459,7 @@ async fn supervise(
         status.send_modify(|s| {
             s.restarts += 1;
             s.last_error = Some(format!("delivery task panicked: {why}"));
-            s.last_error_at = Some(Utc::now());
+            s.last_error_at = Some(crate::clock::now());
         });
         error!(
             actor = "alert",
@@ -509,7 +509,7 @@ async fn run(
                 Ok(()) => {
                     status.send_modify(|s| {
                         s.delivered += 1;
-                        s.last_delivered_at = Some(Utc::now());
+                        s.last_delivered_at = Some(crate::clock::now());
                         s.consecutive_failures = 0;
                         s.failing = false;
                     });
@@ -524,7 +524,7 @@ async fn run(
                         s.failing = s.consecutive_failures >= u64::from(config.failing_after);
                         failing = s.failing;
                         s.last_error = Some(error.clone());
-                        s.last_error_at = Some(Utc::now());
+                        s.last_error_at = Some(crate::clock::now());
                     });
                     warn!(actor = "alert", sink, what = %delivery.what, attempt, failing, error, "alert delivery failed");
                     if attempt >= config.max_attempts {

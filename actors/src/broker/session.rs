@@ -198,22 +198,52 @@ impl Session {
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
         let safe_url = protocol::redact_url(url);
-        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
-        let (ws, _response) = match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    url: safe_url,
-                    after: config.connect_timeout,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(ConnectError::Failed {
-                    url: safe_url,
-                    reason: e.to_string(),
-                });
-            }
-            Ok(Ok(pair)) => pair,
+        let failed = |e: tokio_tungstenite::tungstenite::Error| ConnectError::Failed {
+            url: safe_url.clone(),
+            reason: e.to_string(),
         };
+        let timed_out = || ConnectError::Timeout {
+            url: safe_url.clone(),
+            after: config.connect_timeout,
+        };
+        // `memory://<name>/…`: an in-process pipe to a paper exchange on this runtime (the
+        // simulations on paused time); anything else is TCP (TLS for wss).
+        if let Some(name) = crate::memory_net::name_of(url) {
+            let path = url
+                .strip_prefix(crate::memory_net::SCHEME)
+                .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+                .unwrap_or("/");
+            let stream = crate::memory_net::connect(name)
+                .map_err(|e| failed(tokio_tungstenite::tungstenite::Error::Io(e)))?;
+            let handshake = tokio_tungstenite::client_async_with_config(
+                format!("ws://{name}{path}"),
+                stream,
+                Some(ws_config),
+            );
+            return match tokio::time::timeout(config.connect_timeout, handshake).await {
+                Err(_) => Err(timed_out()),
+                Ok(Err(e)) => Err(failed(e)),
+                Ok(Ok((ws, _response))) => Ok(Session::start(id, ws, &config, sink)),
+            };
+        }
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
+        match tokio::time::timeout(config.connect_timeout, connecting).await {
+            Err(_) => Err(timed_out()),
+            Ok(Err(e)) => Err(failed(e)),
+            Ok(Ok((ws, _response))) => Ok(Session::start(id, ws, &config, sink)),
+        }
+    }
+
+    /// Starts the reader and writer tasks on an open WebSocket.
+    fn start<S>(
+        id: u64,
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        config: &SessionConfig,
+        sink: EventSink,
+    ) -> Session
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut write, mut read) = ws.split();
         let (writer_tx, mut writer_rx) = mpsc::channel::<Message>(1024);
         let pending: Pending = Arc::default();
@@ -304,7 +334,7 @@ impl Session {
             })
         };
 
-        Ok(Session {
+        Session {
             id,
             handle: SessionHandle {
                 writer: writer_tx,
@@ -317,7 +347,7 @@ impl Session {
             opened: Instant::now(),
             reader,
             writer,
-        })
+        }
     }
 
     /// The id the owner gave this session.

@@ -41,7 +41,7 @@ pub struct RetentionConfig {
     #[serde(with = "humantime_serde")]
     pub keep: Duration,
     /// At most this many events per run (one archive file each), so a first run on an old
-    /// store does not hold the database thread for long; the backlog goes over several runs.
+    /// store does not hold the database worker for long; the backlog goes over several runs.
     pub max_events_per_run: u64,
 }
 
@@ -501,7 +501,7 @@ mod tests {
     }
 
     fn later() -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::days(30)
+        crate::clock::now() + chrono::Duration::days(30)
     }
 
     #[test]

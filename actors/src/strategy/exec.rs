@@ -26,7 +26,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -573,7 +572,7 @@ async fn enter(
         label: entry_label.clone(),
         side,
         size,
-        sent_at: Utc::now(),
+        sent_at: crate::clock::now(),
         stop_price: Some(stop),
         take_profit_price: Some(tp),
     };

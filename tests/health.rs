@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ractor::cast;
@@ -19,20 +18,6 @@ const SIX: [&str; 6] = [
     "state-persister",
     "strategy",
 ];
-
-/// A raw HTTP/1.1 exchange: the whole response (status line, headers, body) as text.
-fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_six_actors_answer_and_the_daemon_is_healthy() {
@@ -114,14 +99,14 @@ async fn only_get_and_head_are_served() {
     let addr = h.http.local_addr;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         for path in ["/health", "/ready", "/live", "/metrics", "/nope"] {
-            let r = tokio::task::spawn_blocking(move || raw(addr, method, path))
+            let r = tokio::task::spawn_blocking(move || common::raw(addr, method, path))
                 .await
                 .unwrap();
             assert!(r.starts_with("HTTP/1.1 405"), "{method} {path}: {r}");
             assert!(r.to_lowercase().contains("allow: get, head"), "{r}");
         }
     }
-    let r = tokio::task::spawn_blocking(move || raw(addr, "GET", "/nope"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "GET", "/nope"))
         .await
         .unwrap();
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
@@ -129,7 +114,7 @@ async fn only_get_and_head_are_served() {
         r.contains("application/json") && r.contains("\"error\":\"not found\""),
         "{r}"
     );
-    let r = tokio::task::spawn_blocking(move || raw(addr, "HEAD", "/live"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "HEAD", "/live"))
         .await
         .unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -143,7 +128,7 @@ async fn metrics_are_valid_prometheus_text() {
     let h = common::start(|_, _| {}).await;
     h.ready().await;
     let addr = h.http.local_addr;
-    let r = tokio::task::spawn_blocking(move || raw(addr, "GET", "/metrics"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "GET", "/metrics"))
         .await
         .unwrap();
     let (head, body) = r.split_once("\r\n\r\n").unwrap();

@@ -249,20 +249,6 @@ fn row<'a>(rows: &'a Value, actor: &str) -> &'a [Value] {
         .unwrap_or_else(|| panic!("no row for {actor} in {rows}"))
 }
 
-fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_browser() {
     let Some(binary) = chromium() else {
@@ -281,7 +267,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
     h.ready().await;
 
     // The document and its headers.
-    let head = raw_get(h.http.local_addr, "/");
+    let head = common::raw(h.http.local_addr, "GET", "/");
     let lower = head.to_ascii_lowercase();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(

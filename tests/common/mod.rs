@@ -1,5 +1,7 @@
-//! A whole daemon in one test process: the embedded paper exchange, the real supervision tree
-//! under unique registry names, and the HTTP API on a free loopback port.
+//! The integration tests' kit. Here: a whole daemon in one test process (the embedded paper
+//! exchange, the real supervision tree under unique registry names, and the HTTP API on a free
+//! loopback port) and raw HTTP. In [`process`]: the real binary as a child process. Actor-level
+//! helpers (`spawn_persister`, a mini tree, `eventually`) are `tradebaas_actors::testkit`.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -182,5 +184,21 @@ impl Harness {
     }
 }
 
-/// The real binary as a process, and a fake systemd notify socket.
+/// A raw HTTP/1.1 exchange (any method, empty body, `Connection: close`): the whole response
+/// (status line, headers, body) as text.
+pub fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The real binary as a process, the polls of its routes, and a fake systemd notify socket.
 pub mod process;

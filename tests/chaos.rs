@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{Daemon, cli, fetch, poll, wait_ready};
 use serde_json::Value;
-use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
+use tradebaas::paper_exchange::PaperExchange;
 
 const ID: &str = "x";
 const INSTRUMENT: &str = "BTC-PERPETUAL";
@@ -454,17 +454,11 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
     let started = Instant::now();
 
     let paper = Arc::new(
-        PaperExchange::start(
-            PaperConfig {
-                seed: Some(seed),
-                ticks_per_second: 20.0,
-                min_heartbeat_interval: Duration::from_millis(100),
-                ..PaperConfig::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap(),
+        common::paper_exchange(|c| {
+            c.seed = Some(seed);
+            c.ticks_per_second = 20.0;
+        })
+        .await,
     );
     paper.add_credentials(CLIENT, SECRET);
     // The test moves the price; nothing else does.

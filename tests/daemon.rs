@@ -23,14 +23,7 @@ async fn default_config_becomes_ready_and_healthy() {
         matches!(health["status"].as_str(), Some("healthy" | "degraded")),
         "{health}"
     );
-    for actor in [
-        "alert",
-        "state-persister",
-        "fail-safe",
-        "heartbeat",
-        "broker-connection",
-        "strategy",
-    ] {
+    for actor in common::ACTORS {
         assert_eq!(
             health["actors"][actor]["status"], "running",
             "{actor}: {health}"
@@ -365,17 +358,8 @@ async fn wait_strategy(base: &str, id: &str, what: &str, pred: impl Fn(&Value) -
 /// protection back, and never sends the entry again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_commit_and_answer_never_duplicates_the_entry() {
-    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
-    let paper = PaperExchange::start(
-        PaperConfig {
-            seed: Some(3),
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    use tradebaas::paper_exchange::PaperExchange;
+    let paper = common::paper_exchange(|c| c.seed = Some(3)).await;
     paper.add_credentials("kill-test", "kill-test-secret-0123456789");
     paper.pause_market(true);
     let dir = tempfile::tempdir().unwrap();
@@ -712,17 +696,7 @@ fn check_config_honours_an_explicit_mode_and_strategies_on_a_real_exchange() {
 /// and says why in its start-up log line and in /health.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_non_embedded_exchange_the_daemon_starts_observe_only_and_says_why() {
-    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
-    let paper = PaperExchange::start(
-        PaperConfig {
-            seed: Some(5),
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let paper = common::paper_exchange(|c| c.seed = Some(5)).await;
     paper.add_credentials("observe-test", "observe-test-secret-0123456789");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tradebaas.toml");

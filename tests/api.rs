@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tradebaas_actors::alert::{Alert, AlertMsg, Severity};
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::testkit::eventually;
 
 const API: [&str; 5] = [
     "/api/health",
@@ -35,15 +36,13 @@ fn alert(key: &str, severity: Severity) -> Alert {
 /// The alert actor once it has reloaded the stored alerts (a change made before that is stored
 /// as an event at once but in the `alerts` state only when the load finishes).
 async fn alert_actor(h: &common::Harness) -> ActorRef<AlertMsg> {
-    for _ in 0..200 {
-        if let Some(a) = h.names.lookup::<AlertMsg>(ChildName::Alert)
-            && call_t!(a, AlertMsg::Status, 1000).is_ok_and(|s| s.history_loaded)
-        {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the alert actor never loaded its history");
+    let what = "the alert actor loaded its history";
+    eventually(what, Duration::from_secs(5), async || {
+        let a = h.names.lookup::<AlertMsg>(ChildName::Alert)?;
+        let loaded = call_t!(a, AlertMsg::Status, 1000).is_ok_and(|s| s.history_loaded);
+        loaded.then_some(a)
+    })
+    .await
 }
 
 /// The records of `/api/alerts?{query}` with these keys only (the tree may raise its own).

@@ -7,10 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    BIN, Daemon, FakeNotifySocket, ROOT, default_config, wait_health, wait_status,
+    BIN, Daemon, FakeNotifySocket, ROOT, default_config, poll, wait_health, wait_status,
 };
 use serde_json::Value;
 use tradebaas::status::get;
+use tradebaas_actors::testkit::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_config_becomes_ready_and_healthy() {
@@ -332,24 +333,19 @@ async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
 
 /// Polls `/health` until the strategy instance `id` satisfies `pred`; returns it.
 async fn wait_strategy(base: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = Value::Null;
-    loop {
-        if let Ok((_, body)) = get(base, "/health", Duration::from_secs(2)).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&body)
-        {
-            if let Some(i) = v["actors"]["strategy"]["strategies"]
-                .as_array()
-                .and_then(|a| a.iter().find(|i| i["id"] == id))
-                && pred(i)
-            {
-                return i.clone();
-            }
-            last = v["actors"]["strategy"].clone();
-        }
-        assert!(Instant::now() < deadline, "strategy never {what}: {last:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let instance = |v: &Value| {
+        v["actors"]["strategy"]["strategies"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["id"] == id))
+            .cloned()
+    };
+    let matched = |_, v: &Value| instance(v).is_some_and(|i| pred(&i));
+    let within = Duration::from_secs(30);
+    let (_, v) = poll(base, "/health", within, matched, || {
+        format!("strategy never {what}")
+    })
+    .await;
+    instance(&v).unwrap()
 }
 
 /// The idempotency rule across a process death: the daemon commits the entry intent, sends it,
@@ -414,20 +410,14 @@ min_ticks_between_signals = 1000000
     paper.set_price("BTC-PERPETUAL", p0 * 0.998);
     tokio::time::sleep(Duration::from_millis(400)).await;
     paper.set_price("BTC-PERPETUAL", p0);
-    let deadline = Instant::now() + Duration::from_secs(15);
     let entries = |p: &PaperExchange| {
         p.all_orders()
             .into_iter()
             .filter(|o| o["label"] == "tb-x-0")
             .count()
     };
-    while entries(&paper) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the entry never reached the exchange"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let what = "the entry reached the exchange";
+    wait_until(what, Duration::from_secs(15), async || entries(&paper) > 0).await;
     // Executed on the exchange, answer not sent: the daemon's record says ENTERING_POSITION.
     first.signal("KILL");
     assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(-1));

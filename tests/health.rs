@@ -5,10 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use ractor::cast;
+use ractor::{call_t, cast};
 use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
+use tradebaas_actors::testkit::wait_until;
 
 const SIX: [&str; 6] = [
     "alert",
@@ -72,7 +73,11 @@ async fn an_unresponsive_actor_makes_health_503_within_the_timeout() {
         StrategyMsg::Hook(TestHook::Wedge(Duration::from_millis(2500)))
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Wedged once a ping goes unanswered (not after a guessed delay).
+    wait_until("the strategy wedged", Duration::from_secs(5), async || {
+        call_t!(strategy, StrategyMsg::Ping, 20).is_err()
+    })
+    .await;
     let t = Instant::now();
     let (code, body) = h.get("/health").await;
     let took = t.elapsed();

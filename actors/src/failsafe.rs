@@ -990,7 +990,9 @@ fn strictness(mode: TradingMode) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::{eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until};
+    use crate::testkit::{
+        commit, eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until,
+    };
     use ractor::call_t;
 
     /// A fail-safe whose resolved initial mode is `config.initial_mode` (unset: OBSERVE_ONLY).
@@ -1085,16 +1087,7 @@ mod tests {
                 crate::recovery::RECOVERY_KEY,
                 json!({"finished_at": started + chrono::Duration::milliseconds(5)}),
             );
-        call_t!(
-            persister,
-            |reply| PersisterMsg::Commit {
-                change,
-                reply: Some(reply)
-            },
-            5000
-        )
-        .unwrap()
-        .unwrap();
+        commit(&persister, change).await;
         let fs = spawn(&names, aggressive()).await;
         wait_for(&fs, TradingMode::Aggressive).await;
         wait_until("recovered", Duration::from_secs(2), async || {
@@ -1109,16 +1102,7 @@ mod tests {
             crate::store::RUN_KEY,
             json!({"clean": false, "started_at": Utc::now() + chrono::Duration::seconds(1)}),
         );
-        call_t!(
-            persister,
-            |reply| PersisterMsg::Commit {
-                change,
-                reply: Some(reply)
-            },
-            5000
-        )
-        .unwrap()
-        .unwrap();
+        commit(&persister, change).await;
         let fs = spawn(&names, aggressive()).await;
         wait_for(&fs, TradingMode::Aggressive).await;
         let err = allow(&fs).await.unwrap_err();

@@ -15,6 +15,7 @@ use crate::health::HealthConfig;
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
+use crate::store::{Change, Committed};
 
 /// A state persister on the store at `path`, registered under `names`.
 pub async fn spawn_persister(names: &Names, path: &Path) -> ActorRef<PersisterMsg> {
@@ -27,6 +28,20 @@ pub async fn spawn_persister(names: &Names, path: &Path) -> ActorRef<PersisterMs
     .await
     .unwrap();
     persister
+}
+
+/// Commits `change` through `persister` and waits for it to be stored.
+pub async fn commit(persister: &ActorRef<PersisterMsg>, change: Change) -> Committed {
+    ractor::call_t!(
+        persister,
+        |reply| PersisterMsg::Commit {
+            change,
+            reply: Some(reply)
+        },
+        5000
+    )
+    .unwrap()
+    .unwrap()
 }
 
 /// An alert actor with the default configuration (no sinks), registered under `names`.

@@ -118,17 +118,28 @@ pub const POLL: Duration = Duration::from_millis(10);
 pub async fn eventually<T>(
     what: &str,
     within: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
+    check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
+    match eventually_or(within, check).await {
+        Some(value) => value,
+        None => panic!("never {what} within {within:?}"),
+    }
+}
+
+/// [`eventually`] that returns `None` after `within` instead of panicking, for a caller that
+/// says more about what it saw last.
+pub async fn eventually_or<T>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never {what} within {within:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(POLL).await;
     }
 }
@@ -136,4 +147,31 @@ pub async fn eventually<T>(
 /// [`eventually`] for a condition without a value.
 pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     eventually(what, within, async || check().await.then_some(())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn eventually_returns_the_first_value_and_gives_up_at_the_deadline() {
+        let mut asked = 0;
+        let value = eventually("three asks", Duration::from_secs(1), async || {
+            asked += 1;
+            (asked >= 3).then_some(asked)
+        })
+        .await;
+        assert_eq!(value, 3);
+        let started = tokio::time::Instant::now();
+        let never = eventually_or(Duration::from_millis(100), async || None::<()>).await;
+        assert_eq!(never, None);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_millis(100) + 2 * POLL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "never ready within 50ms")]
+    async fn eventually_panics_naming_what_it_waited_for() {
+        eventually("ready", Duration::from_millis(50), async || None::<()>).await;
+    }
 }

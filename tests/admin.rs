@@ -1,127 +1,36 @@
 //! The operator commands against the real binary: `tradebaas mode …` and `tradebaas alerts ack …`
 //! over the daemon's admin socket (`<data_dir>/admin.sock`).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::process::{BIN, Daemon, ROOT, cli_with, default_config, wait_ready};
 use serde_json::{Value, json};
-use tradebaas::status::get;
 use tradebaas_actors::store::{Change, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The uid of `nobody`, used to be someone else when the tests run as root.
 const NOBODY: u32 = 65534;
-
-/// `tradebaas run` as a child process with JSON logs collected (as in tests/daemon.rs).
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        Daemon::start_with(dir, Path::new(&format!("{ROOT}/config/default.toml")))
-    }
-
-    fn start_with(dir: &Path, config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env_remove("RUST_LOG")
-            .env_remove("TRADEBAAS_LISTEN")
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .env_remove("TRADEBAAS_BROKER_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn wait_line(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| pred(v));
-            if let Some(v) = found {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn base_url(&self) -> String {
-        let line = self.wait_line("http serving", |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("http: serving"))
-        });
-        format!("http://{}", line["listen"].as_str().unwrap())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Generous: two cores shared with other builds.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `/health` until `pred` holds; returns the body.
-async fn wait_health(base: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((_, body)) = get(base, "/health", Duration::from_secs(2)).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&body)
-            && pred(&v)
-        {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "/health never showed {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_health(
+    daemon: &Daemon,
+    base: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    daemon.wait_health(base, what, WAIT, pred).await
 }
 
-async fn wait_ready(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = get(base, "/ready", Duration::from_secs(2)).await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "/ready never returned 200");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits for a log line matching `pred`.
+fn wait_line(daemon: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    daemon.wait_line(what, Duration::from_secs(20), pred)
 }
 
 /// A path to the binary that another user can execute: the build output itself when every
@@ -147,24 +56,14 @@ fn binary_for_others() -> (PathBuf, Option<tempfile::TempDir>) {
 
 /// Runs the CLI (blocking, on a blocking thread) with `args`, optionally as another uid.
 async fn cli(args: &[&str], uid: Option<u32>) -> Output {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let (bin, _keep) = match uid {
-            Some(_) => binary_for_others(),
-            None => (PathBuf::from(BIN), None),
-        };
-        let mut cmd = Command::new(bin);
-        cmd.args(&args)
-            .env_remove("TRADEBAAS_CONFIG")
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .stdin(Stdio::null());
-        if let Some(uid) = uid {
-            cmd.uid(uid).gid(uid);
-        }
-        cmd.output().unwrap()
+    let Some(uid) = uid else {
+        return common::process::cli(args).await;
+    };
+    let (bin, _keep) = binary_for_others();
+    cli_with(bin, args, move |cmd| {
+        cmd.uid(uid).gid(uid);
     })
     .await
-    .unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -182,7 +81,7 @@ fn socket(dir: &Path) -> PathBuf {
 
 /// Waits for the daemon's admin socket to exist.
 fn wait_socket(daemon: &Daemon, dir: &Path) -> PathBuf {
-    daemon.wait_line("admin serving", |v| {
+    wait_line(daemon, "admin serving", |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("admin: serving"))
@@ -215,7 +114,7 @@ fn is_root() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_socket_is_0600_and_refuses_other_users() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &default_config(), &[]);
     let path = wait_socket(&daemon, dir.path());
     let meta = std::fs::metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
@@ -259,7 +158,7 @@ async fn the_admin_socket_is_0600_and_refuses_other_users() {
         "{}",
         text(&out)
     );
-    let warn = daemon.wait_line("refusal warning", |v| {
+    let warn = wait_line(&daemon, "refusal warning", |v| {
         v["message"] == "admin: connection refused" && v["peer_uid"] == NOBODY
     });
     assert_eq!(warn["level"], "WARN", "{warn}");
@@ -291,10 +190,10 @@ async fn a_uid_in_allowed_uids_may_act() {
     assert_ne!(listed, default);
     std::fs::write(&config, listed).unwrap();
     let data = dir.path().join("data");
-    let daemon = Daemon::start_with(&data, &config);
+    let daemon = Daemon::start(&data, &config, &[]);
     let path = wait_socket(&daemon, &data);
     // Mode changes are refused ("try again shortly") until the fail-safe has loaded the mode.
-    wait_ready(&daemon.base_url()).await;
+    wait_ready(&daemon.base_url(), WAIT).await;
     // The operator opens the file modes for that user's group or, as here, for everyone.
     for (p, mode) in [
         (dir.path(), 0o755),
@@ -343,12 +242,12 @@ async fn shutdown_is_cleared_to_observe_only_first_and_every_action_is_recorded(
         );
         store.commit(&change).unwrap();
     }
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &default_config(), &[]);
     let base = daemon.base_url();
     let path = wait_socket(&daemon, dir.path());
     let sock = path.to_str().unwrap().to_owned();
-    wait_ready(&base).await;
-    wait_health(&base, "mode SHUTDOWN", |v| v["mode"] == "SHUTDOWN").await;
+    wait_ready(&base, WAIT).await;
+    wait_health(&daemon, &base, "mode SHUTDOWN", |v| v["mode"] == "SHUTDOWN").await;
 
     let mode = |m: &str, reason: &str| {
         let args = [
@@ -387,7 +286,10 @@ async fn shutdown_is_cleared_to_observe_only_first_and_every_action_is_recorded(
         "{}",
         text(&out)
     );
-    wait_health(&base, "mode OBSERVE_ONLY", |v| v["mode"] == "OBSERVE_ONLY").await;
+    wait_health(&daemon, &base, "mode OBSERVE_ONLY", |v| {
+        v["mode"] == "OBSERVE_ONLY"
+    })
+    .await;
 
     // AGGRESSIVE needs the store's integrity at that moment: edit the first event behind the
     // daemon's back and the pre-flight refuses, naming the check.
@@ -481,11 +383,11 @@ async fn alerts_ack_acknowledges_an_open_alert() {
     let dir = tempfile::tempdir().unwrap();
     // A damaged store is restored at start and raises the `store:recovered` alert.
     std::fs::write(dir.path().join("tradebaas.db"), b"not a database").unwrap();
-    let daemon = Daemon::start(dir.path());
+    let daemon = Daemon::start(dir.path(), &default_config(), &[]);
     let base = daemon.base_url();
     let sock = wait_socket(&daemon, dir.path());
     let sock = sock.to_str().unwrap();
-    let health = wait_health(&base, "an open alert", |v| {
+    let health = wait_health(&daemon, &base, "an open alert", |v| {
         v["actors"]["alert"]["open"].as_u64() >= Some(1)
     })
     .await;
@@ -522,7 +424,7 @@ async fn alerts_ack_acknowledges_an_open_alert() {
         "{}",
         text(&out)
     );
-    wait_health(&base, "the alert acknowledged", |v| {
+    wait_health(&daemon, &base, "the alert acknowledged", |v| {
         v["actors"]["alert"]["recent"].as_array().is_some_and(|r| {
             r.iter()
                 .any(|a| a["alert_id"] == id && a["acknowledged"] == true)

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use ractor::{ActorRef, call_t};
@@ -12,6 +11,7 @@ use serde_json::{Value, json};
 use tradebaas_actors::alert::{Alert, AlertMsg, Severity};
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::testkit::eventually;
 
 const API: [&str; 5] = [
     "/api/health",
@@ -20,19 +20,6 @@ const API: [&str; 5] = [
     "/api/health/last_snapshot",
     "/api/alerts",
 ];
-
-fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 fn alert(key: &str, severity: Severity) -> Alert {
     Alert {
@@ -49,15 +36,13 @@ fn alert(key: &str, severity: Severity) -> Alert {
 /// The alert actor once it has reloaded the stored alerts (a change made before that is stored
 /// as an event at once but in the `alerts` state only when the load finishes).
 async fn alert_actor(h: &common::Harness) -> ActorRef<AlertMsg> {
-    for _ in 0..200 {
-        if let Some(a) = h.names.lookup::<AlertMsg>(ChildName::Alert)
-            && call_t!(a, AlertMsg::Status, 1000).is_ok_and(|s| s.history_loaded)
-        {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the alert actor never loaded its history");
+    let what = "the alert actor loaded its history";
+    eventually(what, Duration::from_secs(5), async || {
+        let a = h.names.lookup::<AlertMsg>(ChildName::Alert)?;
+        let loaded = call_t!(a, AlertMsg::Status, 1000).is_ok_and(|s| s.history_loaded);
+        loaded.then_some(a)
+    })
+    .await
 }
 
 /// The records of `/api/alerts?{query}` with these keys only (the tree may raise its own).
@@ -186,13 +171,13 @@ async fn every_api_route_refuses_every_method_but_get() {
     let addr = h.http.local_addr;
     for path in API {
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
-            let r = tokio::task::spawn_blocking(move || raw(addr, method, path))
+            let r = tokio::task::spawn_blocking(move || common::raw(addr, method, path))
                 .await
                 .unwrap();
             assert!(r.starts_with("HTTP/1.1 405"), "{method} {path}: {r}");
             assert!(r.to_lowercase().contains("allow: get, head"), "{r}");
         }
-        let r = tokio::task::spawn_blocking(move || raw(addr, "GET", path))
+        let r = tokio::task::spawn_blocking(move || common::raw(addr, "GET", path))
             .await
             .unwrap();
         assert!(!r.starts_with("HTTP/1.1 405"), "GET {path}: {r}");
@@ -330,27 +315,11 @@ async fn alerts_and_acknowledgements_survive_a_restart() {
     h.stop().await;
 }
 
-/// GET `path` on a running binary: status code and JSON body.
-async fn fetch(base: &str, path: &str) -> (u16, Value) {
-    let (code, body) = tradebaas::status::get(base, path, Duration::from_secs(5))
-        .await
-        .unwrap();
-    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
-
+/// Polls a route of a running binary until `pred(code, body)` holds; returns the body.
 async fn wait_route(base: &str, path: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, body) = fetch(base, path).await;
-        if pred(code, &body) {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{path} never matched; last {code}: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::process::poll(base, path, Duration::from_secs(30), pred, String::new)
+        .await
+        .1
 }
 
 fn at(v: &Value) -> chrono::DateTime<chrono::Utc> {

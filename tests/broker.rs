@@ -22,6 +22,7 @@ use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::names::{ChildName, Names};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::strategy::StrategyMsg;
+use tradebaas_actors::testkit;
 
 const CHANNEL: &str = "ticker.BTC-PERPETUAL.100ms";
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -251,30 +252,24 @@ async fn wait_for(
     cond: impl Fn(&BrokerStatus) -> bool,
     timeout: Duration,
 ) -> BrokerStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let mut last = None;
+    let found = testkit::eventually_or(timeout, async || {
         let s = status(broker).await;
         if cond(&s) {
-            return s;
+            return Some(s);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last status: {s:#?}"
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
+        last = Some(s);
+        None
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!("timed out after {timeout:?} waiting for {what}; last status: {last:#?}")
+    })
 }
 
 /// Polls `cond` until it holds; panics after `timeout`.
 async fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
+    testkit::wait_until(what, timeout, async || cond()).await
 }
 
 fn subscribes(stats: &PaperStats, method: &str) -> u64 {

@@ -14,18 +14,17 @@
 //! instants are the same, what the daemon was doing at them depends on the machine).
 //! `TRADEBAAS_CHAOS_KILLS=<n>` sets the number of kills (default [`DEFAULT_KILLS`]).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::process::{Daemon, cli, fetch, poll, wait_ready};
 use serde_json::Value;
-use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
-use tradebaas::status::get;
+use tradebaas::paper_exchange::PaperExchange;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
 const ID: &str = "x";
 const INSTRUMENT: &str = "BTC-PERPETUAL";
 const CLIENT: &str = "chaos-test";
@@ -37,133 +36,19 @@ const MAX_HOLD: Duration = Duration::from_millis(2500);
 /// How long any one wait of the test may take before it is a failure (generous: loaded CI).
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `tradebaas run` as a child process, its stderr (JSON log lines) collected by a thread.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(data: &Path, config: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("DERIBIT_CLIENT_ID", CLIENT)
-            .env("DERIBIT_CLIENT_SECRET", SECRET)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("RUST_LOG")
-            .env_remove("TRADEBAAS_LISTEN")
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .env_remove("TRADEBAAS_BROKER_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// The HTTP base URL from the daemon's own log line (None if it died first).
-    async fn base_url(&mut self) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self.lines.lock().unwrap().iter().find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                v["message"]
-                    .as_str()?
-                    .starts_with("http: serving")
-                    .then(|| v["listen"].as_str().map(str::to_owned))?
-            });
-            if let Some(listen) = found {
-                return format!("http://{listen}");
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the daemon exited ({status}) before serving:\n{}",
-                    self.log(60)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon never served HTTP:\n{}",
-                self.log(60)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        // `Child::kill` is SIGKILL on Unix: no handler runs, nothing is flushed.
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        assert_eq!(
-            status.code(),
-            None,
-            "the daemon had already exited: {status}"
-        );
-    }
-
-    fn terminate(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// The last `n` log lines.
-    fn log(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Log lines whose message contains `needle`.
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tradebaas run` on `data` with `config`, logged in to the test's paper exchange.
+fn start(data: &Path, config: &Path) -> Daemon {
+    let env = [
+        ("DERIBIT_CLIENT_ID", CLIENT),
+        ("DERIBIT_CLIENT_SECRET", SECRET),
+    ];
+    Daemon::start(data, config, &env)
 }
 
 /// `/health` (200 or 503) as JSON, or None while the daemon does not answer.
 async fn health(base: &str) -> Option<Value> {
-    let (_, body) = get(base, "/health", Duration::from_secs(2)).await.ok()?;
-    serde_json::from_slice(&body).ok()
+    let (_, body) = fetch(base, "/health").await.ok()?;
+    Some(body).filter(|b| !b.is_null())
 }
 
 /// The instance `ID` in a `/health` answer (Null if absent).
@@ -187,53 +72,28 @@ fn phase_of(health: Option<&Value>) -> String {
     }
 }
 
+/// Polls `/health` until it answers JSON on which `pred` holds.
 async fn wait_health(base: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    let mut last = Value::Null;
-    loop {
-        if let Some(h) = health(base).await {
-            if pred(&h) {
-                return h;
-            }
-            last = h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what} within {WAIT:?}; last /health: {last:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let answered = |_, h: &Value| h.is_object() && pred(h);
+    poll(base, "/health", WAIT, answered, || format!("never {what}"))
+        .await
+        .1
 }
 
 /// Runs the binary with `args` to completion: (exit code, stdout, stderr).
-async fn cli(args: Vec<String>) -> (Option<i32>, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(&args)
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .env_remove("TRADEBAAS_CONFIG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+async fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = cli(args).await;
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `tradebaas state verify` on the data directory: Ok, or the report.
 async fn verify_store(data: &Path) -> Result<(), String> {
-    let (code, out, err) = cli(vec![
-        "state".into(),
-        "verify".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ])
-    .await;
+    let data = data.display().to_string();
+    let (code, out, err) = run(&["state", "verify", "--data-dir", &data]).await;
     if code == Some(0) {
         Ok(())
     } else {
@@ -258,14 +118,8 @@ fn stored_lifecycle(data: &Path) -> String {
 /// restricted it, through the admin socket and its pre-flight checks).
 async fn ready_and_aggressive(base: &str, data: &Path) {
     wait_health(base, "ready", |_| true).await;
+    wait_ready(base, WAIT).await;
     let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok((200, _)) = get(base, "/ready", Duration::from_secs(2)).await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "/ready never 200");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mode = health(base).await.map(|h| h["mode"].clone());
     if mode == Some(Value::from("AGGRESSIVE")) {
         return;
@@ -277,15 +131,17 @@ async fn ready_and_aggressive(base: &str, data: &Path) {
     );
     let mut last = String::new();
     while Instant::now() < deadline {
-        let (code, out, err) = cli(vec![
-            "mode".into(),
-            "aggressive".into(),
-            "--reason".into(),
-            "chaos test: trading again after a kill -9".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ])
-        .await;
+        let reason = "chaos test: trading again after a kill -9";
+        let data = data.display().to_string();
+        let args = [
+            "mode",
+            "aggressive",
+            "--reason",
+            reason,
+            "--data-dir",
+            &data,
+        ];
+        let (code, out, err) = run(&args).await;
         if code == Some(0) {
             return;
         }
@@ -598,17 +454,11 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
     let started = Instant::now();
 
     let paper = Arc::new(
-        PaperExchange::start(
-            PaperConfig {
-                seed: Some(seed),
-                ticks_per_second: 20.0,
-                min_heartbeat_interval: Duration::from_millis(100),
-                ..PaperConfig::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap(),
+        common::paper_exchange(|c| {
+            c.seed = Some(seed);
+            c.ticks_per_second = 20.0;
+        })
+        .await,
     );
     paper.add_credentials(CLIENT, SECRET);
     // The test moves the price; nothing else does.
@@ -631,8 +481,8 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
                 "SIGNAL_DETECTED" | "ENTERING_POSITION" | "CLOSING"
             )
         });
-        let mut daemon = Daemon::start(&data, &config);
-        let base = daemon.base_url().await;
+        let mut daemon = start(&data, &config);
+        let base = daemon.serving(WAIT).await;
         let mut fault = Fault::None;
         let mut after_kill: Option<f64> = None;
         let aim;
@@ -662,7 +512,7 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
                         Instant::now() < deadline,
                         "after restart {round} the position is neither protected nor closed: \
                          {why}\ninstance: {i:#}\nkills: {log:#?}\nlog:\n{}",
-                        daemon.log(150)
+                        daemon.log_tail(150)
                     ),
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -773,7 +623,7 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
             panic!(
                 "after kill {round} ({:?}) the store does not verify: {e}\nlog:\n{}",
                 log.last(),
-                daemon.log(80)
+                daemon.log_tail(80)
             );
         }
         let k = log.last_mut().unwrap();
@@ -791,7 +641,7 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
         assert!(
             twice.is_empty(),
             "after kill {round} an entry was sent more than once: {twice:?}\nkills: {log:#?}\nlog:\n{}",
-            daemon.log(120)
+            daemon.log_tail(120)
         );
     }
     if let Some(moves) = pending.take() {
@@ -800,8 +650,8 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
 
     // A last start without a kill: it must settle with every position protected or closed.
     paper.faults().clear();
-    let mut daemon = Daemon::start(&data, &config);
-    let base = daemon.base_url().await;
+    let mut daemon = start(&data, &config);
+    let base = daemon.serving(WAIT).await;
     let deadline = Instant::now() + WAIT;
     let mut agreed_since: Option<Instant> = None;
     let verdict = loop {
@@ -820,14 +670,19 @@ async fn sigkill_at_random_instants_sends_each_entry_once_and_leaves_every_posit
                     "after the last restart the position is not protected or closed: {why}\n\
                      instance: {i:#}\nexchange orders: {:#?}\nkills: {log:#?}\nlog:\n{}",
                     paper.open_orders(),
-                    daemon.log(150)
+                    daemon.log_tail(150)
                 );
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let unprotected = daemon.lines_with("position unprotected");
-    assert_eq!(daemon.terminate(), Some(0), "SIGTERM:\n{}", daemon.log(40));
+    assert_eq!(
+        daemon.terminate(WAIT),
+        Some(0),
+        "SIGTERM:\n{}",
+        daemon.log_tail(40)
+    );
     verify_store(&data)
         .await
         .unwrap_or_else(|e| panic!("the store does not verify at the end: {e}"));

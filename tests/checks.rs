@@ -3,107 +3,24 @@
 //! unreachable exchange fails `exchange`; a violation introduced while running is caught by the
 //! periodic run (and resolved when repaired); `tradebaas check` prints the report and exits by it.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::{BIN, Daemon};
 use serde_json::{Value, json};
 use tradebaas::status::get;
 use tradebaas_actors::store::{Change, SnapshotKind, Store, chain_hash};
 use tradebaas_actors::strategy::{Lifecycle, StrategyRecord};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
+/// Generous: one daemon per crafted fault starts at once on two shared cores.
+const WAIT: Duration = Duration::from_secs(40);
 
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(data: &Path, config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG")
-            .env_remove("TRADEBAAS_LISTEN")
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .env_remove("TRADEBAAS_BROKER_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn base_url(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.lines.lock().unwrap().iter().find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                v["message"]
-                    .as_str()?
-                    .starts_with("http: serving")
-                    .then(|| v["listen"].as_str().map(str::to_owned))?
-            });
-            if let Some(addr) = found {
-                return format!("http://{addr}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no http line; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `/health` until `pred` holds; returns the body.
+/// Polls `/health` until `pred` holds; returns the body (the daemon's log in the failure).
 async fn wait_health(d: &Daemon, base: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let mut last = Value::Null;
-    loop {
-        if let Ok((_, body)) = get(base, "/health", Duration::from_secs(2)).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&body)
-        {
-            if pred(&v) {
-                return v;
-            }
-            last = v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}; last /health: {last:#}\nlog:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.wait_health(base, what, WAIT, pred).await
 }
 
 fn checks(health: &Value) -> &Value {

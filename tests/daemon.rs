@@ -1,186 +1,21 @@
 //! The real `tradebaas` binary, started as a process: what only a process shows (ports, signals,
 //! exit codes, log lines).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{
+    BIN, Daemon, FakeNotifySocket, ROOT, default_config, poll, wait_health, wait_status,
+};
 use serde_json::Value;
 use tradebaas::status::get;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tradebaas");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Daemon {
-    /// Starts `tradebaas run` with `config/default.toml` on a free port and JSON logs.
-    fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon::start_in(dir.path(), extra);
-        d._dir = Some(dir);
-        d
-    }
-
-    /// The same on a given data directory (restarts, a second instance).
-    fn start_in(dir: &std::path::Path, extra: &[&str]) -> Daemon {
-        let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
-        Daemon::start_with(dir, &config, extra, &[])
-    }
-
-    /// `tradebaas run` with `config` on `dir`, with `env` added to the environment.
-    fn start_with(
-        dir: &std::path::Path,
-        config: &std::path::Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        Daemon::start_wrapped(&[], dir, config, extra, env)
-    }
-
-    /// [`Daemon::start_with`] run through `wrapper` (a command that ends by executing its
-    /// arguments, e.g. `unshare … sh -c '…; exec "$0" "$@"'`); empty: the binary itself.
-    fn start_wrapped(
-        wrapper: &[&str],
-        dir: &std::path::Path,
-        config: &std::path::Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let mut child = command
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            // The test runner may itself run under systemd: only what a test passes counts.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG")
-            .env_remove("TRADEBAAS_LISTEN")
-            .env_remove("TRADEBAAS_DATA_DIR")
-            .env_remove("TRADEBAAS_BROKER_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            _dir: None,
-        }
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Waits for a log line matching `pred`.
-    fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.json_lines().into_iter().find(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line {what} within {timeout:?}; log:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The HTTP base URL, from the daemon's own log line.
-    fn base_url(&self) -> String {
-        let line = self.wait_line("http serving", Duration::from_secs(20), |v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("http: serving"))
-        });
-        format!("http://{}", line["listen"].as_str().unwrap())
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_status(base: &str, path: &str, want: u16, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    let mut last;
-    loop {
-        match get(base, path, Duration::from_secs(2)).await {
-            Ok((code, body)) if code == want => return serde_json::from_slice(&body).unwrap(),
-            Ok((code, body)) => last = format!("{code} {}", String::from_utf8_lossy(&body)),
-            Err(e) => last = e,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not return {want} within {timeout:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use tradebaas_actors::testkit::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_config_becomes_ready_and_healthy() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::fresh();
     let base = daemon.base_url();
     let ready = wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     assert_eq!(ready["ready"], true);
@@ -189,14 +24,7 @@ async fn default_config_becomes_ready_and_healthy() {
         matches!(health["status"].as_str(), Some("healthy" | "degraded")),
         "{health}"
     );
-    for actor in [
-        "alert",
-        "state-persister",
-        "fail-safe",
-        "heartbeat",
-        "broker-connection",
-        "strategy",
-    ] {
+    for actor in common::ACTORS {
         assert_eq!(
             health["actors"][actor]["status"], "running",
             "{actor}: {health}"
@@ -204,16 +32,10 @@ async fn default_config_becomes_ready_and_healthy() {
     }
     assert_eq!(health["actors"]["broker-connection"]["state"], "connected");
     // The first daily snapshot is taken right after recovery on a fresh store.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        if v["actors"]["state-persister"]["last_snapshot_at"].is_string() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no snapshot: {v:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_health(&base, Duration::from_secs(10), |v| {
+        v["actors"]["state-persister"]["last_snapshot_at"].is_string()
+    })
+    .await;
     let (code, _) = get(&base, "/live", Duration::from_secs(2)).await.unwrap();
     assert_eq!(code, 200);
     let (code, body) = get(&base, "/metrics", Duration::from_secs(2))
@@ -245,7 +67,7 @@ async fn under_proc_subset_pid_health_never_reports_zero_memory() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let config = default_config();
     let script = format!("{MOUNT} && exec \"$0\" \"$@\"");
     let wrapper = [
         "unshare",
@@ -257,20 +79,15 @@ async fn under_proc_subset_pid_health_never_reports_zero_memory() {
         "-c",
         &script,
     ];
-    let daemon = Daemon::start_wrapped(&wrapper, dir.path(), &config, &[], &[]);
+    let daemon = Daemon::start_wrapped(&wrapper, dir.path(), &config, &[]);
     let base = daemon.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     // The first heartbeat round (5 s) brings the CPU figure.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let sys = loop {
-        let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        if v["system"]["cpu_percent"].is_number() {
-            break v["system"].clone();
-        }
-        assert!(Instant::now() < deadline, "no CPU figure: {v:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let sys = wait_health(&base, Duration::from_secs(20), |v| {
+        v["system"]["cpu_percent"].is_number()
+    })
+    .await["system"]
+        .clone();
     assert!(sys["rss_bytes"].as_u64() > Some(0), "{sys:#}");
     assert!(
         sys["total_memory_bytes"].is_null(),
@@ -305,7 +122,7 @@ async fn under_proc_subset_pid_health_never_reports_zero_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_and_logs_the_four_steps() {
-    let mut daemon = Daemon::start(&[]);
+    let mut daemon = Daemon::fresh();
     let base = daemon.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     let t = Instant::now();
@@ -385,7 +202,7 @@ fn a_taken_port_exits_2_naming_the_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_a_table_and_exits_by_verdict() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::fresh();
     let base = daemon.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     let out = tokio::task::spawn_blocking(move || {
@@ -416,10 +233,10 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_data_dir_exits_2_naming_the_holder() {
-    let first = Daemon::start(&[]);
+    let first = Daemon::fresh();
     let base = first.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
-    let dir = first._dir.as_ref().unwrap().path().to_owned();
+    let dir = first.data_dir().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -441,14 +258,14 @@ async fn a_second_daemon_on_the_same_data_dir_exits_2_naming_the_holder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_a_restart_counts_a_crash_recovers_and_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Daemon::start_in(dir.path(), &[]);
+    let mut first = Daemon::start(dir.path(), &default_config(), &[]);
     let base = first.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     first.signal("KILL");
     assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(-1));
 
     let t = Instant::now();
-    let mut second = Daemon::start_in(dir.path(), &[]);
+    let mut second = Daemon::start(dir.path(), &default_config(), &[]);
     let base = second.base_url();
     let ready = wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     let took = t.elapsed();
@@ -468,7 +285,7 @@ async fn after_kill_9_a_restart_counts_a_crash_recovers_and_becomes_ready() {
     // A clean stop is not a crash on the next start.
     second.signal("TERM");
     assert_eq!(second.wait_exit(Duration::from_secs(10)), Some(0));
-    let third = Daemon::start_in(dir.path(), &[]);
+    let third = Daemon::start(dir.path(), &default_config(), &[]);
     let base = third.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     let (_, body) = get(&base, "/metrics", Duration::from_secs(2))
@@ -495,51 +312,13 @@ async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
     );
     assert_ne!(aggressive, default, "default.toml documents initial_mode");
     std::fs::write(&config, aggressive).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let daemon = Daemon {
-        child,
-        lines,
-        _dir: None,
-    };
+    let daemon = Daemon::start(dir.path(), &config, &[]);
     let base = daemon.base_url();
-    let health = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = get(&base, "/health", Duration::from_secs(2)).await.unwrap();
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            if v["actors"]["state-persister"]["recovery"].is_object()
-                && v["actors"]["alert"]["open_critical"].as_u64() >= Some(1)
-            {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "no recovery/alert: {v:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let health = wait_health(&base, Duration::from_secs(20), |v| {
+        v["actors"]["state-persister"]["recovery"].is_object()
+            && v["actors"]["alert"]["open_critical"].as_u64() >= Some(1)
+    })
+    .await;
     assert_eq!(health["mode"], "OBSERVE_ONLY", "{health:#}");
     let recent = health["actors"]["alert"]["recent"].to_string();
     assert!(recent.contains("store:recovered"), "{recent}");
@@ -554,24 +333,19 @@ async fn a_corrupt_store_is_moved_aside_and_trading_starts_observe_only() {
 
 /// Polls `/health` until the strategy instance `id` satisfies `pred`; returns it.
 async fn wait_strategy(base: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = Value::Null;
-    loop {
-        if let Ok((_, body)) = get(base, "/health", Duration::from_secs(2)).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&body)
-        {
-            if let Some(i) = v["actors"]["strategy"]["strategies"]
-                .as_array()
-                .and_then(|a| a.iter().find(|i| i["id"] == id))
-                && pred(i)
-            {
-                return i.clone();
-            }
-            last = v["actors"]["strategy"].clone();
-        }
-        assert!(Instant::now() < deadline, "strategy never {what}: {last:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let instance = |v: &Value| {
+        v["actors"]["strategy"]["strategies"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["id"] == id))
+            .cloned()
+    };
+    let matched = |_, v: &Value| instance(v).is_some_and(|i| pred(&i));
+    let within = Duration::from_secs(30);
+    let (_, v) = poll(base, "/health", within, matched, || {
+        format!("strategy never {what}")
+    })
+    .await;
+    instance(&v).unwrap()
 }
 
 /// The idempotency rule across a process death: the daemon commits the entry intent, sends it,
@@ -580,17 +354,8 @@ async fn wait_strategy(base: &str, id: &str, what: &str, pred: impl Fn(&Value) -
 /// protection back, and never sends the entry again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_commit_and_answer_never_duplicates_the_entry() {
-    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
-    let paper = PaperExchange::start(
-        PaperConfig {
-            seed: Some(3),
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    use tradebaas::paper_exchange::PaperExchange;
+    let paper = common::paper_exchange(|c| c.seed = Some(3)).await;
     paper.add_credentials("kill-test", "kill-test-secret-0123456789");
     paper.pause_market(true);
     let dir = tempfile::tempdir().unwrap();
@@ -630,7 +395,7 @@ min_ticks_between_signals = 1000000
         ("DERIBIT_CLIENT_SECRET", "kill-test-secret-0123456789"),
     ];
     let data = dir.path().join("data");
-    let mut first = Daemon::start_with(&data, &config, &[], &env);
+    let mut first = Daemon::start(&data, &config, &env);
     let base = first.base_url();
     let i = wait_strategy(&base, "x", "analyzing", |i| {
         i["lifecycle"] == "ANALYZING" && i["last_mark_price"].is_f64()
@@ -645,25 +410,19 @@ min_ticks_between_signals = 1000000
     paper.set_price("BTC-PERPETUAL", p0 * 0.998);
     tokio::time::sleep(Duration::from_millis(400)).await;
     paper.set_price("BTC-PERPETUAL", p0);
-    let deadline = Instant::now() + Duration::from_secs(15);
     let entries = |p: &PaperExchange| {
         p.all_orders()
             .into_iter()
             .filter(|o| o["label"] == "tb-x-0")
             .count()
     };
-    while entries(&paper) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the entry never reached the exchange"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let what = "the entry reached the exchange";
+    wait_until(what, Duration::from_secs(15), async || entries(&paper) > 0).await;
     // Executed on the exchange, answer not sent: the daemon's record says ENTERING_POSITION.
     first.signal("KILL");
     assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(-1));
 
-    let second = Daemon::start_with(&data, &config, &[], &env);
+    let second = Daemon::start(&data, &config, &env);
     let base = second.base_url();
     let i = wait_strategy(&base, "x", "adopted the position", |i| {
         i["lifecycle"] == "POSITION_OPEN" && i["job"].is_null()
@@ -700,74 +459,16 @@ min_ticks_between_signals = 1000000
     paper.shutdown().await;
 }
 
-/// A fake systemd notify socket: a Unix datagram socket the test reads from a thread.
-struct FakeNotifySocket {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    received: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl FakeNotifySocket {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&received);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // Ends when the test process exits; one idle thread per test.
-            while let Ok(n) = sock.recv(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), text));
-            }
-        });
-        Self {
-            _dir: dir,
-            path,
-            received,
-        }
-    }
-
-    /// Datagrams carrying `line` (e.g. `READY=1`).
-    fn with(&self, line: &str) -> Vec<(Instant, String)> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, d)| d.lines().any(|l| l == line))
-            .cloned()
-            .collect()
-    }
-
-    fn wait(&self, line: &str, n: usize, timeout: Duration) -> Vec<(Instant, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.with(line);
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} {line} within {timeout:?}; received: {:?}",
-                self.received.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_ready_after_recovery_watchdog_while_alive_stopping_on_sigterm() {
     let systemd = FakeNotifySocket::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
+    let config = default_config();
     let socket = systemd.path.to_str().unwrap().to_owned();
     // WatchdogSec=1s: heartbeat rounds every 500 ms although `[heartbeat] interval` is 5 s.
-    let mut daemon = Daemon::start_with(
+    let mut daemon = Daemon::start(
         dir.path(),
         &config,
-        &[],
         &[
             ("NOTIFY_SOCKET", socket.as_str()),
             ("WATCHDOG_USEC", "1000000"),
@@ -823,8 +524,8 @@ async fn sd_notify_ready_after_recovery_watchdog_while_alive_stopping_on_sigterm
 async fn without_notify_socket_nothing_is_sent_and_the_daemon_runs() {
     // The default test daemon has no NOTIFY_SOCKET (and WATCHDOG_USEC alone is ignored).
     let dir = tempfile::tempdir().unwrap();
-    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
-    let mut daemon = Daemon::start_with(dir.path(), &config, &[], &[("WATCHDOG_USEC", "1000000")]);
+    let config = default_config();
+    let mut daemon = Daemon::start(dir.path(), &config, &[("WATCHDOG_USEC", "1000000")]);
     let base = daemon.base_url();
     wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     daemon.wait_line("notify warning", Duration::from_secs(5), |v| {
@@ -834,25 +535,6 @@ async fn without_notify_socket_nothing_is_sent_and_the_daemon_runs() {
     });
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
-}
-
-/// Polls `/health` until `pred` holds on its body (any status code).
-async fn wait_health(base: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match get(base, "/health", Duration::from_secs(2)).await {
-            Ok((_, body)) => serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-            Err(e) => Value::String(e),
-        };
-        if pred(&last) {
-            return last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health never matched within {timeout:?}; last: {last:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,7 +556,7 @@ async fn a_fail_safe_shutdown_survives_a_process_restart() {
     let broken = dir.path().join("no-exchange.toml");
     std::fs::write(&broken, text).unwrap();
     let data = dir.path().join("data");
-    let mut daemon = Daemon::start_with(&data, &broken, &[], &[]);
+    let mut daemon = Daemon::start(&data, &broken, &[]);
     let base = daemon.base_url();
     let body = wait_health(&base, Duration::from_secs(20), |b| {
         b["mode"] == "SHUTDOWN" && b["actors"]["fail-safe"]["last_trigger"] == "unhealthy"
@@ -888,8 +570,8 @@ async fn a_fail_safe_shutdown_survives_a_process_restart() {
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
 
     // A healthy restart with the embedded exchange: the stored SHUTDOWN holds.
-    let config = std::path::PathBuf::from(format!("{ROOT}/config/default.toml"));
-    let mut daemon = Daemon::start_with(&data, &config, &[], &[]);
+    let config = default_config();
+    let mut daemon = Daemon::start(&data, &config, &[]);
     let base = daemon.base_url();
     let body = wait_health(&base, Duration::from_secs(20), |b| {
         b["actors"]["fail-safe"]["loaded"] == true
@@ -1004,17 +686,7 @@ fn check_config_honours_an_explicit_mode_and_strategies_on_a_real_exchange() {
 /// and says why in its start-up log line and in /health.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_non_embedded_exchange_the_daemon_starts_observe_only_and_says_why() {
-    use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
-    let paper = PaperExchange::start(
-        PaperConfig {
-            seed: Some(5),
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let paper = common::paper_exchange(|c| c.seed = Some(5)).await;
     paper.add_credentials("observe-test", "observe-test-secret-0123456789");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tradebaas.toml");
@@ -1030,7 +702,7 @@ async fn against_a_non_embedded_exchange_the_daemon_starts_observe_only_and_says
         ("DERIBIT_CLIENT_ID", "observe-test"),
         ("DERIBIT_CLIENT_SECRET", "observe-test-secret-0123456789"),
     ];
-    let daemon = Daemon::start_with(&dir.path().join("data"), &config, &[], &env);
+    let daemon = Daemon::start(&dir.path().join("data"), &config, &env);
     let started = daemon.wait_line("tradebaas started", Duration::from_secs(20), |v| {
         v["message"] == "tradebaas started"
     });

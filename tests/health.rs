@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use ractor::cast;
+use ractor::{call_t, cast};
 use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
+use tradebaas_actors::testkit::wait_until;
 
 const SIX: [&str; 6] = [
     "alert",
@@ -19,20 +19,6 @@ const SIX: [&str; 6] = [
     "state-persister",
     "strategy",
 ];
-
-/// A raw HTTP/1.1 exchange: the whole response (status line, headers, body) as text.
-fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_six_actors_answer_and_the_daemon_is_healthy() {
@@ -87,7 +73,11 @@ async fn an_unresponsive_actor_makes_health_503_within_the_timeout() {
         StrategyMsg::Hook(TestHook::Wedge(Duration::from_millis(2500)))
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Wedged once a ping goes unanswered (not after a guessed delay).
+    wait_until("the strategy wedged", Duration::from_secs(5), async || {
+        call_t!(strategy, StrategyMsg::Ping, 20).is_err()
+    })
+    .await;
     let t = Instant::now();
     let (code, body) = h.get("/health").await;
     let took = t.elapsed();
@@ -114,14 +104,14 @@ async fn only_get_and_head_are_served() {
     let addr = h.http.local_addr;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         for path in ["/health", "/ready", "/live", "/metrics", "/nope"] {
-            let r = tokio::task::spawn_blocking(move || raw(addr, method, path))
+            let r = tokio::task::spawn_blocking(move || common::raw(addr, method, path))
                 .await
                 .unwrap();
             assert!(r.starts_with("HTTP/1.1 405"), "{method} {path}: {r}");
             assert!(r.to_lowercase().contains("allow: get, head"), "{r}");
         }
     }
-    let r = tokio::task::spawn_blocking(move || raw(addr, "GET", "/nope"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "GET", "/nope"))
         .await
         .unwrap();
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
@@ -129,7 +119,7 @@ async fn only_get_and_head_are_served() {
         r.contains("application/json") && r.contains("\"error\":\"not found\""),
         "{r}"
     );
-    let r = tokio::task::spawn_blocking(move || raw(addr, "HEAD", "/live"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "HEAD", "/live"))
         .await
         .unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -143,7 +133,7 @@ async fn metrics_are_valid_prometheus_text() {
     let h = common::start(|_, _| {}).await;
     h.ready().await;
     let addr = h.http.local_addr;
-    let r = tokio::task::spawn_blocking(move || raw(addr, "GET", "/metrics"))
+    let r = tokio::task::spawn_blocking(move || common::raw(addr, "GET", "/metrics"))
         .await
         .unwrap();
     let (head, body) = r.split_once("\r\n\r\n").unwrap();

@@ -8,13 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{Daemon, config_with};
+use common::process::{Daemon, config_with, wait_status};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
+use tradebaas::paper_exchange::PaperExchange;
 
 /// One GET: status code, `Content-Type`, `Vary`, and the body as JSON.
 async fn get(base: &str, path: &str, accept: Option<&str>) -> (u16, String, String, Value) {
@@ -68,32 +68,7 @@ fn daemon(dir: &std::path::Path, url: &str) -> Daemon {
 }
 
 async fn exchange() -> PaperExchange {
-    PaperExchange::start(
-        PaperConfig {
-            ticks_per_second: 20.0,
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-/// Polls `path` until its status code is `code`; returns the body.
-async fn wait_code(base: &str, path: &str, code: u16, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (c, _, _, body) = get(base, path, None).await;
-        if c == code {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {code} within {timeout:?}; last {c}: {body:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::paper_exchange(|c| c.ticks_per_second = 20.0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +77,7 @@ async fn ready_is_503_while_the_broker_is_lost_and_200_again_and_live_stays_200(
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path(), &paper.url());
     let base = d.base_url();
-    let body = wait_code(&base, "/ready", 200, Duration::from_secs(30)).await;
+    let body = wait_status(&base, "/ready", 200, Duration::from_secs(30)).await;
     assert_eq!(body["ready"], true, "{body:#}");
 
     // The outage: every connection dropped, reconnects refused for 4 s.
@@ -158,7 +133,7 @@ async fn ready_is_503_while_the_broker_is_lost_and_200_again_and_live_stays_200(
     );
 
     // The exchange is back: ready again, healthy again, and /live never wavered.
-    let back = wait_code(&base, "/ready", 200, Duration::from_secs(20)).await;
+    let back = wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     assert_eq!(back["ready"], true, "{back:#}");
     let (code, _, _, live) = get(&base, "/live", None).await;
     assert_eq!((code, &live["live"]), (200, &Value::Bool(true)));
@@ -180,7 +155,7 @@ async fn live_stays_200_while_the_exchange_holds_every_answer() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path(), &paper.url());
     let base = d.base_url();
-    wait_code(&base, "/ready", 200, Duration::from_secs(30)).await;
+    wait_status(&base, "/ready", 200, Duration::from_secs(30)).await;
 
     // A silent exchange: the connection stays open but nothing comes back (no ticks, no
     // heartbeats, no answers). The daemon's dead-connection check (2 x 1 s) drops it.
@@ -200,7 +175,7 @@ async fn live_stays_200_while_the_exchange_holds_every_answer() {
         "/ready stayed 200 on a silent exchange\n{}",
         d.log()
     );
-    wait_code(&base, "/ready", 200, Duration::from_secs(20)).await;
+    wait_status(&base, "/ready", 200, Duration::from_secs(20)).await;
     let (code, _, _, _) = get(&base, "/live", None).await;
     assert_eq!(code, 200);
 }
@@ -211,7 +186,7 @@ async fn health_answers_health_json_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let d = daemon(dir.path(), &paper.url());
     let base = d.base_url();
-    wait_code(&base, "/ready", 200, Duration::from_secs(30)).await;
+    wait_status(&base, "/ready", 200, Duration::from_secs(30)).await;
 
     // Plain JSON, as before, for no Accept, a wildcard or application/json.
     for accept in [None, Some("*/*"), Some("application/json")] {
@@ -238,14 +213,7 @@ async fn health_answers_health_json_only_when_asked() {
     assert_eq!(body["releaseId"], env!("CARGO_PKG_VERSION"));
     assert_eq!(body["notes"][0], "trading mode OBSERVE_ONLY", "{body:#}");
     let checks = body["checks"].as_object().unwrap();
-    for actor in [
-        "alert",
-        "state-persister",
-        "fail-safe",
-        "heartbeat",
-        "broker-connection",
-        "strategy",
-    ] {
+    for actor in common::ACTORS {
         let c = &checks[&format!("{actor}:status")][0];
         assert_eq!(c["status"], "pass", "{actor}: {body:#}");
         assert_eq!(c["observedValue"], "running", "{actor}");

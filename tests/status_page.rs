@@ -27,15 +27,6 @@ use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
 
-const ACTORS: [&str; 6] = [
-    "alert",
-    "state-persister",
-    "fail-safe",
-    "heartbeat",
-    "broker-connection",
-    "strategy",
-];
-
 const FAST: Backoff =
     Backoff::fixed_ratio(Duration::from_millis(20), Duration::from_millis(200), 2.0);
 
@@ -249,20 +240,6 @@ fn row<'a>(rows: &'a Value, actor: &str) -> &'a [Value] {
         .unwrap_or_else(|| panic!("no row for {actor} in {rows}"))
 }
 
-fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_browser() {
     let Some(binary) = chromium() else {
@@ -281,7 +258,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
     h.ready().await;
 
     // The document and its headers.
-    let head = raw_get(h.http.local_addr, "/");
+    let head = common::raw(h.http.local_addr, "GET", "/");
     let lower = head.to_ascii_lowercase();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
@@ -316,7 +293,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
     // lets it run and fetch /health).
     let text = page
         .wait_text("every actor, the mode and the alert", |t| {
-            ACTORS.iter().all(|a| t.contains(a))
+            common::ACTORS.iter().all(|a| t.contains(a))
                 && t.contains("OBSERVE_ONLY")
                 && t.contains(INJECTED_MESSAGE)
         })
@@ -336,7 +313,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
         .await;
     assert_eq!(mode.as_str().map(str::trim), Some("Mode OBSERVE_ONLY"));
     let rows = page.actor_rows().await;
-    for actor in ACTORS {
+    for actor in common::ACTORS {
         let r = row(&rows, actor);
         assert_eq!(r[1], "running", "{actor}: {rows}");
         assert_eq!(r[2], "0", "{actor}: {rows}");
@@ -432,6 +409,6 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
         })
         .await;
     assert!(text.contains("showing data from"), "{text}");
-    assert!(ACTORS.iter().all(|a| text.contains(a)), "{text}");
+    assert!(common::ACTORS.iter().all(|a| text.contains(a)), "{text}");
     drop(browser);
 }

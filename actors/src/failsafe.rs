@@ -989,23 +989,11 @@ fn strictness(mode: TradingMode) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::persister::{PersisterActor, PersisterArgs};
+    use crate::testkit::{
+        commit, eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until,
+    };
     use ractor::call_t;
-
-    async fn spawn_persister(names: &Names, path: &Path) -> ActorRef<PersisterMsg> {
-        let (p, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            PersisterActor,
-            PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
-        )
-        .await
-        .unwrap();
-        p
-    }
 
     /// A fail-safe whose resolved initial mode is `config.initial_mode` (unset: OBSERVE_ONLY).
     async fn spawn(names: &Names, config: FailSafeConfig) -> ActorRef<FailSafeMsg> {
@@ -1013,31 +1001,17 @@ mod tests {
             .initial_mode
             .map(InitialMode::explicit)
             .unwrap_or_else(|| InitialMode::observe_only("test: initial_mode not set"));
-        let (a, _) = Actor::spawn(
-            Some(names.of(ChildName::FailSafe)),
-            FailSafeActor,
-            FailSafeArgs {
-                names: names.clone(),
-                config,
-                initial,
-                health: HealthConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
-        a
+        spawn_fail_safe(names, config, initial).await
     }
 
     /// Polls until the stored mode is loaded and `mode` is in effect (real time, ≤ 2 s).
     async fn wait_for(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> FailSafeStatus {
-        for _ in 0..200 {
+        let what = format!("a loaded {mode}");
+        eventually(&what, Duration::from_secs(2), async || {
             let s = call_t!(actor, FailSafeMsg::Status, 1000).unwrap();
-            if s.loaded && s.mode == mode {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("fail-safe never reached a loaded {mode}");
+            (s.loaded && s.mode == mode).then_some(s)
+        })
+        .await
     }
 
     async fn set(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> Result<(), String> {
@@ -1113,24 +1087,13 @@ mod tests {
                 crate::recovery::RECOVERY_KEY,
                 json!({"finished_at": started + chrono::Duration::milliseconds(5)}),
             );
-        call_t!(
-            persister,
-            |reply| PersisterMsg::Commit {
-                change,
-                reply: Some(reply)
-            },
-            5000
-        )
-        .unwrap()
-        .unwrap();
+        commit(&persister, change).await;
         let fs = spawn(&names, aggressive()).await;
         wait_for(&fs, TradingMode::Aggressive).await;
-        for _ in 0..100 {
-            if call_t!(fs, FailSafeMsg::Status, 1000).unwrap().recovered {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("recovered", Duration::from_secs(2), async || {
+            call_t!(fs, FailSafeMsg::Status, 1000).unwrap().recovered
+        })
+        .await;
         assert_eq!(allow(&fs).await, Ok(()));
         fs.stop_and_wait(None, None).await.unwrap();
 
@@ -1139,16 +1102,7 @@ mod tests {
             crate::store::RUN_KEY,
             json!({"clean": false, "started_at": crate::clock::now() + chrono::Duration::seconds(1)}),
         );
-        call_t!(
-            persister,
-            |reply| PersisterMsg::Commit {
-                change,
-                reply: Some(reply)
-            },
-            5000
-        )
-        .unwrap()
-        .unwrap();
+        commit(&persister, change).await;
         let fs = spawn(&names, aggressive()).await;
         wait_for(&fs, TradingMode::Aggressive).await;
         let err = allow(&fs).await.unwrap_err();
@@ -1390,18 +1344,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_trigger_raises_a_critical_alert() {
-        use crate::alert::{AlertActor, AlertArgs, AlertConfig};
         let names = Names::with_prefix("fs-alert-");
-        let (alert, _) = Actor::spawn(
-            Some(names.of(ChildName::Alert)),
-            AlertActor,
-            AlertArgs {
-                names: names.clone(),
-                config: AlertConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
+        let alert = spawn_alert(&names).await;
         let fs = spawn(&names, FailSafeConfig::default()).await;
         let _ = trigger(&fs, "heartbeat").await;
         let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
@@ -1413,20 +1357,10 @@ mod tests {
 
     #[tokio::test]
     async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
-        use crate::alert::{AlertActor, AlertArgs, AlertConfig};
         let dir = tempfile::tempdir().unwrap();
         let names = Names::with_prefix("fs-resolve-");
         let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let (alert, _) = Actor::spawn(
-            Some(names.of(ChildName::Alert)),
-            AlertActor,
-            AlertArgs {
-                names: names.clone(),
-                config: AlertConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
+        let alert = spawn_alert(&names).await;
         let fs = spawn(&names, FailSafeConfig::default()).await;
         wait_for(&fs, TradingMode::ObserveOnly).await;
         alert
@@ -1459,14 +1393,12 @@ mod tests {
         // Tightening again (still SHUTDOWN) resolves nothing; clearing it does.
         assert_eq!(set(&fs, TradingMode::Shutdown).await, Ok(()));
         assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
-        let mut keys = Vec::new();
-        for _ in 0..200 {
-            keys = open(&call_t!(alert, AlertMsg::Status, 1000).unwrap());
-            if keys == ["integrity:event_log"] {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = "the fail-safe's alerts resolved";
+        let keys = eventually(what, Duration::from_secs(2), async || {
+            let keys = open(&call_t!(alert, AlertMsg::Status, 1000).unwrap());
+            (keys == ["integrity:event_log"]).then_some(keys)
+        })
+        .await;
         assert_eq!(keys, ["integrity:event_log"]);
         let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
         let resolved = s

@@ -824,12 +824,12 @@ impl Actor for HeartbeatActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
-    use crate::failsafe::{FailSafeActor, FailSafeArgs, FailSafeConfig, InitialMode};
+    use crate::alert::AlertStatus;
+    use crate::failsafe::{FailSafeConfig, InitialMode};
     use crate::hooks::TestHook;
-    use crate::persister::{PersisterActor, PersisterArgs};
     use crate::store::Store;
     use crate::strategy::{StrategyActor, StrategyArgs};
+    use crate::testkit::{MiniTree, eventually, spawn_alert, spawn_persister, wait_until};
     use ractor::call_t;
     use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -921,41 +921,14 @@ mod tests {
         a
     }
 
-    async fn spawn_alert(names: &Names) -> ActorRef<AlertMsg> {
-        let (a, _) = Actor::spawn(
-            Some(names.of(ChildName::Alert)),
-            AlertActor,
-            AlertArgs {
-                names: names.clone(),
-                config: AlertConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
-        a
-    }
-
-    async fn spawn_persister(names: &Names, path: &std::path::Path) -> ActorRef<PersisterMsg> {
-        let (p, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            PersisterActor,
-            PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
-        )
-        .await
-        .unwrap();
-        p
-    }
-
     /// Lets (paused) time run until `beats` rounds have completed.
     async fn after_beats(hb: &ActorRef<HeartbeatMsg>, beats: u64) -> HeartbeatStatus {
-        for _ in 0..1000 {
+        let what = format!("{beats} heartbeat rounds");
+        eventually(&what, Duration::from_secs(100), async || {
             let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-            if s.beats >= beats {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("fewer than {beats} heartbeat rounds");
+            (s.beats >= beats).then_some(s)
+        })
+        .await
     }
 
     /// A fake `NOTIFY_SOCKET`: a datagram socket in a temp dir, read by a thread.
@@ -1003,15 +976,8 @@ mod tests {
         }
 
         async fn wait_watchdogs(&self, n: usize, within: Duration) {
-            let deadline = std::time::Instant::now() + within;
-            while self.watchdogs() < n {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "fewer than {n} WATCHDOG=1 within {within:?}: {:?}",
-                    self.received.lock().unwrap()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let what = format!("{n} WATCHDOG=1");
+            wait_until(&what, within, async || self.watchdogs() >= n).await;
         }
     }
 
@@ -1187,16 +1153,16 @@ mod tests {
             "no baseline yet: unknown, not 0"
         );
         // After a round the CPU is known (the fake's counter does not move: 0 %, measured).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-            if s.beats >= 1 && s.system.cpu_percent.is_some() {
-                assert_eq!(s.system.cpu_percent, Some(0.0));
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let s = eventually(
+            "a round with a CPU figure",
+            Duration::from_secs(10),
+            async || {
+                let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
+                (s.beats >= 1 && s.system.cpu_percent.is_some()).then_some(s)
+            },
+        )
+        .await;
+        assert_eq!(s.system.cpu_percent, Some(0.0));
         hb.stop_and_wait(None, None).await.unwrap();
     }
 
@@ -1253,20 +1219,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = Names::with_prefix("hb-wedge-");
         let systemd = FakeSystemd::new();
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let alert = spawn_alert(&names).await;
-        let (fail_safe, _) = Actor::spawn(
-            Some(names.of(ChildName::FailSafe)),
-            FailSafeActor,
-            FailSafeArgs {
-                names: names.clone(),
-                config: FailSafeConfig::default(),
-                initial: InitialMode::explicit(TradingMode::Aggressive),
-                health: Default::default(),
-            },
+        let tree = MiniTree::start(
+            &names,
+            &dir.path().join("state.db"),
+            FailSafeConfig::default(),
+            InitialMode::explicit(TradingMode::Aggressive),
         )
-        .await
-        .unwrap();
+        .await;
+        let (alert, fail_safe) = (tree.alert.clone(), tree.fail_safe.clone());
         let (broker, _) = Actor::spawn(
             Some(names.of(ChildName::BrokerConnection)),
             Answering::<BrokerMsg>(|m| match m {
@@ -1279,15 +1239,11 @@ mod tests {
         .unwrap();
         let strategy = spawn_strategy(&names).await;
         // The first-start AGGRESSIVE takes effect once stored.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
+        wait_until("a loaded AGGRESSIVE", Duration::from_secs(5), async || {
             let s = call_t!(fail_safe, FailSafeMsg::Status, 1000).unwrap();
-            if s.loaded && s.mode == TradingMode::Aggressive {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{s:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            s.loaded && s.mode == TradingMode::Aggressive
+        })
+        .await;
         let mode = || async { call_t!(fail_safe, FailSafeMsg::GetMode, 1000).unwrap() };
 
         let config = HeartbeatConfig {
@@ -1328,16 +1284,11 @@ mod tests {
         // A round answered just before the wedge may still be reported; then nothing.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let fed = systemd.watchdogs();
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while mode().await != TradingMode::ObserveOnly
-            || open_alert(&alert, key).await != Some(true)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no OBSERVE_ONLY and open alert while the strategy is wedged"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = "OBSERVE_ONLY and an open alert while the strategy is wedged";
+        wait_until(what, Duration::from_secs(1), async || {
+            mode().await == TradingMode::ObserveOnly && open_alert(&alert, key).await == Some(true)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
             wedged_at.elapsed() < Duration::from_millis(2400),
@@ -1358,19 +1309,16 @@ mod tests {
         systemd
             .wait_watchdogs(fed + 3, Duration::from_secs(5))
             .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while open_alert(&alert, key).await != Some(false) {
-            assert!(std::time::Instant::now() < deadline, "alert not resolved");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until("the alert resolved", Duration::from_secs(2), async || {
+            open_alert(&alert, key).await == Some(false)
+        })
+        .await;
         assert_eq!(mode().await, TradingMode::ObserveOnly);
 
         hb.stop_and_wait(None, None).await.unwrap();
         strategy.stop_and_wait(None, None).await.unwrap();
         broker.stop_and_wait(None, None).await.unwrap();
-        fail_safe.stop_and_wait(None, None).await.unwrap();
-        alert.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
+        tree.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1392,8 +1340,7 @@ mod tests {
         )
         .await;
 
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let events = loop {
+        let events = eventually("3 heartbeat events", Duration::from_secs(5), async || {
             let store = Store::open_read_only(&path).unwrap();
             let events: Vec<_> = store
                 .events(0, 1000)
@@ -1401,16 +1348,9 @@ mod tests {
                 .into_iter()
                 .filter(|e| e.kind == "heartbeat")
                 .collect();
-            if events.len() >= 3 {
-                break events;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "fewer than 3 heartbeat events: {}",
-                events.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+            (events.len() >= 3).then_some(events)
+        })
+        .await;
         let last: serde_json::Value = serde_json::from_str(&events[2].payload).unwrap();
         assert!(last["uptime_seconds"].is_u64(), "{last}");
         assert!(last["round_trip_ms"]["strategy"].is_f64(), "{last}");

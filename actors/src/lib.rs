@@ -37,4 +37,6 @@ pub mod strategy;
 pub mod supervisor;
 pub mod task;
 pub mod test_points;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod testkit;
 pub mod tree;

@@ -944,6 +944,7 @@ mod tests {
     use super::*;
     use crate::names::ChildName;
     use crate::persister::PersisterMsg;
+    use crate::testkit::spawn_persister;
     use ractor::call_t;
 
     fn ticker(instrument: &str, mark: f64) -> Ticker {
@@ -1082,21 +1083,6 @@ mod tests {
         a.stop_and_wait(None, None).await.unwrap();
     }
 
-    async fn spawn_persister(names: &Names, dir: &std::path::Path) -> ActorRef<PersisterMsg> {
-        let (p, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            crate::persister::PersisterActor,
-            crate::persister::PersisterArgs::new(
-                names.clone(),
-                dir.join("t.db"),
-                Metrics::new().unwrap(),
-            ),
-        )
-        .await
-        .unwrap();
-        p
-    }
-
     async fn go(
         a: &ActorRef<StrategyMsg>,
         id: &str,
@@ -1135,7 +1121,7 @@ mod tests {
     async fn transitions_are_persisted_and_restored_and_illegal_ones_refused() {
         let dir = tempfile::tempdir().unwrap();
         let names = Names::with_prefix("strat-persist-");
-        let persister = spawn_persister(&names, dir.path()).await;
+        let persister = spawn_persister(&names, &dir.path().join("t.db")).await;
         let (a, _) = spawn("strat-persist-", vec![entry("a", "BTC-PERPETUAL")]).await;
 
         let err = go(&a, "a", Lifecycle::PositionOpen, None)

@@ -1,5 +1,7 @@
-//! A whole daemon in one test process: the embedded paper exchange, the real supervision tree
-//! under unique registry names, and the HTTP API on a free loopback port.
+//! The integration tests' kit. Here: a whole daemon in one test process (the embedded paper
+//! exchange, the real supervision tree under unique registry names, and the HTTP API on a free
+//! loopback port) and raw HTTP. In [`process`]: the real binary as a child process. Actor-level
+//! helpers (`spawn_persister`, a mini tree, `eventually`) are `tradebaas_actors::testkit`.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +24,29 @@ use tradebaas_actors::tree::{TreeConfig, start_tree};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub const SECRET: &str = "s3cr3t-never-printed-0123456789";
+
+/// The six supervised actors, in start order, as `/health` names them.
+pub const ACTORS: [&str; 6] = [
+    "alert",
+    "state-persister",
+    "fail-safe",
+    "heartbeat",
+    "broker-connection",
+    "strategy",
+];
+
+/// A paper exchange on a free loopback port that accepts the fast heartbeats of a test
+/// (≥ 100 ms); `customize` sets the rest (seed, tick rate, …).
+pub async fn paper_exchange(customize: impl FnOnce(&mut PaperConfig)) -> PaperExchange {
+    let mut config = PaperConfig {
+        min_heartbeat_interval: Duration::from_millis(100),
+        ..PaperConfig::default()
+    };
+    customize(&mut config);
+    PaperExchange::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
 
 pub struct Harness {
     pub names: Names,
@@ -52,16 +77,7 @@ pub fn tree_config(dir: &std::path::Path, url: String) -> TreeConfig {
 }
 
 pub async fn start(customize: impl FnOnce(&mut TreeConfig, &mut HealthConfig)) -> Harness {
-    let paper = PaperExchange::start(
-        PaperConfig {
-            seed: Some(1),
-            min_heartbeat_interval: Duration::from_millis(100),
-            ..PaperConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let paper = paper_exchange(|c| c.seed = Some(1)).await;
     paper.add_credentials("test-client", SECRET);
     let dir = tempfile::tempdir().unwrap();
     start_with(paper, dir, customize).await
@@ -110,6 +126,18 @@ pub async fn start_with(
     }
 }
 
+/// Stops HTTP, then the tree's children in reverse start order.
+async fn stop_http_and_children(http: HttpServer, supervisor: &ActorRef<SupervisorMsg>) {
+    http.stop().await;
+    let order: Vec<ChildName> = ChildName::START_ORDER.iter().rev().copied().collect();
+    let _ = supervisor
+        .call(
+            |r| SupervisorMsg::StopChildren(order, r),
+            Some(Duration::from_secs(10)),
+        )
+        .await;
+}
+
 impl Harness {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let (code, body) = get(&self.base, path, Duration::from_secs(5)).await.unwrap();
@@ -149,15 +177,7 @@ impl Harness {
     }
 
     pub async fn stop(self) {
-        self.http.stop().await;
-        let order: Vec<ChildName> = ChildName::START_ORDER.iter().rev().copied().collect();
-        let _ = self
-            .supervisor
-            .call(
-                |r| SupervisorMsg::StopChildren(order, r),
-                Some(Duration::from_secs(10)),
-            )
-            .await;
+        stop_http_and_children(self.http, &self.supervisor).await;
         self.supervisor.stop(None);
         self.paper.shutdown().await;
     }
@@ -165,15 +185,7 @@ impl Harness {
     /// Stops HTTP and the tree (children in reverse order, then the supervisor) and hands back
     /// the paper exchange and the data directory, for a restart with [`start_with`].
     pub async fn stop_tree(self) -> (PaperExchange, tempfile::TempDir) {
-        self.http.stop().await;
-        let order: Vec<ChildName> = ChildName::START_ORDER.iter().rev().copied().collect();
-        let _ = self
-            .supervisor
-            .call(
-                |r| SupervisorMsg::StopChildren(order, r),
-                Some(Duration::from_secs(10)),
-            )
-            .await;
+        stop_http_and_children(self.http, &self.supervisor).await;
         let _ = self
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(10)))
@@ -182,5 +194,21 @@ impl Harness {
     }
 }
 
-/// The real binary as a process, and a fake systemd notify socket.
+/// A raw HTTP/1.1 exchange (any method, empty body, `Connection: close`): the whole response
+/// (status line, headers, body) as text.
+pub fn raw(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The real binary as a process, the polls of its routes, and a fake systemd notify socket.
 pub mod process;

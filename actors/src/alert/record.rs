@@ -1,0 +1,142 @@
+//! What an alert is: `Severity`, the allowed kinds, `Alert` (what a caller raises),
+//! `AlertRecord` (what is recorded and stored), the stored `alerts` value and `AlertStatus`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::sink::SinkStatus;
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    /// Needs a human now (trading stopped, data at risk).
+    Critical,
+    /// Degraded but handled automatically.
+    Warning,
+    /// Worth knowing.
+    Info,
+}
+
+impl Severity {
+    /// The stored and displayed name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "CRITICAL",
+            Severity::Warning => "WARNING",
+            Severity::Info => "INFO",
+        }
+    }
+}
+
+/// The alert kinds the issue allows, by the key's first `:`-separated segment: fail-safe triggers
+/// and shutdowns, restart-intensity escalations, start-up check and periodic integrity failures,
+/// prolonged heartbeat loss, capital-integrity violations, store failures (a failed backup is
+/// `store:backup`), and unprotected positions (`strategy:<id>:unprotected` only).
+pub const ALLOWED_ALERT_KINDS: [&str; 8] = [
+    "failsafe",
+    "escalation",
+    "startup_checks",
+    "integrity",
+    "heartbeat",
+    "capital",
+    "store",
+    "strategy",
+];
+
+/// The allowed kind of an alert key, or `None` when the actor must refuse it. `strategy` keys
+/// are allowed only in the shape `strategy:<id>:unprotected`; every other kind needs a
+/// non-empty name after its prefix (`failsafe:heartbeat`).
+pub fn alert_kind(key: &str) -> Option<&'static str> {
+    let (prefix, rest) = key.split_once(':')?;
+    let kind = ALLOWED_ALERT_KINDS.iter().find(|k| **k == prefix)?;
+    if rest.trim().is_empty() {
+        return None;
+    }
+    if *kind == "strategy" {
+        let id = rest.strip_suffix(":unprotected")?;
+        if id.is_empty() || id.contains(':') {
+            return None;
+        }
+    }
+    Some(kind)
+}
+
+/// What a caller raises.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Dedup key, e.g. `failsafe:heartbeat`; its prefix must be an allowed kind
+    /// ([`alert_kind`]).
+    pub key: String,
+    pub severity: Severity,
+    pub title: String,
+    pub message: String,
+    pub root_cause: String,
+    pub recommended_action: String,
+    pub metadata: Value,
+}
+
+/// One alert as recorded and stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// UUID v7.
+    pub alert_id: String,
+    /// When it was first raised.
+    pub timestamp: DateTime<Utc>,
+    pub severity: Severity,
+    pub title: String,
+    pub message: String,
+    pub root_cause: String,
+    pub recommended_action: String,
+    pub metadata: Value,
+    pub acknowledged: bool,
+    /// Raises folded into this record (1 + repeats inside the dedup window).
+    pub count: u64,
+    /// The newest raise folded into it (the first one for a fresh record).
+    #[serde(default)]
+    pub last_raised_at: Option<DateTime<Utc>>,
+    /// When an operator acknowledged it.
+    #[serde(default)]
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub key: String,
+}
+
+/// The `alerts` state value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StoredAlerts {
+    #[serde(default)]
+    pub(super) open: Vec<AlertRecord>,
+    #[serde(default)]
+    pub(super) recent: Vec<AlertRecord>,
+}
+
+/// The alert actor's answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertStatus {
+    /// Open alerts (one per key).
+    pub open: usize,
+    pub open_critical: usize,
+    /// Records created since start.
+    pub raised_total: u64,
+    /// Repeats folded into an open record since start.
+    pub deduplicated_total: u64,
+    /// Newest last, at most `max_recent`.
+    pub recent: Vec<AlertRecord>,
+    /// The open alerts themselves (one per key), oldest first.
+    pub open_alerts: Vec<AlertRecord>,
+    /// Raises refused because their key is not an allowed kind ([`alert_kind`]).
+    pub refused_total: u64,
+    /// Whether the stored alerts were reloaded (or there were none); false while loading.
+    pub history_loaded: bool,
+    /// Why reloading the stored alerts failed, if it did.
+    pub history_load_error: Option<String>,
+    /// Commits of alert changes that failed or timed out since start.
+    pub store_failures: u64,
+    pub last_store_error: Option<String>,
+    /// Enabled external sinks that are currently `failing`.
+    pub sinks_failing: usize,
+    /// One entry per enabled external sink.
+    pub sinks: Vec<SinkStatus>,
+}

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use chrono::Utc;
 use ractor::ActorRef;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -188,7 +187,7 @@ impl AlertState {
         if let Some(open) = self.open.get_mut(&alert.key)
             && now.saturating_duration_since(open.raised_at) < window
         {
-            let at = Utc::now();
+            let at = crate::clock::now();
             open.record.count += 1;
             open.record.last_raised_at = Some(at);
             let alert_id = open.record.alert_id.clone();
@@ -209,7 +208,7 @@ impl AlertState {
             return None;
         }
         // A repeat after the window is a fresh record (a reminder) that takes the key over.
-        let now_utc = Utc::now();
+        let now_utc = crate::clock::now();
         let record = AlertRecord {
             alert_id: uuid::Uuid::now_v7().to_string(),
             timestamp: now_utc,
@@ -242,7 +241,7 @@ impl AlertState {
     /// Resolves the open alert with `key`; returns the closed record.
     pub(super) fn resolve(&mut self, key: &str) -> Option<AlertRecord> {
         let mut record = self.open.remove(key)?.record;
-        let at = Utc::now();
+        let at = crate::clock::now();
         record.resolved_at = Some(at);
         if let Some(r) = self.record_mut(&record.alert_id) {
             r.resolved_at = Some(at);
@@ -253,7 +252,7 @@ impl AlertState {
     /// Marks the alert acknowledged (idempotent); returns the record.
     pub(super) fn acknowledge(&mut self, alert_id: &str) -> Result<AlertRecord, AlertError> {
         let mut found = None;
-        let at = Utc::now();
+        let at = crate::clock::now();
         if let Some(open) = self
             .open
             .values_mut()
@@ -470,7 +469,9 @@ impl AlertState {
                 continue;
             }
             // The dedup window keeps running from the first raise, across the restart.
-            let age = (Utc::now() - record.timestamp).to_std().unwrap_or_default();
+            let age = (crate::clock::now() - record.timestamp)
+                .to_std()
+                .unwrap_or_default();
             let raised_at = now.checked_sub(age).unwrap_or(now);
             self.open
                 .insert(record.key.clone(), Open { record, raised_at });

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
@@ -38,7 +37,7 @@ pub async fn read_facts(path: PathBuf) -> Result<IntegrityFacts, String> {
 /// the store at `path`, read-only: what `tradebaas check` prints. Blocking.
 pub fn run_offline(path: &Path, config: &ChecksConfig) -> ChecksReport {
     let started = Instant::now();
-    let now = Utc::now();
+    let now = crate::clock::now();
     let checks = match read_integrity_facts(path, Scope::Tail) {
         Ok(facts) => evaluate_store(&facts, None, config, now),
         Err(e) => unreadable_store(&e.to_string()),
@@ -85,10 +84,10 @@ async fn run_with_facts(
     facts: Result<IntegrityFacts, String>,
     started: Instant,
 ) -> ChecksReport {
-    let sent = Utc::now();
+    let sent = crate::clock::now();
     let time = ask_exchange(names, "public/get_time", json!({})).await;
-    let exchange_check = exchange(time, sent, Utc::now(), args.config.clock_skew);
-    let now = Utc::now();
+    let exchange_check = exchange(time, sent, crate::clock::now(), args.config.clock_skew);
+    let now = crate::clock::now();
     let mut checks = match &facts {
         Ok(facts) => {
             let mut fresh = BTreeMap::new();

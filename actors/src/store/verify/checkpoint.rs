@@ -1,7 +1,6 @@
 //! The `chain.verified` checkpoint: the newest verified point of the event chain, and where a
 //! walk of a given `Scope` starts.
 
-use chrono::Utc;
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -32,7 +31,7 @@ impl Checkpoint {
         Self {
             seq,
             hash,
-            at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            at: crate::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
@@ -86,7 +85,7 @@ pub(super) fn companions(path: &Path) -> [PathBuf; 2] {
 
 /// Renames the store (and its `-wal`/`-shm`) to `<name>.corrupt-<UTC>`; returns the new name.
 fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let stamp = crate::clock::now().format("%Y%m%dT%H%M%SZ");
     let mut target = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
     let mut n = 1;
     while target.exists() {

@@ -32,7 +32,6 @@ use ractor::{ActorRef, call_t};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 use tradebaas_actors::alert::AlertMsg;
-use tradebaas_actors::broker::BrokerMsg;
 use tradebaas_actors::broker::Credentials;
 use tradebaas_actors::checks;
 use tradebaas_actors::failsafe::FailSafeMsg;
@@ -521,23 +520,19 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
         if due {
             let mut capital = serde_json::Map::new();
             for currency in currencies {
-                let broker = names.lookup::<BrokerMsg>(ChildName::BrokerConnection);
-                let answer = health::ask(
-                    broker,
-                    |reply| BrokerMsg::Request {
-                        method: "private/get_account_summary".into(),
-                        params: serde_json::json!({ "currency": currency }),
-                        reply,
-                    },
+                // A snapshot due during a reconnect waits for the next session rather than
+                // store a failed one.
+                let answer = tradebaas_actors::broker::request_when_connected(
+                    names,
+                    "private/get_account_summary",
+                    serde_json::json!({ "currency": currency }),
                     ask,
                 )
                 .await;
                 let value = match answer {
-                    health::Reply::Answered(Ok(v)) => v,
-                    health::Reply::Answered(Err(e)) => {
-                        serde_json::json!({ "error": e.to_string() })
-                    }
-                    _ => serde_json::json!({ "error": "broker-connection did not answer" }),
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                    None => serde_json::json!({ "error": "broker-connection did not answer" }),
                 };
                 capital.insert(currency.clone(), value);
             }

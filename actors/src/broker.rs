@@ -8,6 +8,7 @@
 //!
 //! Credentials live in a [`Secret`] and are never logged or reported.
 
+mod connected;
 pub mod protocol;
 pub mod reconnect;
 pub mod session;
@@ -27,6 +28,7 @@ use crate::orders::rate::{Limits, RateLimiter, method_kind};
 use crate::secret::Secret;
 use crate::strategy::StrategyMsg;
 use crate::task::AbortOnDrop;
+pub use connected::request_when_connected;
 use protocol::redact_url;
 use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};

@@ -439,7 +439,7 @@ impl Store {
         let previous = last_ts
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));
-        let at = previous.map_or_else(Utc::now, |p| crate::clock::now().max(p));
+        let at = previous.map_or_else(crate::clock::now, |p| crate::clock::now().max(p));
         let ts = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let event_id = uuid::Uuid::now_v7().to_string();
         let payload = change.event.payload.to_string();

@@ -15,6 +15,7 @@ use super::{
     Check, ChecksConfig, ChecksReport, EVENT_LOG, RunKind, STARTUP_ALERT_KEY, evaluate_store,
     exchange, local_capital, newest_with_capital, unreadable_store,
 };
+use crate::broker::session::RequestError;
 use crate::names::{ChildName, Names};
 use crate::store::{
     CHECKPOINT_KEY, Change, Checkpoint, IntegrityFacts, Scope, read_integrity_facts, verify_slice,
@@ -54,14 +55,16 @@ pub struct ChecksArgs {
 }
 
 async fn ask_exchange(names: &Names, method: &str, params: Value) -> Result<Value, String> {
-    match tokio::time::timeout(
-        EXCHANGE_TIMEOUT,
-        crate::broker::request(names, method, params),
-    )
-    .await
-    {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", EXCHANGE_TIMEOUT.as_secs())),
+    // A check that runs during a reconnect waits for the next session (a second or so) rather
+    // than fail, and restrict trading, for that.
+    match crate::broker::request_when_connected(names, method, params, EXCHANGE_TIMEOUT).await {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(RequestError::NotConnected)) => Err(format!(
+            "not connected to the exchange for {} s",
+            EXCHANGE_TIMEOUT.as_secs()
+        )),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("no answer within {} s", EXCHANGE_TIMEOUT.as_secs())),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Tests of the fail-safe actor (spawned with a real persister and alert actor).
 
 use super::*;
+use crate::alert::Severity;
 use crate::testkit::{
     commit, eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until,
 };
 use ractor::call_t;
+use serde_json::json;
 
 /// A fail-safe whose resolved initial mode is `config.initial_mode` (unset: OBSERVE_ONLY).
 async fn spawn(names: &Names, config: FailSafeConfig) -> ActorRef<FailSafeMsg> {

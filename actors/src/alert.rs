@@ -20,6 +20,7 @@
 //!
 //! Callers must not put secrets into an alert: its fields are logged, stored and sent verbatim.
 
+pub mod book;
 mod config;
 pub mod payload;
 mod record;
@@ -32,14 +33,13 @@ pub mod transport;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, error, info};
+use tracing::error;
 
 use self::sink::SinkKind;
 
 use crate::names::Names;
-use crate::store::Change;
 // Used by the test modules (`tests`, `sink_tests`) through `use super::*`.
 #[cfg(test)]
 use self::sink::SinkStatus;
@@ -52,11 +52,10 @@ use crate::secret::Secret;
 #[cfg(test)]
 use chrono::{DateTime, Utc};
 
+use book::Event;
 pub use config::{AlertConfig, AlertError};
-use record::StoredAlerts;
 pub use record::{ALLOWED_ALERT_KINDS, Alert, AlertRecord, AlertStatus, Severity, alert_kind};
 pub use state::AlertState;
-use state::log_raised;
 
 /// The state key holding `{open: [AlertRecord], recent: [AlertRecord]}`, rewritten with every
 /// stored alert change and reloaded at start.
@@ -175,89 +174,23 @@ impl Actor for AlertActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AlertMsg::Raise(alert) => {
-                if alert_kind(&alert.key).is_none() {
-                    state.refused_total += 1;
-                    error!(
-                        actor = "alert",
-                        key = %alert.key,
-                        title = %alert.title,
-                        allowed = ?ALLOWED_ALERT_KINDS,
-                        "alert refused: its key is not an allowed alert kind (a routine event must not be an alert)"
-                    );
-                    return Ok(());
-                }
-                match state.raise(alert, Instant::now()) {
-                    Some(record) => {
-                        log_raised(&record);
-                        let payload = serde_json::to_value(&record).unwrap_or_else(
-                            |e| json!({ "alert_id": record.alert_id, "encode_error": e.to_string() }),
-                        );
-                        state.store(&myself, Change::event("alert_raised", payload));
-                        state.notify_sinks(&record);
-                    }
-                    None if !state.counts_scheduled => {
-                        state.counts_scheduled = true;
-                        myself.send_after(COUNT_PERSIST_INTERVAL, || AlertMsg::PersistCounts);
-                    }
-                    None => {}
-                }
+                // The id is made here (it reads the clock), used only if the raise is new.
+                let alert_id = uuid::Uuid::now_v7().to_string();
+                state.on(&myself, Event::Raise { alert, alert_id }, None);
             }
-            AlertMsg::PersistCounts => state.persist_counts(&myself),
+            AlertMsg::PersistCounts => state.on(&myself, Event::PersistCounts, None),
             AlertMsg::Load { attempt } => state.start_load(&myself, attempt),
-            AlertMsg::Loaded { attempt, result } => state.on_loaded(&myself, attempt, result),
+            AlertMsg::Loaded { attempt, result } => {
+                state.on(&myself, Event::Loaded { attempt, result }, None);
+            }
             AlertMsg::Stored(Ok(())) => {}
             AlertMsg::Stored(Err(e)) => {
                 error!(actor = "alert", error = %e, "an alert change was not stored");
                 state.store_failed(e);
             }
-            AlertMsg::Resolve { key } => match state.resolve(&key) {
-                Some(record) => {
-                    info!(
-                        actor = "alert",
-                        alert = true,
-                        alert_id = %record.alert_id,
-                        key,
-                        "alert resolved"
-                    );
-                    state.store(
-                        &myself,
-                        Change::event(
-                            "alert_resolved",
-                            json!({
-                                "alert_id": record.alert_id,
-                                "key": key,
-                                "count": record.count,
-                                "resolved_at": record.resolved_at,
-                            }),
-                        ),
-                    );
-                    state.notify_sinks(&record);
-                }
-                None => debug!(actor = "alert", key, "resolve for a key with no open alert"),
-            },
+            AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
             AlertMsg::Acknowledge { alert_id, reply } => {
-                let result = state.acknowledge(&alert_id);
-                if let Ok(record) = &result {
-                    info!(
-                        actor = "alert",
-                        alert_id,
-                        key = %record.key,
-                        "alert acknowledged"
-                    );
-                    state.store(
-                        &myself,
-                        Change::event(
-                            "alert_acknowledged",
-                            json!({
-                                "alert_id": alert_id,
-                                "key": record.key,
-                                "count": record.count,
-                                "acknowledged_at": record.acknowledged_at,
-                            }),
-                        ),
-                    );
-                }
-                let _ = reply.send(result);
+                state.on(&myself, Event::Acknowledge { alert_id }, Some(reply));
             }
             AlertMsg::Resend => state.resend_open(),
             AlertMsg::Status(reply) => {

@@ -4,6 +4,7 @@ use super::*;
 use crate::metrics::Metrics;
 use crate::persister::{PersisterActor, PersisterArgs};
 use ractor::call_t;
+use serde_json::json;
 
 fn alert(key: &str, severity: Severity) -> Alert {
     Alert {

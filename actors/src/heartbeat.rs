@@ -28,97 +28,39 @@
 //! Every `event_interval` it commits a `heartbeat` event (uptime, round trips, unanswered
 //! children) through the persister, awaited in a task.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
-use crate::broker::BrokerMsg;
 use crate::failsafe::FailSafeMsg;
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::notify::SdNotifier;
-use crate::persister::{PersisterMsg, commit_change};
+use crate::persister::commit_change;
 use crate::store::Change;
-use crate::strategy::StrategyMsg;
-use crate::supervisor::{ChildState, SupervisorMsg};
 
+mod config;
+mod probe;
+mod rules;
 pub mod sampler;
+pub use config::{HeartbeatConfig, round_interval};
+use probe::round;
+pub use probe::{BeatReport, PingOutcome};
+pub use rules::{ErrorWindow, Misses, Verdict};
 pub use sampler::{LimitSource, Sampler, SystemSources, SystemStats};
-
-/// `[heartbeat]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeartbeatConfig {
-    /// How often every actor is pinged and system stats are sampled (shortened to half the
-    /// systemd watchdog interval when that is shorter).
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// How long a ping may take before the actor counts as unanswered (at most one round).
-    #[serde(with = "humantime_serde")]
-    pub ping_timeout: Duration,
-    /// How often a `heartbeat` event is written to the event log.
-    #[serde(with = "humantime_serde")]
-    pub event_interval: Duration,
-    /// Consecutive unanswered rounds before a child counts as wedged: trading is restricted to
-    /// OBSERVE_ONLY and an alert raised. 2 lets a supervisor restart that finishes within a
-    /// round pass.
-    pub unanswered_rounds: u32,
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(5),
-            ping_timeout: Duration::from_secs(1),
-            event_interval: Duration::from_secs(30),
-            unanswered_rounds: 2,
-        }
-    }
-}
-
-impl HeartbeatConfig {
-    /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.interval < Duration::from_millis(10) {
-            return Err("interval must be at least 10ms".into());
-        }
-        if self.ping_timeout.is_zero() {
-            return Err("ping_timeout must be greater than 0".into());
-        }
-        if self.ping_timeout > self.interval {
-            return Err("ping_timeout must not be longer than interval".into());
-        }
-        if self.event_interval < Duration::from_millis(10) {
-            return Err("event_interval must be at least 10ms".into());
-        }
-        if self.unanswered_rounds == 0 {
-            return Err("unanswered_rounds must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// The shortest round the heartbeat runs, whatever the watchdog says.
-const MIN_ROUND: Duration = Duration::from_millis(10);
-
-/// How often a round runs: `interval`, but at least every half `watchdog` (systemd's
-/// `WATCHDOG_USEC`), so two rounds fit in one watchdog interval.
-pub fn round_interval(config: &HeartbeatConfig, watchdog: Option<Duration>) -> Duration {
-    match watchdog {
-        Some(w) => config.interval.min(w / 2).max(MIN_ROUND),
-        None => config.interval,
-    }
-}
+// Used by the test module through `use super::*`.
+#[cfg(test)]
+use config::MIN_ROUND;
 
 /// What the heartbeat is spawned with.
 #[derive(Clone)]
@@ -169,41 +111,6 @@ pub enum HeartbeatMsg {
     Hook(crate::hooks::TestHook),
 }
 
-/// How one ping went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PingOutcome {
-    /// Answered after this long.
-    Answered(Duration),
-    /// No actor runs under that name.
-    Absent,
-    /// No answer within `ping_timeout`.
-    TimedOut,
-    /// The message could not be delivered or the actor dropped it.
-    Failed,
-}
-
-impl PingOutcome {
-    fn describe(self) -> &'static str {
-        match self {
-            PingOutcome::Answered(_) => "answered",
-            PingOutcome::Absent => "not running",
-            PingOutcome::TimedOut => "no answer within the ping timeout",
-            PingOutcome::Failed => "ping not delivered",
-        }
-    }
-}
-
-/// The outcome of one round (internal; sent from the round's task).
-pub struct BeatReport {
-    pings: Vec<(ChildName, PingOutcome)>,
-    /// The trading mode, from the fail-safe's answer (its liveness ping).
-    mode: Option<TradingMode>,
-    /// Children the supervisor reported escalated (empty when it did not answer).
-    escalated: BTreeSet<ChildName>,
-    system: Option<SystemStats>,
-    sampler: Option<Sampler>,
-}
-
 /// The heartbeat's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeartbeatStatus {
@@ -222,174 +129,6 @@ pub struct HeartbeatStatus {
     pub system: SystemStats,
     /// The round interval in effect (`interval`, or half the systemd watchdog when shorter).
     pub interval_ms: u64,
-}
-
-/// Counts a monotonically growing total (here `tradebaas_errors_total`) over a sliding window,
-/// from samples taken every round. Pure: the caller passes the clock.
-#[derive(Debug)]
-pub struct ErrorWindow {
-    span: Duration,
-    /// (when, total); the front is the newest sample at or before `now - span` (the baseline).
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl ErrorWindow {
-    /// A window of `span` (the heartbeat uses 60 s).
-    pub fn new(span: Duration) -> Self {
-        Self {
-            span,
-            samples: VecDeque::new(),
-        }
-    }
-
-    /// Records `total` at `now`; returns how much it grew within the last `span` (since the
-    /// first sample while the window is younger than `span`).
-    pub fn record(&mut self, now: Instant, total: u64) -> u64 {
-        self.samples.push_back((now, total));
-        while self
-            .samples
-            .get(1)
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.span)
-        {
-            self.samples.pop_front();
-        }
-        let base = self.samples.front().map_or(total, |(_, b)| *b);
-        total.saturating_sub(base)
-    }
-
-    /// The growth within the window scaled to one minute.
-    pub fn per_minute(&mut self, now: Instant, total: u64) -> f64 {
-        let count = self.record(now, total) as f64;
-        let secs = self.span.as_secs_f64();
-        if secs > 0.0 { count * 60.0 / secs } else { 0.0 }
-    }
-}
-
-/// What a round means for one child's run of misses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing to do.
-    Steady,
-    /// It just reached the threshold of consecutive misses (this many): restrict and alert.
-    Wedged(u32),
-    /// It answers again after having been declared wedged: resolve the alert.
-    Recovered,
-}
-
-/// Consecutive misses per child and which children are declared wedged. Pure.
-#[derive(Debug, Default)]
-pub struct Misses {
-    runs: BTreeMap<ChildName, u32>,
-    wedged: BTreeSet<ChildName>,
-}
-
-impl Misses {
-    /// Records one round's outcome for `child`; `threshold` consecutive misses declare it
-    /// wedged (once per episode).
-    pub fn observe(&mut self, child: ChildName, answered: bool, threshold: u32) -> Verdict {
-        if answered {
-            self.runs.remove(&child);
-            return if self.wedged.remove(&child) {
-                Verdict::Recovered
-            } else {
-                Verdict::Steady
-            };
-        }
-        let run = self.runs.entry(child).or_insert(0);
-        *run = run.saturating_add(1);
-        if *run >= threshold && self.wedged.insert(child) {
-            Verdict::Wedged(*run)
-        } else {
-            Verdict::Steady
-        }
-    }
-}
-
-async fn ping<M: Message>(
-    names: &Names,
-    child: ChildName,
-    make: fn(RpcReplyPort<()>) -> M,
-    timeout: Duration,
-) -> (ChildName, PingOutcome) {
-    let Some(actor) = names.lookup::<M>(child) else {
-        return (child, PingOutcome::Absent);
-    };
-    let started = Instant::now();
-    let outcome = match actor.call(make, Some(timeout)).await {
-        Ok(CallResult::Success(())) => PingOutcome::Answered(started.elapsed()),
-        Ok(CallResult::Timeout) => PingOutcome::TimedOut,
-        Ok(CallResult::SenderError) | Err(_) => PingOutcome::Failed,
-    };
-    (child, outcome)
-}
-
-/// The fail-safe's ping: `GetMode`, so the round also learns the mode for the status line.
-async fn ping_fail_safe(
-    names: &Names,
-    timeout: Duration,
-) -> ((ChildName, PingOutcome), Option<TradingMode>) {
-    let child = ChildName::FailSafe;
-    let Some(actor) = names.lookup::<FailSafeMsg>(child) else {
-        return ((child, PingOutcome::Absent), None);
-    };
-    let started = Instant::now();
-    match actor.call(FailSafeMsg::GetMode, Some(timeout)).await {
-        Ok(CallResult::Success(mode)) => (
-            (child, PingOutcome::Answered(started.elapsed())),
-            Some(mode),
-        ),
-        Ok(CallResult::Timeout) => ((child, PingOutcome::TimedOut), None),
-        Ok(CallResult::SenderError) | Err(_) => ((child, PingOutcome::Failed), None),
-    }
-}
-
-/// The children the supervisor reports escalated; empty when it does not answer in `timeout`.
-async fn escalated_children(names: &Names, timeout: Duration) -> BTreeSet<ChildName> {
-    let Some(supervisor) = ActorRef::<SupervisorMsg>::where_is(names.supervisor()) else {
-        return BTreeSet::new();
-    };
-    match supervisor.call(SupervisorMsg::Status, Some(timeout)).await {
-        Ok(CallResult::Success(status)) => status
-            .children
-            .iter()
-            .filter(|c| c.state == ChildState::Escalated)
-            .map(|c| c.name)
-            .collect(),
-        _ => BTreeSet::new(),
-    }
-}
-
-/// One round: every sibling pinged concurrently (and the supervisor asked which children are
-/// escalated), then a system sample.
-async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) -> BeatReport {
-    let (a, p, (f, mode), b, s, escalated) = tokio::join!(
-        ping(&names, ChildName::Alert, AlertMsg::Ping, timeout),
-        ping(
-            &names,
-            ChildName::StatePersister,
-            PersisterMsg::Ping,
-            timeout
-        ),
-        ping_fail_safe(&names, timeout),
-        ping(
-            &names,
-            ChildName::BrokerConnection,
-            BrokerMsg::Ping,
-            timeout
-        ),
-        ping(&names, ChildName::Strategy, StrategyMsg::Ping, timeout),
-        escalated_children(&names, timeout),
-    );
-    let system = sampler
-        .as_mut()
-        .map(|s| s.sample(std::time::Instant::now()));
-    BeatReport {
-        pings: vec![a, p, f, b, s],
-        mode,
-        escalated,
-        system,
-        sampler,
-    }
 }
 
 /// How long the heartbeat waits for the fail-safe and the persister in its background tasks.

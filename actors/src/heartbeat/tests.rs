@@ -2,12 +2,13 @@
 
 use super::*;
 use crate::alert::AlertStatus;
+use crate::broker::BrokerMsg;
 use crate::failsafe::{FailSafeConfig, InitialMode};
 use crate::hooks::TestHook;
 use crate::store::Store;
-use crate::strategy::{StrategyActor, StrategyArgs};
+use crate::strategy::{StrategyActor, StrategyArgs, StrategyMsg};
 use crate::testkit::{MiniTree, eventually, spawn_alert, spawn_persister, wait_until};
-use ractor::call_t;
+use ractor::{Message, call_t};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

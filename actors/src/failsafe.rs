@@ -203,10 +203,7 @@ pub enum FailSafeMsg {
     },
     /// Internal: the commit of a change to AGGRESSIVE finished.
     Loosened {
-        generation: u64,
-        to: TradingMode,
-        reason: String,
-        changed_at: DateTime<Utc>,
+        change: machine::Loosening,
         result: Result<(), String>,
         reply: Option<ChangeReply>,
     },
@@ -323,10 +320,7 @@ impl FailSafeState {
                 Effect::Persist { change, answer: a } => self.store(change, answer(a)),
                 Effect::PersistThenApply {
                     change,
-                    generation,
-                    to,
-                    reason,
-                    changed_at,
+                    pending,
                     answer: a,
                 } => {
                     let reply = answer(a);
@@ -340,10 +334,7 @@ impl FailSafeState {
                                     timeout,
                                 );
                                 let _ = me.send_message(FailSafeMsg::Loosened {
-                                    generation,
-                                    to,
-                                    reason,
-                                    changed_at,
+                                    change: pending,
                                     result,
                                     reply,
                                 });
@@ -352,10 +343,7 @@ impl FailSafeState {
                         // Not even handed to the persister: refused at once, like a failed commit.
                         Err(e) => {
                             let event = Event::Loosened {
-                                generation,
-                                to,
-                                reason,
-                                changed_at,
+                                change: pending,
                                 result: Err(e),
                             };
                             self.on(myself, event, reply);
@@ -601,22 +589,10 @@ impl Actor for FailSafeActor {
                 state.on(&myself, Event::Loaded { attempt, result }, None);
             }
             FailSafeMsg::Loosened {
-                generation,
-                to,
-                reason,
-                changed_at,
+                change,
                 result,
                 reply,
-            } => {
-                let event = Event::Loosened {
-                    generation,
-                    to,
-                    reason,
-                    changed_at,
-                    result,
-                };
-                state.on(&myself, event, reply);
-            }
+            } => state.on(&myself, Event::Loosened { change, result }, reply),
             FailSafeMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }

@@ -45,10 +45,7 @@ pub enum Event {
     Restrict { mode: TradingMode, reason: String },
     /// The commit of a change to AGGRESSIVE (see [`Effect::PersistThenApply`]) finished.
     Loosened {
-        generation: u64,
-        to: TradingMode,
-        reason: String,
-        changed_at: DateTime<Utc>,
+        change: Loosening,
         result: Result<(), String>,
     },
     /// A condition of the watch started.
@@ -62,14 +59,11 @@ pub enum Event {
 pub enum Effect {
     /// Commit `change` through the persister. `answer`: the caller's reply gets the outcome.
     Persist { change: Change, answer: bool },
-    /// Commit `change` (a change to `to`, which allows entries) and feed the outcome back as
-    /// [`Event::Loosened`] with these fields; the mode changes only then.
+    /// Commit `change` (to a mode that allows entries) and feed the outcome back as
+    /// [`Event::Loosened`] with `pending`; the mode changes only then.
     PersistThenApply {
         change: Change,
-        generation: u64,
-        to: TradingMode,
-        reason: String,
-        changed_at: DateTime<Utc>,
+        pending: Loosening,
         answer: bool,
     },
     /// Answer the caller now.
@@ -89,6 +83,16 @@ pub enum Effect {
     ReadStore { attempt: u32 },
     /// Log this.
     Log(Note),
+}
+
+/// A change to a mode that allows entries, waiting for its commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loosening {
+    /// The machine's generation when the change was asked for: applied only if unchanged.
+    pub generation: u64,
+    pub to: TradingMode,
+    pub reason: String,
+    pub changed_at: DateTime<Utc>,
 }
 
 /// What the actor logs, one variant per log line.
@@ -292,10 +296,13 @@ impl ModeMachine {
                 }
             }
             Event::Loosened {
-                generation,
-                to,
-                reason,
-                changed_at,
+                change:
+                    Loosening {
+                        generation,
+                        to,
+                        reason,
+                        changed_at,
+                    },
                 result,
             } => {
                 let outcome = match result {
@@ -396,10 +403,12 @@ impl ModeMachine {
         let change = Self::mode_change(self.mode, to, &reason, None, now);
         out.push(Effect::PersistThenApply {
             change,
-            generation: self.generation,
-            to,
-            reason,
-            changed_at: now,
+            pending: Loosening {
+                generation: self.generation,
+                to,
+                reason,
+                changed_at: now,
+            },
             answer,
         });
     }

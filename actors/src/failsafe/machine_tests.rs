@@ -57,13 +57,7 @@ fn trigger(m: &mut ModeMachine, name: &str, now: DateTime<Utc>) -> Vec<Effect> {
 
 /// Feeds a [`Effect::PersistThenApply`] back as a successful commit, as the actor does.
 fn confirm(m: &mut ModeMachine, effects: &[Effect], now: DateTime<Utc>) -> Vec<Effect> {
-    let Some(Effect::PersistThenApply {
-        generation,
-        to,
-        reason,
-        changed_at,
-        ..
-    }) = effects
+    let Some(Effect::PersistThenApply { pending, .. }) = effects
         .iter()
         .find(|e| matches!(e, Effect::PersistThenApply { .. }))
     else {
@@ -71,10 +65,7 @@ fn confirm(m: &mut ModeMachine, effects: &[Effect], now: DateTime<Utc>) -> Vec<E
     };
     m.on(
         Event::Loosened {
-            generation: *generation,
-            to: *to,
-            reason: reason.clone(),
-            changed_at: *changed_at,
+            change: pending.clone(),
             result: Ok(()),
         },
         now,
@@ -379,20 +370,13 @@ fn a_failing_load_retries_then_gives_up_and_a_set_mode_reads_again() {
 fn a_change_to_aggressive_not_stored_is_refused() {
     let mut m = loaded(TradingMode::ObserveOnly, None);
     let effects = set(&mut m, TradingMode::Aggressive, at(1));
-    let Some(Effect::PersistThenApply {
-        generation,
-        changed_at,
-        ..
-    }) = effects.first().cloned()
-    else {
+    let Some(Effect::PersistThenApply { pending, .. }) = effects.first().cloned() else {
         panic!("{effects:?}");
     };
+    assert_eq!(pending.to, TradingMode::Aggressive);
     let refused = m.on(
         Event::Loosened {
-            generation,
-            to: TradingMode::Aggressive,
-            reason: "operator".into(),
-            changed_at,
+            change: pending,
             result: Err("store is read-only".into()),
         },
         at(2),
@@ -512,15 +496,10 @@ proptest! {
                     action: Action::ObserveOnly,
                 }),
                 Step::Confirm(ok) => match pending.take() {
-                    Some(Effect::PersistThenApply { generation, to, reason, changed_at, .. }) => {
-                        Event::Loosened {
-                            generation,
-                            to,
-                            reason,
-                            changed_at,
-                            result: if ok { Ok(()) } else { Err("no".into()) },
-                        }
-                    }
+                    Some(Effect::PersistThenApply { pending, .. }) => Event::Loosened {
+                        change: pending,
+                        result: if ok { Ok(()) } else { Err("no".into()) },
+                    },
                     _ => continue,
                 },
             };

@@ -28,7 +28,7 @@
 //! Every `event_interval` it commits a `heartbeat` event (uptime, round trips, unanswered
 //! children) through the persister, awaited in a task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -51,11 +51,13 @@ use crate::store::Change;
 
 mod config;
 mod probe;
+pub mod round;
 mod rules;
 pub mod sampler;
 pub use config::{HeartbeatConfig, round_interval};
+pub use probe::BeatReport;
 use probe::round;
-pub use probe::{BeatReport, PingOutcome};
+pub use round::{PingOutcome, RoundBook};
 pub use rules::{ErrorWindow, Misses, Verdict};
 pub use sampler::{LimitSource, Sampler, SystemSources, SystemStats};
 // Used by the test module through `use super::*`.
@@ -155,16 +157,9 @@ pub struct HeartbeatState {
     recording: Option<JoinHandle<()>>,
     /// Lent to the running round, `None` meanwhile.
     sampler: Option<Sampler>,
-    beats: u64,
-    last_beat_at: Option<DateTime<Utc>>,
-    round_trip_ms: BTreeMap<String, f64>,
-    unanswered: BTreeSet<ChildName>,
-    absent: Vec<String>,
-    escalated: BTreeSet<ChildName>,
+    /// What the rounds showed, and every decision about it.
+    rounds: RoundBook,
     system: SystemStats,
-    /// The mode the fail-safe reported in the last round.
-    mode: Option<TradingMode>,
-    misses: Misses,
     errors: ErrorWindow,
     error_rate: f64,
 }
@@ -183,15 +178,8 @@ impl HeartbeatState {
             in_flight: None,
             recording: None,
             sampler: None,
-            beats: 0,
-            last_beat_at: None,
-            round_trip_ms: BTreeMap::new(),
-            unanswered: BTreeSet::new(),
-            absent: Vec::new(),
-            escalated: BTreeSet::new(),
+            rounds: RoundBook::default(),
             system: SystemStats::default(),
-            mode: None,
-            misses: Misses::default(),
             errors: ErrorWindow::new(ERROR_WINDOW),
             error_rate: 0.0,
         }
@@ -241,85 +229,42 @@ impl HeartbeatState {
         if let Some(system) = report.system {
             self.system = system;
         }
-        self.beats += 1;
-        self.last_beat_at = Some(crate::clock::now());
-        self.mode = report.mode;
-        self.round_trip_ms.clear();
-        self.absent.clear();
-        let threshold = self.args.config.unanswered_rounds;
-        for child in report.escalated.difference(&self.escalated) {
-            warn!(actor = "heartbeat", child = %child,
-                "actor escalated: no longer expected to answer (see its escalation alert)");
-        }
-        self.escalated = report.escalated;
-        for (child, outcome) in report.pings {
-            let answered = matches!(outcome, PingOutcome::Answered(_));
-            if !answered && self.escalated.contains(&child) {
-                // Stopped for good on purpose: its `escalation:<child>` alert is the one root
-                // cause, so a wedge declared before it escalated is resolved, not repeated.
-                self.unanswered.remove(&child);
-                if self.misses.observe(child, true, threshold) == Verdict::Recovered {
-                    self.resolve(child, "escalated: its escalation alert takes over");
+        let effects = self.rounds.on_round(
+            report.pings,
+            report.escalated,
+            report.mode,
+            self.args.config.unanswered_rounds,
+            crate::clock::now(),
+        );
+        for effect in effects {
+            match effect {
+                round::Effect::Escalated(child) => warn!(actor = "heartbeat", child = %child,
+                    "actor escalated: no longer expected to answer (see its escalation alert)"),
+                round::Effect::AnswersAgain(child) => {
+                    info!(actor = "heartbeat", child = %child, "actor answers again");
                 }
-                continue;
-            }
-            match outcome {
-                PingOutcome::Answered(rtt) => {
-                    self.round_trip_ms
-                        .insert(child.as_str().to_string(), rtt.as_secs_f64() * 1000.0);
-                    if self.unanswered.remove(&child) {
-                        info!(actor = "heartbeat", child = %child, "actor answers again");
-                    }
-                }
-                other => {
-                    if other == PingOutcome::Absent {
-                        self.absent.push(child.as_str().to_string());
-                    }
-                    if self.unanswered.insert(child) {
-                        warn!(
-                            actor = "heartbeat",
-                            child = %child,
-                            outcome = other.describe(),
-                            "actor does not answer its heartbeat"
-                        );
+                round::Effect::Silent(child, outcome) => warn!(
+                    actor = "heartbeat",
+                    child = %child,
+                    outcome = outcome.describe(),
+                    "actor does not answer its heartbeat"
+                ),
+                round::Effect::Wedged {
+                    child,
+                    outcome,
+                    rounds,
+                } => self.wedged(child, outcome, rounds),
+                round::Effect::Resolve { child, why } => self.resolve(child, why),
+                round::Effect::Systemd { feed, status } => {
+                    if let Some(notifier) = &self.args.notifier {
+                        if feed {
+                            notifier.watchdog_ok(&status);
+                        } else {
+                            notifier.status(&status);
+                        }
                     }
                 }
             }
-            match self.misses.observe(child, answered, threshold) {
-                Verdict::Steady => {}
-                Verdict::Wedged(rounds) => self.wedged(child, outcome, rounds),
-                Verdict::Recovered => self.recovered(child),
-            }
-        }
-        self.notify_systemd();
-    }
-
-    /// The systemd side of a round: `WATCHDOG=1` only when every child answered.
-    fn notify_systemd(&self) {
-        let Some(notifier) = &self.args.notifier else {
-            return;
-        };
-        let mode = self.mode.map_or("unknown", TradingMode::as_str);
-        if self.unanswered.is_empty() {
-            let slowest = self.round_trip_ms.values().copied().fold(0.0, f64::max);
-            let escalated = if self.escalated.is_empty() {
-                String::new()
-            } else {
-                let names: Vec<&str> = self.escalated.iter().map(|c| c.as_str()).collect();
-                format!("; escalated (stopped, see /health): {}", names.join(", "))
-            };
-            notifier.watchdog_ok(&format!(
-                "mode {mode}; heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms){escalated}",
-                self.beats,
-                self.round_trip_ms.len()
-            ));
-        } else {
-            let silent: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
-            notifier.status(&format!(
-                "mode {mode}; heartbeat round {}: no answer from {}; watchdog not fed",
-                self.beats,
-                silent.join(", ")
-            ));
         }
     }
 
@@ -394,11 +339,6 @@ impl HeartbeatState {
         });
     }
 
-    /// `child` answers again: resolve its alert (the mode is left to the operator).
-    fn recovered(&self, child: ChildName) {
-        self.resolve(child, "wedged actor answers again");
-    }
-
     /// Resolves `child`'s heartbeat alert.
     fn resolve(&self, child: ChildName, why: &str) {
         info!(actor = "heartbeat", child = %child, "{why}; heartbeat alert resolved");
@@ -418,15 +358,20 @@ impl HeartbeatState {
             );
             return;
         }
-        let unanswered: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
+        let unanswered: Vec<&str> = self
+            .rounds
+            .unanswered()
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
         let change = Change::event(
             "heartbeat",
             json!({
                 "uptime_seconds": self.args.started.elapsed().as_secs(),
-                "beats": self.beats,
-                "round_trip_ms": self.round_trip_ms,
+                "beats": self.rounds.beats(),
+                "round_trip_ms": self.rounds.round_trip_ms(),
                 "unanswered": unanswered,
-                "mode": self.mode,
+                "mode": self.rounds.mode(),
                 "error_rate_per_minute": self.error_rate,
             }),
         );
@@ -440,17 +385,19 @@ impl HeartbeatState {
 
     fn status(&self) -> HeartbeatStatus {
         HeartbeatStatus {
-            beats: self.beats,
-            last_beat_at: self.last_beat_at,
-            round_trip_ms: self.round_trip_ms.clone(),
+            beats: self.rounds.beats(),
+            last_beat_at: self.rounds.last_beat_at(),
+            round_trip_ms: self.rounds.round_trip_ms().clone(),
             unanswered: self
-                .unanswered
+                .rounds
+                .unanswered()
                 .iter()
                 .map(|c| c.as_str().to_string())
                 .collect(),
-            absent: self.absent.clone(),
+            absent: self.rounds.absent().to_vec(),
             escalated: self
-                .escalated
+                .rounds
+                .escalated()
                 .iter()
                 .map(|c| c.as_str().to_string())
                 .collect(),

@@ -10,6 +10,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, RpcReplyPort};
 use tokio::time::Instant;
 
+use super::round::PingOutcome;
 use super::sampler::{Sampler, SystemStats};
 use crate::alert::AlertMsg;
 use crate::broker::BrokerMsg;
@@ -19,30 +20,6 @@ use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
 use crate::strategy::StrategyMsg;
 use crate::supervisor::{ChildState, SupervisorMsg};
-
-/// How one ping went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PingOutcome {
-    /// Answered after this long.
-    Answered(Duration),
-    /// No actor runs under that name.
-    Absent,
-    /// No answer within `ping_timeout`.
-    TimedOut,
-    /// The message could not be delivered or the actor dropped it.
-    Failed,
-}
-
-impl PingOutcome {
-    pub(super) fn describe(self) -> &'static str {
-        match self {
-            PingOutcome::Answered(_) => "answered",
-            PingOutcome::Absent => "not running",
-            PingOutcome::TimedOut => "no answer within the ping timeout",
-            PingOutcome::Failed => "ping not delivered",
-        }
-    }
-}
 
 /// The outcome of one round (internal; sent from the round's task).
 pub struct BeatReport {

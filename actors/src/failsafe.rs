@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, AlertMsg};
 use crate::checks::ChecksReport;
 use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
@@ -28,10 +28,12 @@ use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
 use crate::store::{Change, Committed, StoreError};
 
+pub mod machine;
 pub mod triggers;
 
+use machine::{Effect, Event, ModeMachine, Note};
 pub use triggers::TriggerConfig;
-use triggers::{Action, Finding, Watch};
+use triggers::Watch;
 
 /// The alert raised while the store's filesystem is below `[store] disk_free_floor`.
 pub const DISK_ALERT_KEY: &str = "store:disk_low";
@@ -201,10 +203,7 @@ pub enum FailSafeMsg {
     },
     /// Internal: the commit of a change to AGGRESSIVE finished.
     Loosened {
-        generation: u64,
-        to: TradingMode,
-        reason: String,
-        changed_at: DateTime<Utc>,
+        change: machine::Loosening,
         result: Result<(), String>,
         reply: Option<ChangeReply>,
     },
@@ -252,24 +251,11 @@ pub struct StoredMode {
 /// The fail-safe actor.
 pub struct FailSafeActor;
 
-/// The fail-safe's state.
+/// The fail-safe's state: the mode machine (every decision) plus what only the actor needs.
 pub struct FailSafeState {
     args: FailSafeArgs,
-    mode: TradingMode,
-    loaded: bool,
-    /// This run's start-up recovery has finished.
-    recovered: bool,
-    /// A load is under way (false once loaded or given up).
-    loading: bool,
-    reason: String,
-    changed_at: Option<DateTime<Utc>>,
-    /// The mode this run started in, and why (see [`FailSafeStatus::initial_mode`]).
-    initial_mode: TradingMode,
-    initial_mode_reason: String,
-    triggers: u64,
-    last_trigger: Option<String>,
-    /// Bumped on every in-memory change; a pending change to AGGRESSIVE applies only if unchanged.
-    generation: u64,
+    /// The mode and every decision about it.
+    machine: ModeMachine,
     /// The trigger conditions' memory.
     watch: Watch,
     /// An evaluation's gather is under way.
@@ -299,37 +285,95 @@ fn commit_outcome(
 
 impl FailSafeState {
     fn status(&self) -> FailSafeStatus {
+        let m = &self.machine;
         FailSafeStatus {
-            mode: self.mode,
-            loaded: self.loaded,
-            reason: self.reason.clone(),
-            changed_at: self.changed_at,
-            initial_mode: self.initial_mode,
-            initial_mode_reason: self.initial_mode_reason.clone(),
-            triggers: self.triggers,
-            last_trigger: self.last_trigger.clone(),
-            recovered: self.recovered,
+            mode: m.mode(),
+            loaded: m.loaded(),
+            reason: m.reason().to_owned(),
+            changed_at: m.changed_at(),
+            initial_mode: m.initial_mode(),
+            initial_mode_reason: m.initial_mode_reason().to_owned(),
+            triggers: m.triggers(),
+            last_trigger: m.last_trigger().map(str::to_owned),
+            recovered: m.recovered(),
             conditions: self.watch.active(),
             checks: self.checks.clone(),
         }
     }
 
-    fn allow_entry(&self) -> Result<(), String> {
-        if !self.loaded {
-            return Err(
-                "the stored trading mode has not been loaded yet; entries are refused".into(),
-            );
+    /// Asks the machine about `event` and carries out its effects; `reply` goes to the effect
+    /// that answers the caller.
+    fn on(&mut self, myself: &ActorRef<FailSafeMsg>, event: Event, reply: Option<ChangeReply>) {
+        let effects = self.machine.on(event, crate::clock::now());
+        self.carry_out(myself, effects, reply);
+    }
+
+    fn carry_out(
+        &mut self,
+        myself: &ActorRef<FailSafeMsg>,
+        effects: Vec<Effect>,
+        mut reply: Option<ChangeReply>,
+    ) {
+        let mut answer = |yes: bool| if yes { reply.take() } else { None };
+        for effect in effects {
+            match effect {
+                Effect::Persist { change, answer: a } => self.store(change, answer(a)),
+                Effect::PersistThenApply {
+                    change,
+                    pending,
+                    answer: a,
+                } => {
+                    let reply = answer(a);
+                    match self.send_commit(change) {
+                        Ok(rx) => {
+                            let timeout = self.args.config.commit_timeout;
+                            let me = myself.clone();
+                            tokio::spawn(async move {
+                                let result = commit_outcome(
+                                    tokio::time::timeout(timeout, rx).await,
+                                    timeout,
+                                );
+                                let _ = me.send_message(FailSafeMsg::Loosened {
+                                    change: pending,
+                                    result,
+                                    reply,
+                                });
+                            });
+                        }
+                        // Not even handed to the persister: refused at once, like a failed commit.
+                        Err(e) => {
+                            let event = Event::Loosened {
+                                change: pending,
+                                result: Err(e),
+                            };
+                            self.on(myself, event, reply);
+                        }
+                    }
+                }
+                Effect::Reply(outcome) => {
+                    if let Some(reply) = answer(true) {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Effect::Raise(alert) => self.send_alert(alert),
+                Effect::Resolve(key) => {
+                    if let Some(a) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
+                        let _ = a.send_message(AlertMsg::Resolve { key });
+                    }
+                }
+                Effect::ResolveShutdownAlerts => self.resolve_shutdown_alerts(),
+                Effect::ScheduleLoad { attempt, delay } => match delay {
+                    None => {
+                        let _ = myself.send_message(FailSafeMsg::Load { attempt });
+                    }
+                    Some(delay) => {
+                        myself.send_after(delay, move || FailSafeMsg::Load { attempt });
+                    }
+                },
+                Effect::ReadStore { attempt } => self.start_load(myself, attempt),
+                Effect::Log(note) => log(note),
+            }
         }
-        if !self.recovered {
-            return Err("start-up recovery has not finished; entries are refused".into());
-        }
-        if !self.mode.allows_entries() {
-            return Err(format!(
-                "trading mode is {} ({}); entries are refused",
-                self.mode, self.reason
-            ));
-        }
-        Ok(())
     }
 
     /// Hands `change` to the persister in mailbox order; the receiver yields the commit result.
@@ -352,46 +396,6 @@ impl FailSafeState {
         Ok(rx)
     }
 
-    fn mode_change(
-        from: TradingMode,
-        to: TradingMode,
-        reason: &str,
-        trigger: Option<&str>,
-        changed_at: DateTime<Utc>,
-    ) -> Change {
-        let mut event = json!({ "from": from, "to": to, "reason": reason });
-        if let Some(t) = trigger {
-            event["trigger"] = json!(t);
-        }
-        Change::event("mode_changed", event).set(
-            MODE_KEY,
-            json!({ "mode": to, "reason": reason, "changed_at": changed_at }),
-        )
-    }
-
-    /// A change that does not loosen trading: in memory at once, then stored.
-    fn restrict(
-        &mut self,
-        to: TradingMode,
-        reason: String,
-        trigger: Option<&str>,
-        reply: Option<ChangeReply>,
-    ) {
-        let from = self.mode;
-        let now = crate::clock::now();
-        self.mode = to;
-        self.changed_at = Some(now);
-        self.generation += 1;
-        if to == TradingMode::Shutdown {
-            error!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
-        } else {
-            warn!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
-        }
-        let change = Self::mode_change(from, to, &reason, trigger, now);
-        self.reason = reason;
-        self.store(change, reply);
-    }
-
     /// Commits `change` and reports the outcome to `reply` (and the log on failure).
     fn store(&self, change: Change, reply: Option<ChangeReply>) {
         let timeout = self.args.config.commit_timeout;
@@ -412,84 +416,6 @@ impl FailSafeState {
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(e));
                 }
-            }
-        }
-    }
-
-    /// A change to AGGRESSIVE: stored first, applied when the commit is confirmed.
-    fn loosen(
-        &self,
-        myself: &ActorRef<FailSafeMsg>,
-        to: TradingMode,
-        reason: String,
-        reply: Option<ChangeReply>,
-    ) {
-        let changed_at = crate::clock::now();
-        let change = Self::mode_change(self.mode, to, &reason, None, changed_at);
-        match self.send_commit(change) {
-            Ok(rx) => {
-                let timeout = self.args.config.commit_timeout;
-                let generation = self.generation;
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let result = commit_outcome(tokio::time::timeout(timeout, rx).await, timeout);
-                    let _ = me.send_message(FailSafeMsg::Loosened {
-                        generation,
-                        to,
-                        reason,
-                        changed_at,
-                        result,
-                        reply,
-                    });
-                });
-            }
-            Err(e) => {
-                warn!(actor = "fail-safe", %to, error = %e, "mode change refused: it could not be stored");
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(format!(
-                        "{to} not stored, mode stays {}: {e}",
-                        self.mode
-                    )));
-                }
-            }
-        }
-    }
-
-    fn set_mode(
-        &mut self,
-        myself: &ActorRef<FailSafeMsg>,
-        mode: TradingMode,
-        reason: String,
-        reply: ChangeReply,
-    ) {
-        if !self.loaded {
-            let mut why =
-                "the stored trading mode has not been loaded yet; try again shortly".to_string();
-            if !self.loading {
-                why.push_str(" (loading it again now)");
-                self.loading = true;
-                let _ = myself.send_message(FailSafeMsg::Load { attempt: 1 });
-            }
-            let _ = reply.send(Err(why));
-            return;
-        }
-        if mode == self.mode {
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        if self.mode == TradingMode::Shutdown && mode == TradingMode::Aggressive {
-            let _ = reply.send(Err(
-                "SHUTDOWN is cleared to OBSERVE_ONLY first, then to AGGRESSIVE".into(),
-            ));
-            return;
-        }
-        if mode.allows_entries() {
-            self.loosen(myself, mode, reason, Some(reply));
-        } else {
-            let clears_shutdown = self.mode == TradingMode::Shutdown;
-            self.restrict(mode, reason, None, Some(reply));
-            if clears_shutdown {
-                self.resolve_shutdown_alerts();
             }
         }
     }
@@ -521,40 +447,6 @@ impl FailSafeState {
         });
     }
 
-    fn trigger(&mut self, trigger: String, reason: String, reply: Option<ChangeReply>) {
-        self.triggers += 1;
-        self.last_trigger = Some(trigger.clone());
-        let previous = self.mode;
-        self.raise_alert(&trigger, &reason, previous);
-        if previous == TradingMode::Shutdown {
-            // Already latched: keep the first cause as the reason, but put this one on record.
-            error!(actor = "fail-safe", trigger = %trigger, reason = %reason, "fail-safe triggered again while in SHUTDOWN");
-            let change = Change::event(
-                "failsafe_triggered",
-                json!({ "trigger": trigger, "reason": reason, "mode": TradingMode::Shutdown }),
-            );
-            self.store(change, reply);
-        } else {
-            let text = format!("{trigger}: {reason}");
-            self.restrict(TradingMode::Shutdown, text, Some(&trigger), reply);
-        }
-    }
-
-    fn raise_alert(&self, trigger: &str, reason: &str, previous: TradingMode) {
-        let alert = Alert {
-            key: format!("failsafe:{trigger}"),
-            severity: Severity::Critical,
-            title: "Fail-safe triggered: trading is SHUTDOWN".into(),
-            message: format!("fail-safe trigger {trigger}: {reason}"),
-            root_cause: reason.to_string(),
-            recommended_action: "Find and fix the cause, then set the mode to OBSERVE_ONLY and, \
-                                 once satisfied, to AGGRESSIVE"
-                .into(),
-            metadata: json!({ "trigger": trigger, "previous_mode": previous }),
-        };
-        self.send_alert(alert);
-    }
-
     fn send_alert(&self, alert: Alert) {
         match self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
             Some(a) => {
@@ -574,7 +466,7 @@ impl FailSafeState {
     fn start_evaluation(&mut self, myself: &ActorRef<FailSafeMsg>) {
         let config = &self.args.config.triggers;
         myself.send_after(config.evaluate_interval, || FailSafeMsg::Evaluate);
-        if !self.loaded || self.evaluating {
+        if !self.machine.loaded() || self.evaluating {
             return;
         }
         self.evaluating = true;
@@ -588,78 +480,7 @@ impl FailSafeState {
         });
     }
 
-    /// A condition of the watch stopped holding: its alert is resolved. Mode changes are never
-    /// undone by the watch (a lost heartbeat's OBSERVE_ONLY stays until the operator sets the
-    /// mode; `/health` and `tradebaas_trading_mode` keep showing it).
-    fn on_ended(&mut self, trigger: &'static str) {
-        let key = match trigger {
-            triggers::DISK_LOW => DISK_ALERT_KEY,
-            "heartbeat_missing" => "heartbeat:missing",
-            _ => return,
-        };
-        info!(
-            actor = "fail-safe",
-            trigger, key, "condition ended: resolving its alert"
-        );
-        if let Some(a) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
-            let _ = a.send_message(AlertMsg::Resolve { key: key.into() });
-        }
-    }
-
-    /// Applies one finding of the watch.
-    fn act_on(&mut self, finding: Finding) {
-        match finding.action {
-            Action::Alert => {
-                warn!(actor = "fail-safe", trigger = finding.trigger, reason = %finding.reason, "disk space below the floor");
-                self.send_alert(Alert {
-                    key: DISK_ALERT_KEY.into(),
-                    severity: Severity::Warning,
-                    title: "Disk space below the floor: free space before writes fail".into(),
-                    message: finding.reason.clone(),
-                    root_cause: finding.reason.clone(),
-                    recommended_action: "Free space on the data directory's filesystem (old \
-                                         backups, logs) or grow it; trading goes on, but once \
-                                         writes fail the fail-safe latches SHUTDOWN \
-                                         (event_log_failing)"
-                        .into(),
-                    metadata: json!({ "trigger": finding.trigger }),
-                });
-            }
-            Action::Shutdown => self.trigger(finding.trigger.to_owned(), finding.reason, None),
-            Action::ObserveOnly => {
-                self.triggers += 1;
-                self.last_trigger = Some(finding.trigger.to_owned());
-                error!(actor = "fail-safe", trigger = finding.trigger, reason = %finding.reason, "restricting to OBSERVE_ONLY");
-                self.send_alert(Alert {
-                    key: format!(
-                        "heartbeat:{}",
-                        finding.trigger.trim_start_matches("heartbeat_")
-                    ),
-                    severity: Severity::Critical,
-                    title: "Heartbeat lost: trading is OBSERVE_ONLY".into(),
-                    message: finding.reason.clone(),
-                    root_cause: finding.reason.clone(),
-                    recommended_action: "Read the heartbeat and supervisor logs for a wedged or \
-                                         crashed actor; once /health is healthy, set the mode \
-                                         with `tradebaas mode aggressive --reason …`"
-                        .into(),
-                    metadata: json!({ "trigger": finding.trigger, "previous_mode": self.mode }),
-                });
-                if strictness(TradingMode::ObserveOnly) > strictness(self.mode) {
-                    let reason = format!("{}: {}", finding.trigger, finding.reason);
-                    self.restrict(
-                        TradingMode::ObserveOnly,
-                        reason,
-                        Some(finding.trigger),
-                        None,
-                    );
-                }
-            }
-        }
-    }
-
-    fn start_load(&mut self, myself: &ActorRef<FailSafeMsg>, attempt: u32) {
-        self.loading = true;
+    fn start_load(&self, myself: &ActorRef<FailSafeMsg>, attempt: u32) {
         let names = self.args.names.clone();
         let timeout = self.args.config.load_timeout;
         let me = myself.clone();
@@ -678,118 +499,6 @@ impl FailSafeState {
             };
             let _ = me.send_message(FailSafeMsg::Loaded { attempt, result });
         });
-    }
-
-    fn on_loaded(
-        &mut self,
-        myself: &ActorRef<FailSafeMsg>,
-        attempt: u32,
-        result: Result<Option<Value>, String>,
-    ) {
-        if self.loaded {
-            return;
-        }
-        let stored = match result {
-            Ok(stored) => stored,
-            Err(e) => {
-                let attempts = self.args.config.load_attempts;
-                if attempt < attempts {
-                    warn!(actor = "fail-safe", attempt, attempts, error = %e, "could not load the stored trading mode; retrying");
-                    let next = attempt + 1;
-                    myself.send_after(self.args.config.load_retry_delay, move || {
-                        FailSafeMsg::Load { attempt: next }
-                    });
-                } else {
-                    self.loading = false;
-                    self.reason = format!("stored trading mode could not be loaded: {e}");
-                    self.initial_mode = self.mode;
-                    self.initial_mode_reason = format!(
-                        "the store could not be read, so neither a stored mode nor the configured \
-                         initial mode {} was applied: {e}",
-                        self.args.initial.mode
-                    );
-                    error!(
-                        actor = "fail-safe",
-                        attempts,
-                        error = %e,
-                        mode = %self.mode,
-                        "giving up loading the stored trading mode; entries stay refused until an operator sets a mode or the fail-safe restarts"
-                    );
-                }
-                return;
-            }
-        };
-        self.loaded = true;
-        self.loading = false;
-        let initial = self.args.initial.clone();
-        if self.mode == TradingMode::Shutdown {
-            // A trigger arrived before the load finished; it is newer and already stored.
-            self.initial_mode = TradingMode::Shutdown;
-            self.initial_mode_reason = format!(
-                "a fail-safe trigger latched SHUTDOWN before the stored mode was read ({})",
-                self.reason
-            );
-            info!(
-                actor = "fail-safe",
-                initial_mode = %self.initial_mode,
-                initial_mode_reason = %self.initial_mode_reason,
-                "stored trading mode loaded; keeping the SHUTDOWN triggered meanwhile"
-            );
-            return;
-        }
-        match stored.map(serde_json::from_value::<StoredMode>) {
-            Some(Ok(s)) => {
-                // Recovery: what the store says wins over the configuration.
-                self.initial_mode = s.mode;
-                self.initial_mode_reason = format!(
-                    "the stored mode takes precedence over the configured initial mode {} ({}); \
-                     stored: {} ({})",
-                    initial.mode, initial.reason, s.mode, s.reason
-                );
-                info!(
-                    actor = "fail-safe",
-                    mode = %s.mode,
-                    reason = %s.reason,
-                    initial_mode = %self.initial_mode,
-                    initial_mode_reason = %self.initial_mode_reason,
-                    "stored trading mode loaded; trading starts {}", s.mode
-                );
-                if s.mode != self.mode {
-                    self.generation += 1;
-                }
-                self.mode = s.mode;
-                self.reason = s.reason;
-                self.changed_at = s.changed_at;
-            }
-            Some(Err(e)) => {
-                // Fail closed: an unreadable mode might have been SHUTDOWN.
-                let reason = format!("stored trading mode is unreadable ({e}); latched for safety");
-                self.initial_mode = TradingMode::Shutdown;
-                self.initial_mode_reason = format!(
-                    "{reason}; the configured initial mode {} is not applied",
-                    initial.mode
-                );
-                self.raise_alert("unreadable_mode", &reason, self.mode);
-                self.restrict(TradingMode::Shutdown, reason, Some("unreadable_mode"), None);
-            }
-            None => {
-                self.initial_mode = initial.mode;
-                self.initial_mode_reason = initial.reason.clone();
-                let reason = format!("initial mode (nothing stored): {}", initial.reason);
-                info!(
-                    actor = "fail-safe",
-                    mode = %initial.mode,
-                    initial_mode = %initial.mode,
-                    initial_mode_reason = %initial.reason,
-                    "no stored trading mode; trading starts {} (the initial mode)", initial.mode
-                );
-                if initial.mode.allows_entries() {
-                    self.loosen(myself, initial.mode, reason, None);
-                } else {
-                    self.restrict(initial.mode, reason, None, None);
-                }
-            }
-        }
     }
 }
 
@@ -814,24 +523,14 @@ impl Actor for FailSafeActor {
             args.health.clone(),
             crate::clock::now(),
         );
-        let initial_mode = args.initial.mode;
-        let initial_mode_reason = format!(
-            "{}; not applied yet: the store is being read (a stored mode takes precedence)",
-            args.initial.reason
+        let machine = ModeMachine::new(
+            args.initial.clone(),
+            args.config.load_attempts,
+            args.config.load_retry_delay,
         );
         Ok(FailSafeState {
             args,
-            mode: TradingMode::ObserveOnly,
-            loaded: false,
-            recovered: false,
-            loading: true,
-            reason: "starting: the stored mode is not loaded yet".into(),
-            changed_at: None,
-            initial_mode,
-            initial_mode_reason,
-            triggers: 0,
-            last_trigger: None,
-            generation: 0,
+            machine,
             watch,
             evaluating: false,
             started: tokio::time::Instant::now(),
@@ -848,13 +547,7 @@ impl Actor for FailSafeActor {
         match msg {
             FailSafeMsg::TaskPanicked(reason) => return Err(reason.into()),
             FailSafeMsg::RecoveryFinished | FailSafeMsg::RecoveredEarlier => {
-                if !state.recovered {
-                    info!(
-                        actor = "fail-safe",
-                        "start-up recovery finished; entries follow the mode"
-                    );
-                }
-                state.recovered = true;
+                state.on(&myself, Event::RecoveryFinished, None);
             }
             FailSafeMsg::RunStarted(t) => state.watch.set_since(t),
             FailSafeMsg::Evaluate => state.start_evaluation(&myself),
@@ -863,77 +556,43 @@ impl Actor for FailSafeActor {
                 let uptime = state.started.elapsed();
                 let findings = state.watch.evaluate(&replies, crate::clock::now(), uptime);
                 for finding in findings {
-                    state.act_on(finding);
+                    state.on(&myself, Event::Finding(finding), None);
                 }
                 for ended in state.watch.take_ended() {
-                    state.on_ended(ended);
+                    state.on(&myself, Event::Ended(ended), None);
                 }
             }
             FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
             FailSafeMsg::AllowEntry(reply) => {
-                let _ = reply.send(state.allow_entry());
+                let _ = reply.send(state.machine.allow_entry());
             }
             FailSafeMsg::GetMode(reply) => {
-                let _ = reply.send(state.mode);
+                let _ = reply.send(state.machine.mode());
             }
             FailSafeMsg::Trigger {
                 trigger,
                 reason,
                 reply,
-            } => state.trigger(trigger, reason, reply),
+            } => state.on(&myself, Event::Trigger { trigger, reason }, reply),
             FailSafeMsg::SetMode {
                 mode,
                 reason,
                 reply,
-            } => state.set_mode(&myself, mode, reason, reply),
+            } => state.on(&myself, Event::SetMode { mode, reason }, Some(reply)),
             FailSafeMsg::Restrict {
                 mode,
                 reason,
                 reply,
-            } => {
-                if !state.loaded || strictness(mode) > strictness(state.mode) {
-                    state.set_mode(&myself, mode, reason, reply);
-                } else if strictness(mode) < strictness(state.mode) {
-                    // Already stricter (e.g. SHUTDOWN): nothing to do.
-                    let _ = reply.send(Ok(()));
-                } else {
-                    // Same mode: restate it anyway. This bumps the generation, so a loosening
-                    // still being stored (e.g. the initial AGGRESSIVE) is not applied after us.
-                    state.restrict(mode, reason, None, Some(reply));
-                }
+            } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
+            FailSafeMsg::Load { attempt } => state.on(&myself, Event::Load { attempt }, None),
+            FailSafeMsg::Loaded { attempt, result } => {
+                state.on(&myself, Event::Loaded { attempt, result }, None);
             }
-            FailSafeMsg::Load { attempt } => state.start_load(&myself, attempt),
-            FailSafeMsg::Loaded { attempt, result } => state.on_loaded(&myself, attempt, result),
             FailSafeMsg::Loosened {
-                generation,
-                to,
-                reason,
-                changed_at,
+                change,
                 result,
                 reply,
-            } => {
-                let outcome = match result {
-                    Err(e) => {
-                        warn!(actor = "fail-safe", %to, error = %e, "mode change refused: it could not be stored");
-                        Err(format!("{to} not stored, mode stays {}: {e}", state.mode))
-                    }
-                    Ok(()) if generation != state.generation => Err(format!(
-                        "the mode changed to {} while {to} was being stored; not applied",
-                        state.mode
-                    )),
-                    Ok(()) => {
-                        warn!(actor = "fail-safe", from = %state.mode, %to, reason = %reason, "trading mode changed");
-                        state.mode = to;
-                        state.reason = reason;
-                        state.changed_at = Some(changed_at);
-                        state.generation += 1;
-                        Ok(())
-                    }
-                };
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
-                }
-            }
+            } => state.on(&myself, Event::Loosened { change, result }, reply),
             FailSafeMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -978,437 +637,91 @@ fn run_started(state: &std::collections::BTreeMap<String, Value>) -> Option<Date
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// How much a mode restricts trading: AGGRESSIVE < OBSERVE_ONLY < SHUTDOWN.
-fn strictness(mode: TradingMode) -> u8 {
-    match mode {
-        TradingMode::Aggressive => 0,
-        TradingMode::ObserveOnly => 1,
-        TradingMode::Shutdown => 2,
+/// Writes the log line the machine asked for (stable fields, the level an operator wants).
+fn log(note: Note) {
+    match note {
+        Note::Recovered => info!(
+            actor = "fail-safe",
+            "start-up recovery finished; entries follow the mode"
+        ),
+        Note::ModeChanged {
+            from,
+            to,
+            reason,
+            trigger,
+        } => {
+            let trigger = trigger.as_deref();
+            if to == TradingMode::Shutdown {
+                error!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
+            } else {
+                warn!(actor = "fail-safe", %from, %to, reason = %reason, trigger, "trading mode changed");
+            }
+        }
+        Note::ChangeRefused { to, error } => {
+            warn!(actor = "fail-safe", %to, error = %error, "mode change refused: it could not be stored");
+        }
+        Note::TriggeredAgain { trigger, reason } => {
+            error!(actor = "fail-safe", trigger = %trigger, reason = %reason, "fail-safe triggered again while in SHUTDOWN");
+        }
+        Note::RestrictingToObserveOnly { trigger, reason } => {
+            error!(actor = "fail-safe", trigger = %trigger, reason = %reason, "restricting to OBSERVE_ONLY");
+        }
+        Note::DiskLow { trigger, reason } => {
+            warn!(actor = "fail-safe", trigger = %trigger, reason = %reason, "disk space below the floor");
+        }
+        Note::ConditionEnded { trigger, key } => info!(
+            actor = "fail-safe",
+            trigger, key, "condition ended: resolving its alert"
+        ),
+        Note::LoadRetry {
+            attempt,
+            attempts,
+            error,
+        } => {
+            warn!(actor = "fail-safe", attempt, attempts, error = %error, "could not load the stored trading mode; retrying");
+        }
+        Note::LoadGaveUp {
+            attempts,
+            error,
+            mode,
+        } => error!(
+            actor = "fail-safe",
+            attempts,
+            error = %error,
+            mode = %mode,
+            "giving up loading the stored trading mode; entries stay refused until an operator sets a mode or the fail-safe restarts"
+        ),
+        Note::KeptShutdown {
+            initial_mode,
+            initial_mode_reason,
+        } => info!(
+            actor = "fail-safe",
+            initial_mode = %initial_mode,
+            initial_mode_reason = %initial_mode_reason,
+            "stored trading mode loaded; keeping the SHUTDOWN triggered meanwhile"
+        ),
+        Note::StoredLoaded {
+            mode,
+            reason,
+            initial_mode,
+            initial_mode_reason,
+        } => info!(
+            actor = "fail-safe",
+            mode = %mode,
+            reason = %reason,
+            initial_mode = %initial_mode,
+            initial_mode_reason = %initial_mode_reason,
+            "stored trading mode loaded; trading starts {}", mode
+        ),
+        Note::NothingStored { initial } => info!(
+            actor = "fail-safe",
+            mode = %initial.mode,
+            initial_mode = %initial.mode,
+            initial_mode_reason = %initial.reason,
+            "no stored trading mode; trading starts {} (the initial mode)", initial.mode
+        ),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testkit::{
-        commit, eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until,
-    };
-    use ractor::call_t;
-
-    /// A fail-safe whose resolved initial mode is `config.initial_mode` (unset: OBSERVE_ONLY).
-    async fn spawn(names: &Names, config: FailSafeConfig) -> ActorRef<FailSafeMsg> {
-        let initial = config
-            .initial_mode
-            .map(InitialMode::explicit)
-            .unwrap_or_else(|| InitialMode::observe_only("test: initial_mode not set"));
-        spawn_fail_safe(names, config, initial).await
-    }
-
-    /// Polls until the stored mode is loaded and `mode` is in effect (real time, ≤ 2 s).
-    async fn wait_for(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> FailSafeStatus {
-        let what = format!("a loaded {mode}");
-        eventually(&what, Duration::from_secs(2), async || {
-            let s = call_t!(actor, FailSafeMsg::Status, 1000).unwrap();
-            (s.loaded && s.mode == mode).then_some(s)
-        })
-        .await
-    }
-
-    async fn set(actor: &ActorRef<FailSafeMsg>, mode: TradingMode) -> Result<(), String> {
-        call_t!(
-            actor,
-            |reply| FailSafeMsg::SetMode {
-                mode,
-                reason: "test".into(),
-                reply
-            },
-            2000
-        )
-        .unwrap()
-    }
-
-    async fn trigger(actor: &ActorRef<FailSafeMsg>, name: &str) -> Result<(), String> {
-        call_t!(
-            actor,
-            |reply| FailSafeMsg::Trigger {
-                trigger: name.into(),
-                reason: "test trigger".into(),
-                reply: Some(reply)
-            },
-            3000
-        )
-        .unwrap()
-    }
-
-    async fn allow(actor: &ActorRef<FailSafeMsg>) -> Result<(), String> {
-        call_t!(actor, FailSafeMsg::AllowEntry, 1000).unwrap()
-    }
-
-    fn aggressive() -> FailSafeConfig {
-        FailSafeConfig {
-            initial_mode: Some(TradingMode::Aggressive),
-            ..FailSafeConfig::default()
-        }
-    }
-
-    #[test]
-    fn config_defaults_fail_closed_and_validate_names_the_field() {
-        let c = FailSafeConfig::default();
-        assert_eq!(
-            c.initial_mode, None,
-            "unset: the daemon decides by the exchange"
-        );
-        assert_eq!(c.load_timeout, Duration::from_secs(2));
-        assert_eq!(c.validate(), Ok(()));
-        let bad = FailSafeConfig {
-            initial_mode: Some(TradingMode::Shutdown),
-            ..c.clone()
-        };
-        assert!(bad.validate().unwrap_err().contains("initial_mode"));
-        let parsed: FailSafeConfig =
-            serde_json::from_value(json!({"initial_mode": "AGGRESSIVE", "load_timeout": "1s"}))
-                .unwrap();
-        assert_eq!(parsed.initial_mode, Some(TradingMode::Aggressive));
-        assert!(serde_json::from_value::<FailSafeConfig>(json!({"mode": "AGGRESSIVE"})).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_restarted_fail_safe_knows_this_runs_recovery_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-recovered-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let started = crate::clock::now();
-        let change = Change::event("test", json!({}))
-            .set(
-                crate::store::RUN_KEY,
-                json!({"clean": false, "started_at": started}),
-            )
-            .set(
-                crate::recovery::RECOVERY_KEY,
-                json!({"finished_at": started + chrono::Duration::milliseconds(5)}),
-            );
-        commit(&persister, change).await;
-        let fs = spawn(&names, aggressive()).await;
-        wait_for(&fs, TradingMode::Aggressive).await;
-        wait_until("recovered", Duration::from_secs(2), async || {
-            call_t!(fs, FailSafeMsg::Status, 1000).unwrap().recovered
-        })
-        .await;
-        assert_eq!(allow(&fs).await, Ok(()));
-        fs.stop_and_wait(None, None).await.unwrap();
-
-        // A report from an earlier run does not count.
-        let change = Change::event("test", json!({})).set(
-            crate::store::RUN_KEY,
-            json!({"clean": false, "started_at": crate::clock::now() + chrono::Duration::seconds(1)}),
-        );
-        commit(&persister, change).await;
-        let fs = spawn(&names, aggressive()).await;
-        wait_for(&fs, TradingMode::Aggressive).await;
-        let err = allow(&fs).await.unwrap_err();
-        assert!(err.contains("recovery has not finished"), "{err}");
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn stored_shutdown_is_latched_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-latch-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-
-        let fs = spawn(&names, aggressive()).await;
-        wait_for(&fs, TradingMode::Aggressive).await;
-        fs.send_message(FailSafeMsg::RecoveryFinished).unwrap();
-        assert_eq!(allow(&fs).await, Ok(()));
-        assert_eq!(trigger(&fs, "test").await, Ok(()));
-        assert!(allow(&fs).await.is_err());
-        fs.stop_and_wait(None, None).await.unwrap();
-
-        // The new instance is configured for AGGRESSIVE, but the store says SHUTDOWN.
-        let fs = spawn(&names, aggressive()).await;
-        let s = wait_for(&fs, TradingMode::Shutdown).await;
-        assert!(s.reason.contains("test trigger"), "{}", s.reason);
-        assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-            TradingMode::Shutdown
-        );
-        assert!(allow(&fs).await.is_err());
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn status_says_which_mode_the_run_started_in_and_why() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-initial-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-
-        // Nothing stored: the resolved initial mode, with its reason.
-        let fs = spawn(&names, aggressive()).await;
-        let s = wait_for(&fs, TradingMode::Aggressive).await;
-        assert_eq!(s.initial_mode, TradingMode::Aggressive);
-        assert_eq!(
-            s.initial_mode_reason,
-            InitialMode::explicit(TradingMode::Aggressive).reason
-        );
-        assert!(
-            s.reason.contains("initial mode (nothing stored)"),
-            "{}",
-            s.reason
-        );
-        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
-        fs.stop_and_wait(None, None).await.unwrap();
-
-        // A stored mode wins over the configuration, and the reason says so.
-        let fs = spawn(&names, aggressive()).await;
-        let s = wait_for(&fs, TradingMode::ObserveOnly).await;
-        assert_eq!(s.initial_mode, TradingMode::ObserveOnly);
-        assert!(
-            s.initial_mode_reason.contains(
-                "stored mode takes precedence over the configured initial mode AGGRESSIVE"
-            ),
-            "{}",
-            s.initial_mode_reason
-        );
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn entries_are_allowed_only_in_a_loaded_aggressive_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-allow-");
-        // No persister yet: nothing can be loaded.
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        let err = allow(&fs).await.unwrap_err();
-        assert!(err.contains("not been loaded"), "{err}");
-        fs.stop_and_wait(None, None).await.unwrap();
-
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        wait_for(&fs, TradingMode::ObserveOnly).await;
-        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
-        // Fail closed until this run's recovery has finished.
-        let err = allow(&fs).await.unwrap_err();
-        assert!(err.contains("recovery has not finished"), "{err}");
-        fs.send_message(FailSafeMsg::RecoveryFinished).unwrap();
-        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
-        assert!(allow(&fs).await.unwrap_err().contains("OBSERVE_ONLY"));
-        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
-        assert_eq!(allow(&fs).await, Ok(()));
-        assert_eq!(trigger(&fs, "test").await, Ok(()));
-        assert!(allow(&fs).await.unwrap_err().contains("SHUTDOWN"));
-
-        // The initial mode and every change were stored.
-        call_t!(persister, PersisterMsg::Flush, 5000)
-            .unwrap()
-            .unwrap();
-        let stored = call_t!(persister, PersisterMsg::Load, 5000)
-            .unwrap()
-            .unwrap();
-        let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
-        assert_eq!(mode.mode, TradingMode::Shutdown);
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn shutdown_is_cleared_only_through_observe_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-clear-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        wait_for(&fs, TradingMode::ObserveOnly).await;
-        assert_eq!(trigger(&fs, "test").await, Ok(()));
-        assert_eq!(trigger(&fs, "again").await, Ok(()));
-        let err = set(&fs, TradingMode::Aggressive).await.unwrap_err();
-        assert!(err.contains("OBSERVE_ONLY first"), "{err}");
-        assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-            TradingMode::Shutdown
-        );
-        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
-        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
-        let s = call_t!(fs, FailSafeMsg::Status, 1000).unwrap();
-        assert_eq!(s.mode, TradingMode::Aggressive);
-        assert_eq!(s.triggers, 2);
-        assert_eq!(s.last_trigger.as_deref(), Some("again"));
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn restrict_wins_over_an_initial_aggressive_still_being_stored() {
-        for round in 0..10 {
-            let dir = tempfile::tempdir().unwrap();
-            let names = Names::with_prefix(format!("fs-race-{round}-"));
-            let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-            let fs = spawn(&names, aggressive()).await;
-            // Ask as early as possible, retrying while the stored mode is loading.
-            loop {
-                let r = call_t!(
-                    fs,
-                    |reply| FailSafeMsg::Restrict {
-                        mode: TradingMode::ObserveOnly,
-                        reason: "store restored".into(),
-                        reply
-                    },
-                    2000
-                )
-                .unwrap();
-                if r.is_ok() {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(
-                call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-                TradingMode::ObserveOnly,
-                "round {round}"
-            );
-            call_t!(persister, PersisterMsg::Flush, 5000)
-                .unwrap()
-                .unwrap();
-            let stored = call_t!(persister, PersisterMsg::Load, 5000)
-                .unwrap()
-                .unwrap();
-            let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
-            assert_eq!(mode.mode, TradingMode::ObserveOnly, "round {round}: stored");
-            fs.stop_and_wait(None, None).await.unwrap();
-            persister.stop_and_wait(None, None).await.unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn restrict_only_ever_tightens_the_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-restrict-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        wait_for(&fs, TradingMode::ObserveOnly).await;
-        let restrict = |mode| {
-            let fs = fs.clone();
-            async move {
-                call_t!(
-                    fs,
-                    |reply| FailSafeMsg::Restrict {
-                        mode,
-                        reason: "test".into(),
-                        reply
-                    },
-                    2000
-                )
-                .unwrap()
-            }
-        };
-        assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
-        assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
-        assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-            TradingMode::ObserveOnly
-        );
-        assert_eq!(trigger(&fs, "test").await, Ok(()));
-        // Unlike SetMode, Restrict never clears SHUTDOWN.
-        assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
-        assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-            TradingMode::Shutdown
-        );
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_missing_persister_leaves_observe_only_and_triggers_still_latch() {
-        tokio::time::pause();
-        let names = Names::with_prefix("fs-nopersist-");
-        let fs = spawn(&names, aggressive()).await;
-        // Every retry finds no persister; the paused clock runs through the delays.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let s = call_t!(fs, FailSafeMsg::Status, 1000).unwrap();
-        assert_eq!(s.mode, TradingMode::ObserveOnly);
-        assert!(!s.loaded);
-        assert!(s.reason.contains("could not be loaded"), "{}", s.reason);
-        assert!(allow(&fs).await.is_err());
-        assert!(set(&fs, TradingMode::Aggressive).await.is_err());
-        let err = trigger(&fs, "test").await.unwrap_err();
-        assert!(err.contains("not running"), "{err}");
-        assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-            TradingMode::Shutdown
-        );
-        fs.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_trigger_raises_a_critical_alert() {
-        let names = Names::with_prefix("fs-alert-");
-        let alert = spawn_alert(&names).await;
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        let _ = trigger(&fs, "heartbeat").await;
-        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
-        assert_eq!(s.open_critical, 1);
-        assert_eq!(s.recent[0].key, "failsafe:heartbeat");
-        fs.stop_and_wait(None, None).await.unwrap();
-        alert.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("fs-resolve-");
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
-        let alert = spawn_alert(&names).await;
-        let fs = spawn(&names, FailSafeConfig::default()).await;
-        wait_for(&fs, TradingMode::ObserveOnly).await;
-        alert
-            .send_message(AlertMsg::Raise(Alert {
-                key: "integrity:event_log".into(),
-                severity: Severity::Critical,
-                title: "not the fail-safe's".into(),
-                message: String::new(),
-                root_cause: String::new(),
-                recommended_action: String::new(),
-                metadata: json!({}),
-            }))
-            .unwrap();
-        assert_eq!(trigger(&fs, "market_data_stalled").await, Ok(()));
-        assert_eq!(trigger(&fs, "error_rate").await, Ok(()));
-        let open = |s: &crate::alert::AlertStatus| {
-            let mut keys: Vec<String> = s.open_alerts.iter().map(|r| r.key.clone()).collect();
-            keys.sort();
-            keys
-        };
-        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
-        assert_eq!(
-            open(&s),
-            [
-                "failsafe:error_rate",
-                "failsafe:market_data_stalled",
-                "integrity:event_log"
-            ]
-        );
-        // Tightening again (still SHUTDOWN) resolves nothing; clearing it does.
-        assert_eq!(set(&fs, TradingMode::Shutdown).await, Ok(()));
-        assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
-        let what = "the fail-safe's alerts resolved";
-        let keys = eventually(what, Duration::from_secs(2), async || {
-            let keys = open(&call_t!(alert, AlertMsg::Status, 1000).unwrap());
-            (keys == ["integrity:event_log"]).then_some(keys)
-        })
-        .await;
-        assert_eq!(keys, ["integrity:event_log"]);
-        let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
-        let resolved = s
-            .recent
-            .iter()
-            .find(|r| r.key == "failsafe:market_data_stalled")
-            .unwrap();
-        assert!(resolved.resolved_at.is_some(), "{resolved:?}");
-        fs.stop_and_wait(None, None).await.unwrap();
-        alert.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-}
+mod tests;

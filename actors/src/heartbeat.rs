@@ -28,97 +28,41 @@
 //! Every `event_interval` it commits a `heartbeat` event (uptime, round trips, unanswered
 //! children) through the persister, awaited in a task.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::alert::{Alert, AlertMsg, Severity};
-use crate::broker::BrokerMsg;
 use crate::failsafe::FailSafeMsg;
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::notify::SdNotifier;
-use crate::persister::{PersisterMsg, commit_change};
+use crate::persister::commit_change;
 use crate::store::Change;
-use crate::strategy::StrategyMsg;
-use crate::supervisor::{ChildState, SupervisorMsg};
 
+mod config;
+mod probe;
+pub mod round;
+mod rules;
 pub mod sampler;
+pub use config::{HeartbeatConfig, round_interval};
+pub use probe::BeatReport;
+use probe::round;
+pub use round::{PingOutcome, RoundBook};
+pub use rules::{ErrorWindow, Misses, Verdict};
 pub use sampler::{LimitSource, Sampler, SystemSources, SystemStats};
-
-/// `[heartbeat]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeartbeatConfig {
-    /// How often every actor is pinged and system stats are sampled (shortened to half the
-    /// systemd watchdog interval when that is shorter).
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// How long a ping may take before the actor counts as unanswered (at most one round).
-    #[serde(with = "humantime_serde")]
-    pub ping_timeout: Duration,
-    /// How often a `heartbeat` event is written to the event log.
-    #[serde(with = "humantime_serde")]
-    pub event_interval: Duration,
-    /// Consecutive unanswered rounds before a child counts as wedged: trading is restricted to
-    /// OBSERVE_ONLY and an alert raised. 2 lets a supervisor restart that finishes within a
-    /// round pass.
-    pub unanswered_rounds: u32,
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(5),
-            ping_timeout: Duration::from_secs(1),
-            event_interval: Duration::from_secs(30),
-            unanswered_rounds: 2,
-        }
-    }
-}
-
-impl HeartbeatConfig {
-    /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.interval < Duration::from_millis(10) {
-            return Err("interval must be at least 10ms".into());
-        }
-        if self.ping_timeout.is_zero() {
-            return Err("ping_timeout must be greater than 0".into());
-        }
-        if self.ping_timeout > self.interval {
-            return Err("ping_timeout must not be longer than interval".into());
-        }
-        if self.event_interval < Duration::from_millis(10) {
-            return Err("event_interval must be at least 10ms".into());
-        }
-        if self.unanswered_rounds == 0 {
-            return Err("unanswered_rounds must be at least 1".into());
-        }
-        Ok(())
-    }
-}
-
-/// The shortest round the heartbeat runs, whatever the watchdog says.
-const MIN_ROUND: Duration = Duration::from_millis(10);
-
-/// How often a round runs: `interval`, but at least every half `watchdog` (systemd's
-/// `WATCHDOG_USEC`), so two rounds fit in one watchdog interval.
-pub fn round_interval(config: &HeartbeatConfig, watchdog: Option<Duration>) -> Duration {
-    match watchdog {
-        Some(w) => config.interval.min(w / 2).max(MIN_ROUND),
-        None => config.interval,
-    }
-}
+// Used by the test module through `use super::*`.
+#[cfg(test)]
+use config::MIN_ROUND;
 
 /// What the heartbeat is spawned with.
 #[derive(Clone)]
@@ -169,41 +113,6 @@ pub enum HeartbeatMsg {
     Hook(crate::hooks::TestHook),
 }
 
-/// How one ping went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PingOutcome {
-    /// Answered after this long.
-    Answered(Duration),
-    /// No actor runs under that name.
-    Absent,
-    /// No answer within `ping_timeout`.
-    TimedOut,
-    /// The message could not be delivered or the actor dropped it.
-    Failed,
-}
-
-impl PingOutcome {
-    fn describe(self) -> &'static str {
-        match self {
-            PingOutcome::Answered(_) => "answered",
-            PingOutcome::Absent => "not running",
-            PingOutcome::TimedOut => "no answer within the ping timeout",
-            PingOutcome::Failed => "ping not delivered",
-        }
-    }
-}
-
-/// The outcome of one round (internal; sent from the round's task).
-pub struct BeatReport {
-    pings: Vec<(ChildName, PingOutcome)>,
-    /// The trading mode, from the fail-safe's answer (its liveness ping).
-    mode: Option<TradingMode>,
-    /// Children the supervisor reported escalated (empty when it did not answer).
-    escalated: BTreeSet<ChildName>,
-    system: Option<SystemStats>,
-    sampler: Option<Sampler>,
-}
-
 /// The heartbeat's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeartbeatStatus {
@@ -222,174 +131,6 @@ pub struct HeartbeatStatus {
     pub system: SystemStats,
     /// The round interval in effect (`interval`, or half the systemd watchdog when shorter).
     pub interval_ms: u64,
-}
-
-/// Counts a monotonically growing total (here `tradebaas_errors_total`) over a sliding window,
-/// from samples taken every round. Pure: the caller passes the clock.
-#[derive(Debug)]
-pub struct ErrorWindow {
-    span: Duration,
-    /// (when, total); the front is the newest sample at or before `now - span` (the baseline).
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl ErrorWindow {
-    /// A window of `span` (the heartbeat uses 60 s).
-    pub fn new(span: Duration) -> Self {
-        Self {
-            span,
-            samples: VecDeque::new(),
-        }
-    }
-
-    /// Records `total` at `now`; returns how much it grew within the last `span` (since the
-    /// first sample while the window is younger than `span`).
-    pub fn record(&mut self, now: Instant, total: u64) -> u64 {
-        self.samples.push_back((now, total));
-        while self
-            .samples
-            .get(1)
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= self.span)
-        {
-            self.samples.pop_front();
-        }
-        let base = self.samples.front().map_or(total, |(_, b)| *b);
-        total.saturating_sub(base)
-    }
-
-    /// The growth within the window scaled to one minute.
-    pub fn per_minute(&mut self, now: Instant, total: u64) -> f64 {
-        let count = self.record(now, total) as f64;
-        let secs = self.span.as_secs_f64();
-        if secs > 0.0 { count * 60.0 / secs } else { 0.0 }
-    }
-}
-
-/// What a round means for one child's run of misses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing to do.
-    Steady,
-    /// It just reached the threshold of consecutive misses (this many): restrict and alert.
-    Wedged(u32),
-    /// It answers again after having been declared wedged: resolve the alert.
-    Recovered,
-}
-
-/// Consecutive misses per child and which children are declared wedged. Pure.
-#[derive(Debug, Default)]
-pub struct Misses {
-    runs: BTreeMap<ChildName, u32>,
-    wedged: BTreeSet<ChildName>,
-}
-
-impl Misses {
-    /// Records one round's outcome for `child`; `threshold` consecutive misses declare it
-    /// wedged (once per episode).
-    pub fn observe(&mut self, child: ChildName, answered: bool, threshold: u32) -> Verdict {
-        if answered {
-            self.runs.remove(&child);
-            return if self.wedged.remove(&child) {
-                Verdict::Recovered
-            } else {
-                Verdict::Steady
-            };
-        }
-        let run = self.runs.entry(child).or_insert(0);
-        *run = run.saturating_add(1);
-        if *run >= threshold && self.wedged.insert(child) {
-            Verdict::Wedged(*run)
-        } else {
-            Verdict::Steady
-        }
-    }
-}
-
-async fn ping<M: Message>(
-    names: &Names,
-    child: ChildName,
-    make: fn(RpcReplyPort<()>) -> M,
-    timeout: Duration,
-) -> (ChildName, PingOutcome) {
-    let Some(actor) = names.lookup::<M>(child) else {
-        return (child, PingOutcome::Absent);
-    };
-    let started = Instant::now();
-    let outcome = match actor.call(make, Some(timeout)).await {
-        Ok(CallResult::Success(())) => PingOutcome::Answered(started.elapsed()),
-        Ok(CallResult::Timeout) => PingOutcome::TimedOut,
-        Ok(CallResult::SenderError) | Err(_) => PingOutcome::Failed,
-    };
-    (child, outcome)
-}
-
-/// The fail-safe's ping: `GetMode`, so the round also learns the mode for the status line.
-async fn ping_fail_safe(
-    names: &Names,
-    timeout: Duration,
-) -> ((ChildName, PingOutcome), Option<TradingMode>) {
-    let child = ChildName::FailSafe;
-    let Some(actor) = names.lookup::<FailSafeMsg>(child) else {
-        return ((child, PingOutcome::Absent), None);
-    };
-    let started = Instant::now();
-    match actor.call(FailSafeMsg::GetMode, Some(timeout)).await {
-        Ok(CallResult::Success(mode)) => (
-            (child, PingOutcome::Answered(started.elapsed())),
-            Some(mode),
-        ),
-        Ok(CallResult::Timeout) => ((child, PingOutcome::TimedOut), None),
-        Ok(CallResult::SenderError) | Err(_) => ((child, PingOutcome::Failed), None),
-    }
-}
-
-/// The children the supervisor reports escalated; empty when it does not answer in `timeout`.
-async fn escalated_children(names: &Names, timeout: Duration) -> BTreeSet<ChildName> {
-    let Some(supervisor) = ActorRef::<SupervisorMsg>::where_is(names.supervisor()) else {
-        return BTreeSet::new();
-    };
-    match supervisor.call(SupervisorMsg::Status, Some(timeout)).await {
-        Ok(CallResult::Success(status)) => status
-            .children
-            .iter()
-            .filter(|c| c.state == ChildState::Escalated)
-            .map(|c| c.name)
-            .collect(),
-        _ => BTreeSet::new(),
-    }
-}
-
-/// One round: every sibling pinged concurrently (and the supervisor asked which children are
-/// escalated), then a system sample.
-async fn round(names: Names, timeout: Duration, mut sampler: Option<Sampler>) -> BeatReport {
-    let (a, p, (f, mode), b, s, escalated) = tokio::join!(
-        ping(&names, ChildName::Alert, AlertMsg::Ping, timeout),
-        ping(
-            &names,
-            ChildName::StatePersister,
-            PersisterMsg::Ping,
-            timeout
-        ),
-        ping_fail_safe(&names, timeout),
-        ping(
-            &names,
-            ChildName::BrokerConnection,
-            BrokerMsg::Ping,
-            timeout
-        ),
-        ping(&names, ChildName::Strategy, StrategyMsg::Ping, timeout),
-        escalated_children(&names, timeout),
-    );
-    let system = sampler
-        .as_mut()
-        .map(|s| s.sample(std::time::Instant::now()));
-    BeatReport {
-        pings: vec![a, p, f, b, s],
-        mode,
-        escalated,
-        system,
-        sampler,
-    }
 }
 
 /// How long the heartbeat waits for the fail-safe and the persister in its background tasks.
@@ -416,16 +157,9 @@ pub struct HeartbeatState {
     recording: Option<JoinHandle<()>>,
     /// Lent to the running round, `None` meanwhile.
     sampler: Option<Sampler>,
-    beats: u64,
-    last_beat_at: Option<DateTime<Utc>>,
-    round_trip_ms: BTreeMap<String, f64>,
-    unanswered: BTreeSet<ChildName>,
-    absent: Vec<String>,
-    escalated: BTreeSet<ChildName>,
+    /// What the rounds showed, and every decision about it.
+    rounds: RoundBook,
     system: SystemStats,
-    /// The mode the fail-safe reported in the last round.
-    mode: Option<TradingMode>,
-    misses: Misses,
     errors: ErrorWindow,
     error_rate: f64,
 }
@@ -444,15 +178,8 @@ impl HeartbeatState {
             in_flight: None,
             recording: None,
             sampler: None,
-            beats: 0,
-            last_beat_at: None,
-            round_trip_ms: BTreeMap::new(),
-            unanswered: BTreeSet::new(),
-            absent: Vec::new(),
-            escalated: BTreeSet::new(),
+            rounds: RoundBook::default(),
             system: SystemStats::default(),
-            mode: None,
-            misses: Misses::default(),
             errors: ErrorWindow::new(ERROR_WINDOW),
             error_rate: 0.0,
         }
@@ -502,85 +229,42 @@ impl HeartbeatState {
         if let Some(system) = report.system {
             self.system = system;
         }
-        self.beats += 1;
-        self.last_beat_at = Some(crate::clock::now());
-        self.mode = report.mode;
-        self.round_trip_ms.clear();
-        self.absent.clear();
-        let threshold = self.args.config.unanswered_rounds;
-        for child in report.escalated.difference(&self.escalated) {
-            warn!(actor = "heartbeat", child = %child,
-                "actor escalated: no longer expected to answer (see its escalation alert)");
-        }
-        self.escalated = report.escalated;
-        for (child, outcome) in report.pings {
-            let answered = matches!(outcome, PingOutcome::Answered(_));
-            if !answered && self.escalated.contains(&child) {
-                // Stopped for good on purpose: its `escalation:<child>` alert is the one root
-                // cause, so a wedge declared before it escalated is resolved, not repeated.
-                self.unanswered.remove(&child);
-                if self.misses.observe(child, true, threshold) == Verdict::Recovered {
-                    self.resolve(child, "escalated: its escalation alert takes over");
+        let effects = self.rounds.on_round(
+            report.pings,
+            report.escalated,
+            report.mode,
+            self.args.config.unanswered_rounds,
+            crate::clock::now(),
+        );
+        for effect in effects {
+            match effect {
+                round::Effect::Escalated(child) => warn!(actor = "heartbeat", child = %child,
+                    "actor escalated: no longer expected to answer (see its escalation alert)"),
+                round::Effect::AnswersAgain(child) => {
+                    info!(actor = "heartbeat", child = %child, "actor answers again");
                 }
-                continue;
-            }
-            match outcome {
-                PingOutcome::Answered(rtt) => {
-                    self.round_trip_ms
-                        .insert(child.as_str().to_string(), rtt.as_secs_f64() * 1000.0);
-                    if self.unanswered.remove(&child) {
-                        info!(actor = "heartbeat", child = %child, "actor answers again");
-                    }
-                }
-                other => {
-                    if other == PingOutcome::Absent {
-                        self.absent.push(child.as_str().to_string());
-                    }
-                    if self.unanswered.insert(child) {
-                        warn!(
-                            actor = "heartbeat",
-                            child = %child,
-                            outcome = other.describe(),
-                            "actor does not answer its heartbeat"
-                        );
+                round::Effect::Silent(child, outcome) => warn!(
+                    actor = "heartbeat",
+                    child = %child,
+                    outcome = outcome.describe(),
+                    "actor does not answer its heartbeat"
+                ),
+                round::Effect::Wedged {
+                    child,
+                    outcome,
+                    rounds,
+                } => self.wedged(child, outcome, rounds),
+                round::Effect::Resolve { child, why } => self.resolve(child, why),
+                round::Effect::Systemd { feed, status } => {
+                    if let Some(notifier) = &self.args.notifier {
+                        if feed {
+                            notifier.watchdog_ok(&status);
+                        } else {
+                            notifier.status(&status);
+                        }
                     }
                 }
             }
-            match self.misses.observe(child, answered, threshold) {
-                Verdict::Steady => {}
-                Verdict::Wedged(rounds) => self.wedged(child, outcome, rounds),
-                Verdict::Recovered => self.recovered(child),
-            }
-        }
-        self.notify_systemd();
-    }
-
-    /// The systemd side of a round: `WATCHDOG=1` only when every child answered.
-    fn notify_systemd(&self) {
-        let Some(notifier) = &self.args.notifier else {
-            return;
-        };
-        let mode = self.mode.map_or("unknown", TradingMode::as_str);
-        if self.unanswered.is_empty() {
-            let slowest = self.round_trip_ms.values().copied().fold(0.0, f64::max);
-            let escalated = if self.escalated.is_empty() {
-                String::new()
-            } else {
-                let names: Vec<&str> = self.escalated.iter().map(|c| c.as_str()).collect();
-                format!("; escalated (stopped, see /health): {}", names.join(", "))
-            };
-            notifier.watchdog_ok(&format!(
-                "mode {mode}; heartbeat round {}: all {} actors answered (slowest {slowest:.1} ms){escalated}",
-                self.beats,
-                self.round_trip_ms.len()
-            ));
-        } else {
-            let silent: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
-            notifier.status(&format!(
-                "mode {mode}; heartbeat round {}: no answer from {}; watchdog not fed",
-                self.beats,
-                silent.join(", ")
-            ));
         }
     }
 
@@ -655,11 +339,6 @@ impl HeartbeatState {
         });
     }
 
-    /// `child` answers again: resolve its alert (the mode is left to the operator).
-    fn recovered(&self, child: ChildName) {
-        self.resolve(child, "wedged actor answers again");
-    }
-
     /// Resolves `child`'s heartbeat alert.
     fn resolve(&self, child: ChildName, why: &str) {
         info!(actor = "heartbeat", child = %child, "{why}; heartbeat alert resolved");
@@ -679,15 +358,20 @@ impl HeartbeatState {
             );
             return;
         }
-        let unanswered: Vec<&str> = self.unanswered.iter().map(|c| c.as_str()).collect();
+        let unanswered: Vec<&str> = self
+            .rounds
+            .unanswered()
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
         let change = Change::event(
             "heartbeat",
             json!({
                 "uptime_seconds": self.args.started.elapsed().as_secs(),
-                "beats": self.beats,
-                "round_trip_ms": self.round_trip_ms,
+                "beats": self.rounds.beats(),
+                "round_trip_ms": self.rounds.round_trip_ms(),
                 "unanswered": unanswered,
-                "mode": self.mode,
+                "mode": self.rounds.mode(),
                 "error_rate_per_minute": self.error_rate,
             }),
         );
@@ -701,17 +385,19 @@ impl HeartbeatState {
 
     fn status(&self) -> HeartbeatStatus {
         HeartbeatStatus {
-            beats: self.beats,
-            last_beat_at: self.last_beat_at,
-            round_trip_ms: self.round_trip_ms.clone(),
+            beats: self.rounds.beats(),
+            last_beat_at: self.rounds.last_beat_at(),
+            round_trip_ms: self.rounds.round_trip_ms().clone(),
             unanswered: self
-                .unanswered
+                .rounds
+                .unanswered()
                 .iter()
                 .map(|c| c.as_str().to_string())
                 .collect(),
-            absent: self.absent.clone(),
+            absent: self.rounds.absent().to_vec(),
             escalated: self
-                .escalated
+                .rounds
+                .escalated()
                 .iter()
                 .map(|c| c.as_str().to_string())
                 .collect(),
@@ -822,551 +508,4 @@ impl Actor for HeartbeatActor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alert::AlertStatus;
-    use crate::failsafe::{FailSafeConfig, InitialMode};
-    use crate::hooks::TestHook;
-    use crate::store::Store;
-    use crate::strategy::{StrategyActor, StrategyArgs};
-    use crate::testkit::{MiniTree, eventually, spawn_alert, spawn_persister, wait_until};
-    use ractor::call_t;
-    use std::os::unix::net::UnixDatagram;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    /// Registered as the strategy, keeps every ping's reply port and never answers.
-    struct Silent;
-
-    impl Actor for Silent {
-        type Msg = StrategyMsg;
-        type State = Vec<RpcReplyPort<()>>;
-        type Arguments = ();
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            _args: (),
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(Vec::new())
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            state: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let StrategyMsg::Ping(reply) = msg {
-                state.push(reply);
-            }
-            Ok(())
-        }
-    }
-
-    /// A stand-in that answers pings and ignores everything else (for the broker, which would
-    /// need an exchange).
-    struct Answering<M>(fn(M) -> Option<RpcReplyPort<()>>);
-
-    impl<M: Message> Actor for Answering<M> {
-        type Msg = M;
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            _args: (),
-        ) -> Result<(), ActorProcessingErr> {
-            Ok(())
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            _state: &mut (),
-        ) -> Result<(), ActorProcessingErr> {
-            if let Some(reply) = (self.0)(msg) {
-                let _ = reply.send(());
-            }
-            Ok(())
-        }
-    }
-
-    async fn spawn_with(names: &Names, args: HeartbeatArgs) -> ActorRef<HeartbeatMsg> {
-        let (a, _) = Actor::spawn(Some(names.of(ChildName::Heartbeat)), HeartbeatActor, args)
-            .await
-            .unwrap();
-        a
-    }
-
-    async fn spawn(names: &Names) -> ActorRef<HeartbeatMsg> {
-        let args = HeartbeatArgs::new(
-            names.clone(),
-            HeartbeatConfig::default(),
-            Metrics::new().unwrap(),
-        );
-        spawn_with(names, args).await
-    }
-
-    async fn spawn_strategy(names: &Names) -> ActorRef<StrategyMsg> {
-        let (a, _) = Actor::spawn(
-            Some(names.of(ChildName::Strategy)),
-            StrategyActor,
-            StrategyArgs::new(names.clone(), Vec::new(), Metrics::new().unwrap()),
-        )
-        .await
-        .unwrap();
-        a
-    }
-
-    /// Lets (paused) time run until `beats` rounds have completed.
-    async fn after_beats(hb: &ActorRef<HeartbeatMsg>, beats: u64) -> HeartbeatStatus {
-        let what = format!("{beats} heartbeat rounds");
-        eventually(&what, Duration::from_secs(100), async || {
-            let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-            (s.beats >= beats).then_some(s)
-        })
-        .await
-    }
-
-    /// A fake `NOTIFY_SOCKET`: a datagram socket in a temp dir, read by a thread.
-    struct FakeSystemd {
-        _dir: tempfile::TempDir,
-        path: std::path::PathBuf,
-        received: Arc<Mutex<Vec<String>>>,
-        stop: Arc<AtomicBool>,
-    }
-
-    impl FakeSystemd {
-        fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("notify.sock");
-            let sock = UnixDatagram::bind(&path).unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            let received = Arc::new(Mutex::new(Vec::new()));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (sink, halt) = (Arc::clone(&received), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !halt.load(Ordering::Relaxed) {
-                    if let Ok(n) = sock.recv(&mut buf) {
-                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        sink.lock().unwrap().push(text);
-                    }
-                }
-            });
-            Self {
-                _dir: dir,
-                path,
-                received,
-                stop,
-            }
-        }
-
-        fn watchdogs(&self) -> usize {
-            self.received
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|d| d.lines().any(|l| l == "WATCHDOG=1"))
-                .count()
-        }
-
-        async fn wait_watchdogs(&self, n: usize, within: Duration) {
-            let what = format!("{n} WATCHDOG=1");
-            wait_until(&what, within, async || self.watchdogs() >= n).await;
-        }
-    }
-
-    impl Drop for FakeSystemd {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::Relaxed);
-        }
-    }
-
-    async fn open_alert(alert: &ActorRef<AlertMsg>, key: &str) -> Option<bool> {
-        let s: AlertStatus = call_t!(alert, AlertMsg::Status, 1000).unwrap();
-        s.recent
-            .iter()
-            .rev()
-            .find(|r| r.key == key)
-            .map(|r| r.resolved_at.is_none())
-    }
-
-    #[test]
-    fn config_defaults_and_validation() {
-        let c = HeartbeatConfig::default();
-        assert_eq!(c.interval, Duration::from_secs(5));
-        assert_eq!(c.ping_timeout, Duration::from_secs(1));
-        assert_eq!(c.event_interval, Duration::from_secs(30));
-        assert_eq!(c.unanswered_rounds, 2);
-        assert_eq!(c.validate(), Ok(()));
-        let bad = HeartbeatConfig {
-            ping_timeout: Duration::from_secs(10),
-            ..c.clone()
-        };
-        assert!(bad.validate().unwrap_err().contains("ping_timeout"));
-        let bad = HeartbeatConfig {
-            unanswered_rounds: 0,
-            ..c.clone()
-        };
-        assert!(bad.validate().unwrap_err().contains("unanswered_rounds"));
-        let bad = HeartbeatConfig {
-            event_interval: Duration::ZERO,
-            ..c
-        };
-        assert!(bad.validate().unwrap_err().contains("event_interval"));
-        let parsed: HeartbeatConfig =
-            serde_json::from_value(serde_json::json!({"interval": "2s", "event_interval": "1m"}))
-                .unwrap();
-        assert_eq!(parsed.interval, Duration::from_secs(2));
-        assert_eq!(parsed.event_interval, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn rounds_run_at_least_every_half_watchdog() {
-        let c = HeartbeatConfig::default();
-        assert_eq!(round_interval(&c, None), Duration::from_secs(5));
-        // systemd's WatchdogSec=30s: the 5 s interval already fits twice.
-        assert_eq!(
-            round_interval(&c, Some(Duration::from_secs(30))),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            round_interval(&c, Some(Duration::from_secs(4))),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            round_interval(&c, Some(Duration::from_micros(1))),
-            MIN_ROUND
-        );
-    }
-
-    #[test]
-    fn one_missed_round_is_tolerated_two_declare_a_wedge() {
-        let mut m = Misses::default();
-        let s = ChildName::Strategy;
-        // A supervisor restart within a round: one miss, then an answer.
-        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
-        assert_eq!(m.observe(s, true, 2), Verdict::Steady);
-        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
-        assert_eq!(m.observe(s, false, 2), Verdict::Wedged(2));
-        // Declared once per episode.
-        assert_eq!(m.observe(s, false, 2), Verdict::Steady);
-        assert_eq!(m.observe(ChildName::Alert, true, 2), Verdict::Steady);
-        assert_eq!(m.observe(s, true, 2), Verdict::Recovered);
-        assert_eq!(m.observe(s, true, 2), Verdict::Steady);
-        assert_eq!(m.observe(s, false, 1), Verdict::Wedged(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn error_window_counts_the_last_minute() {
-        let mut w = ErrorWindow::new(Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert_eq!(w.record(t0, 0), 0);
-        let mut total = 0;
-        // 1 error every 5 s for two minutes.
-        for i in 1..=24u64 {
-            tokio::time::advance(Duration::from_secs(5)).await;
-            total += 1;
-            let n = w.record(Instant::now(), total);
-            assert_eq!(n, i.min(12), "after {} s", i * 5);
-        }
-        // Quiet for a minute: back to 0.
-        for _ in 0..12 {
-            tokio::time::advance(Duration::from_secs(5)).await;
-            w.record(Instant::now(), total);
-        }
-        assert_eq!(w.record(Instant::now(), total), 0);
-        // A burst counts at once, per minute.
-        assert_eq!(w.per_minute(Instant::now(), total + 30), 30.0);
-        assert!(
-            w.samples.len() <= 15,
-            "window keeps ~60 s: {}",
-            w.samples.len()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn status_reports_the_error_rate_of_the_last_minute() {
-        let names = Names::with_prefix("hb-errors-");
-        let metrics = Metrics::new().unwrap();
-        let hb = spawn_with(
-            &names,
-            HeartbeatArgs::new(names.clone(), HeartbeatConfig::default(), metrics.clone()),
-        )
-        .await;
-        // After the first sample (post_start), so the 7 fall inside the window.
-        call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-        metrics.errors.inc_by(7);
-        let s = after_beats(&hb, 1).await;
-        assert_eq!(s.system.error_rate_per_minute, 7.0);
-        tokio::time::sleep(Duration::from_secs(61)).await;
-        let s = after_beats(&hb, s.beats + 1).await;
-        assert_eq!(s.system.error_rate_per_minute, 0.0);
-        hb.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn system_stats_are_sampled_at_start() {
-        let names = Names::with_prefix("hb-stats-");
-        let hb = spawn(&names).await;
-        let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-        assert_eq!(s.beats, 0);
-        assert_eq!(s.interval_ms, 5000);
-        assert!(s.system.rss_bytes.is_some_and(|r| r > 0), "{:?}", s.system);
-        hb.stop_and_wait(None, None).await.unwrap();
-    }
-
-    /// The shipped unit's view (`ProcSubset=pid`: no meminfo, no /proc/stat; the cgroup
-    /// visible), through the actor: memory against the cgroup's limit, CPU from the first round.
-    #[cfg(target_os = "linux")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn under_proc_subset_pid_status_reports_memory_against_the_cgroup_limit() {
-        let fake = sampler::tests::proc_subset_pid();
-        let names = Names::with_prefix("hb-subset-");
-        let config = HeartbeatConfig {
-            interval: Duration::from_millis(100),
-            ping_timeout: Duration::from_millis(50),
-            ..HeartbeatConfig::default()
-        };
-        let hb = spawn_with(
-            &names,
-            HeartbeatArgs {
-                sources: fake.sources(),
-                ..HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap())
-            },
-        )
-        .await;
-        let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-        assert_eq!(s.system.memory_limit_source, Some(LimitSource::Cgroup));
-        let pct = s
-            .system
-            .memory_percent
-            .expect("memory known from the cgroup");
-        assert!((pct - 25.0).abs() < 0.01, "{:?}", s.system);
-        assert_eq!(
-            s.system.cpu_percent, None,
-            "no baseline yet: unknown, not 0"
-        );
-        // After a round the CPU is known (the fake's counter does not move: 0 %, measured).
-        let s = eventually(
-            "a round with a CPU figure",
-            Duration::from_secs(10),
-            async || {
-                let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-                (s.beats >= 1 && s.system.cpu_percent.is_some()).then_some(s)
-            },
-        )
-        .await;
-        assert_eq!(s.system.cpu_percent, Some(0.0));
-        hb.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pings_running_siblings_and_lists_the_missing() {
-        let names = Names::with_prefix("hb-round-");
-        let alert = spawn_alert(&names).await;
-        let strategy = spawn_strategy(&names).await;
-        let hb = spawn(&names).await;
-
-        let s = after_beats(&hb, 2).await;
-        assert_eq!(
-            s.round_trip_ms.keys().collect::<Vec<_>>(),
-            ["alert", "strategy"]
-        );
-        assert_eq!(
-            s.unanswered,
-            ["state-persister", "fail-safe", "broker-connection"]
-        );
-        assert_eq!(s.absent, s.unanswered);
-        assert!(s.last_beat_at.is_some());
-        hb.stop_and_wait(None, None).await.unwrap();
-        strategy.stop_and_wait(None, None).await.unwrap();
-        alert.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_actor_is_unanswered_until_it_answers_again() {
-        let names = Names::with_prefix("hb-silent-");
-        let (silent, _) = Actor::spawn(Some(names.of(ChildName::Strategy)), Silent, ())
-            .await
-            .unwrap();
-        let hb = spawn(&names).await;
-
-        let s = after_beats(&hb, 1).await;
-        assert!(s.unanswered.contains(&"strategy".to_string()));
-        assert!(!s.absent.contains(&"strategy".to_string()));
-        // The heartbeat answers while a round waits on the silent actor.
-        call_t!(hb, HeartbeatMsg::Ping, 100).unwrap();
-
-        silent.stop_and_wait(None, None).await.unwrap();
-        let strategy = spawn_strategy(&names).await;
-        let s = after_beats(&hb, s.beats + 2).await;
-        assert!(!s.unanswered.contains(&"strategy".to_string()));
-        assert!(s.round_trip_ms.contains_key("strategy"));
-        hb.stop_and_wait(None, None).await.unwrap();
-        strategy.stop_and_wait(None, None).await.unwrap();
-    }
-
-    /// Real time (the wedge blocks a runtime thread), scaled down: a 100 ms watchdog makes 50 ms
-    /// rounds although the configured interval is 1 s.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_wedged_actor_stops_the_watchdog_and_restricts_to_observe_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix("hb-wedge-");
-        let systemd = FakeSystemd::new();
-        let tree = MiniTree::start(
-            &names,
-            &dir.path().join("state.db"),
-            FailSafeConfig::default(),
-            InitialMode::explicit(TradingMode::Aggressive),
-        )
-        .await;
-        let (alert, fail_safe) = (tree.alert.clone(), tree.fail_safe.clone());
-        let (broker, _) = Actor::spawn(
-            Some(names.of(ChildName::BrokerConnection)),
-            Answering::<BrokerMsg>(|m| match m {
-                BrokerMsg::Ping(r) => Some(r),
-                _ => None,
-            }),
-            (),
-        )
-        .await
-        .unwrap();
-        let strategy = spawn_strategy(&names).await;
-        // The first-start AGGRESSIVE takes effect once stored.
-        wait_until("a loaded AGGRESSIVE", Duration::from_secs(5), async || {
-            let s = call_t!(fail_safe, FailSafeMsg::Status, 1000).unwrap();
-            s.loaded && s.mode == TradingMode::Aggressive
-        })
-        .await;
-        let mode = || async { call_t!(fail_safe, FailSafeMsg::GetMode, 1000).unwrap() };
-
-        let config = HeartbeatConfig {
-            interval: Duration::from_secs(1),
-            ping_timeout: Duration::from_secs(1),
-            event_interval: Duration::from_secs(3600),
-            unanswered_rounds: 2,
-        };
-        let hb = spawn_with(
-            &names,
-            HeartbeatArgs {
-                notifier: Some(SdNotifier::new(
-                    &systemd.path,
-                    Some(Duration::from_millis(100)),
-                )),
-                ..HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap())
-            },
-        )
-        .await;
-        assert_eq!(
-            call_t!(hb, HeartbeatMsg::Status, 1000).unwrap().interval_ms,
-            50
-        );
-
-        // Everyone answers: the watchdog is fed every round, the mode is untouched.
-        systemd.wait_watchdogs(5, Duration::from_secs(5)).await;
-        assert_eq!(mode().await, TradingMode::Aggressive);
-        let key = "heartbeat:unanswered:strategy";
-        assert_eq!(open_alert(&alert, key).await, None);
-
-        // Wedge the strategy for 2.5 s.
-        strategy
-            .send_message(StrategyMsg::Hook(TestHook::Wedge(Duration::from_millis(
-                2500,
-            ))))
-            .unwrap();
-        let wedged_at = std::time::Instant::now();
-        // A round answered just before the wedge may still be reported; then nothing.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let fed = systemd.watchdogs();
-        let what = "OBSERVE_ONLY and an open alert while the strategy is wedged";
-        wait_until(what, Duration::from_secs(1), async || {
-            mode().await == TradingMode::ObserveOnly && open_alert(&alert, key).await == Some(true)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            wedged_at.elapsed() < Duration::from_millis(2400),
-            "the machine is too slow for this test's timing"
-        );
-        assert_eq!(
-            systemd.watchdogs(),
-            fed,
-            "WATCHDOG=1 sent while an actor was wedged"
-        );
-        let status = systemd.received.lock().unwrap().last().cloned().unwrap();
-        assert!(status.contains("no answer from strategy"), "{status}");
-        assert!(status.contains("mode OBSERVE_ONLY"), "{status}");
-        let s = call_t!(hb, HeartbeatMsg::Status, 1000).unwrap();
-        assert_eq!(s.unanswered, ["strategy"]);
-
-        // It answers again: the watchdog is fed again, the alert resolves, the mode stays.
-        systemd
-            .wait_watchdogs(fed + 3, Duration::from_secs(5))
-            .await;
-        wait_until("the alert resolved", Duration::from_secs(2), async || {
-            open_alert(&alert, key).await == Some(false)
-        })
-        .await;
-        assert_eq!(mode().await, TradingMode::ObserveOnly);
-
-        hb.stop_and_wait(None, None).await.unwrap();
-        strategy.stop_and_wait(None, None).await.unwrap();
-        broker.stop_and_wait(None, None).await.unwrap();
-        tree.stop().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn heartbeat_events_are_written_to_the_event_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let names = Names::with_prefix("hb-events-");
-        let persister = spawn_persister(&names, &path).await;
-        let strategy = spawn_strategy(&names).await;
-        let config = HeartbeatConfig {
-            interval: Duration::from_millis(20),
-            ping_timeout: Duration::from_millis(10),
-            event_interval: Duration::from_millis(100),
-            unanswered_rounds: 1000,
-        };
-        let hb = spawn_with(
-            &names,
-            HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap()),
-        )
-        .await;
-
-        let events = eventually("3 heartbeat events", Duration::from_secs(5), async || {
-            let store = Store::open_read_only(&path).unwrap();
-            let events: Vec<_> = store
-                .events(0, 1000)
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.kind == "heartbeat")
-                .collect();
-            (events.len() >= 3).then_some(events)
-        })
-        .await;
-        let last: serde_json::Value = serde_json::from_str(&events[2].payload).unwrap();
-        assert!(last["uptime_seconds"].is_u64(), "{last}");
-        assert!(last["round_trip_ms"]["strategy"].is_f64(), "{last}");
-        assert!(last["round_trip_ms"]["state-persister"].is_f64(), "{last}");
-        let unanswered = last["unanswered"].as_array().unwrap();
-        assert!(
-            unanswered.contains(&serde_json::json!("fail-safe")),
-            "{last}"
-        );
-        assert!(
-            !unanswered.contains(&serde_json::json!("strategy")),
-            "{last}"
-        );
-
-        hb.stop_and_wait(None, None).await.unwrap();
-        strategy.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
-    }
-}
+mod tests;

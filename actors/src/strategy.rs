@@ -669,16 +669,21 @@ impl StrategyState {
             let names = self.names.clone();
             let me = myself.clone();
             let currency = currency.to_string();
-            // Detached: it ends with its one request (bounded by the broker's request timeout).
-            tokio::spawn(async move {
-                let reading = exec::fetch_equity(&names, &currency).await;
-                let _ = me.send_message(StrategyMsg::Equity { currency, reading });
-            });
+            // Not kept: it ends with its one request (bounded by the broker's request timeout).
+            let _ = crate::task::spawn_helper(
+                myself,
+                "equity",
+                StrategyMsg::TaskPanicked,
+                async move {
+                    let reading = exec::fetch_equity(&names, &currency).await;
+                    let _ = me.send_message(StrategyMsg::Equity { currency, reading });
+                },
+            );
         }
     }
 
     /// Cancel-on-disconnect armed while every instance is flat (IDLE or ANALYZING, nothing held
-    /// or in flight, no entry running), so that an entry finds it armed; off otherwise, so that
+    /// or in flight), so that an entry finds it armed; off otherwise, so that
     /// a disconnect never takes the protective orders of a position (ADR 0004, ADR 0005). Set
     /// under the entry lock, and skipped when an entry started since this was decided.
     fn maintain_cancel_on_disconnect(&mut self, myself: &ActorRef<StrategyMsg>) {
@@ -688,11 +693,18 @@ impl StrategyState {
         if self.cod_task.as_ref().is_some_and(|t| !t.0.is_finished()) {
             return;
         }
+        // An entry job arms and disarms for itself (it may not hold the lock yet).
+        if self
+            .instances
+            .iter()
+            .any(|i| matches!(i.job, Some(("enter", _, _))))
+        {
+            return;
+        }
         let flat = self.instances.iter().all(|i| {
             matches!(i.record.lifecycle, Lifecycle::Idle | Lifecycle::Analyzing)
                 && i.record.position.is_none()
                 && i.record.intents_in_flight.is_empty()
-                && !matches!(i.job, Some(("enter", _, _)))
         });
         let started = self.entries.load(std::sync::atomic::Ordering::Relaxed);
         let entries = self.entries.clone();

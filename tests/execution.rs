@@ -495,3 +495,207 @@ async fn exchange_errors_are_handled_by_class() {
     );
     h.stop().await;
 }
+
+/// The broker's status (cancel-on-disconnect, reconnects).
+async fn broker_status(h: &common::Harness) -> tradebaas_actors::broker::BrokerStatus {
+    let b = h
+        .names
+        .lookup::<tradebaas_actors::broker::BrokerMsg>(ChildName::BrokerConnection)
+        .unwrap();
+    b.call(
+        tradebaas_actors::broker::BrokerMsg::Status,
+        Some(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Waits until cancel-on-disconnect on the broker's session reads `want`, with `extra` true.
+async fn wait_cod(h: &common::Harness, what: &str, want: &str, extra: impl Fn(u64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = broker_status(h).await;
+        if b.cancel_on_disconnect == want && extra(b.reconnect_attempts) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {b:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the strategy actor holds an equity reading for BTC younger than `max_ms`.
+async fn wait_equity(h: &common::Harness, max_ms: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(h).await
+            && s.equity_age_ms.get("BTC").is_some_and(|age| *age < max_ms)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no equity cached: {:#?}",
+            status(h).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_sized_from_the_cached_equity_without_asking_the_exchange() {
+    // Long enough that no background refresh falls into the test.
+    let h = trading(|t| t.execution.equity_max_age = Duration::from_secs(120)).await;
+    wait_equity(&h, 60_000).await;
+    // Asking now would fail (an unknown outcome is not retried): only the cache can size it.
+    h.paper
+        .faults()
+        .inject_error("private/get_account_summary", 13888, "timed_out", 1);
+    cross(&h, true).await;
+    let i = wait_instance(&h, "entered or refused", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen || i.last_refusal.is_some()
+    })
+    .await;
+    assert_eq!(i.lifecycle, Lifecycle::PositionOpen, "{i:#?}");
+    assert_eq!(buys(&h), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_equity_is_not_used_the_entry_asks_and_the_cache_is_refreshed() {
+    let h = trading(|t| {
+        t.execution.equity_max_age = Duration::from_millis(400);
+        t.strategies[0].ma_cross.min_ticks_between_signals = 0;
+    })
+    .await;
+    wait_equity(&h, 400).await;
+    // Every answer fails from now on: the reading ages past the bound.
+    h.paper
+        .faults()
+        .inject_error("private/get_account_summary", 13888, "timed_out", 100_000);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cross(&h, true).await;
+    let i = wait_instance(&h, "entered or refused", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen || i.last_refusal.is_some()
+    })
+    .await;
+    assert_eq!(i.lifecycle, Lifecycle::Analyzing, "{i:#?}");
+    assert!(
+        i.last_refusal
+            .as_deref()
+            .is_some_and(|r| r.contains("account equity unknown")),
+        "{i:#?}"
+    );
+    assert_eq!(buys(&h), 0);
+    // Answers again: the background refresh brings a fresh reading, and the next signal (the
+    // move down or the move back up) trades.
+    h.paper.faults().clear();
+    wait_equity(&h, 400).await;
+    cross(&h, true).await;
+    wait_instance(&h, "position open", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen
+    })
+    .await;
+    let sells = h
+        .paper
+        .stats()
+        .requests_by_method
+        .get("private/sell")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(buys(&h) + sells, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_disconnect_is_armed_ahead_so_an_entry_does_not_wait_for_it() {
+    let h = trading(|_| {}).await;
+    wait_cod(&h, "armed while flat", "armed", |_| true).await;
+    // Arming now would fail: only an arming done ahead lets the entry go.
+    h.paper.faults().inject_error(
+        "private/enable_cancel_on_disconnect",
+        13888,
+        "timed_out",
+        100_000,
+    );
+    cross(&h, true).await;
+    let i = wait_instance(&h, "entered or refused", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen || i.last_refusal.is_some()
+    })
+    .await;
+    assert_eq!(i.lifecycle, Lifecycle::PositionOpen, "{i:#?}");
+    wait_instance(&h, "protected", |_, _| resting_legs(&h, 0) == (1, 1)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_disconnect_is_armed_again_on_a_new_session_before_the_next_entry() {
+    let h = trading(|_| {}).await;
+    wait_cod(&h, "armed while flat", "armed", |_| true).await;
+    // A new session starts without it; it must be armed on that one before the entry leaves.
+    let before = broker_status(&h).await.reconnect_attempts;
+    h.paper.faults().drop_all();
+    wait_cod(&h, "reconnected", "armed", |r| r > before).await;
+    // The entry is accepted and the connection dropped at once: with cancel-on-disconnect in
+    // force on the session it went out on, the exchange cancels its new legs.
+    h.paper.faults().drop_after_accept("private/buy", 1);
+    cross(&h, true).await;
+    wait_instance(&h, "position open", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen && i.job.is_none()
+    })
+    .await;
+    let all = h.paper.all_orders();
+    let sl = orders_labelled(&all, "tb-x-0-sl");
+    assert!(
+        sl.iter()
+            .any(|o| o["cancel_reason"] == "cancel_on_disconnect"),
+        "the legs were not under cancel-on-disconnect: {all:#?}"
+    );
+    // …and they are placed again.
+    wait_instance(&h, "protected", |_, _| resting_legs(&h, 0) == (1, 1)).await;
+    assert_eq!(orders_labelled(&all, "tb-x-0").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_disconnect_is_off_while_a_position_is_open() {
+    let h = trading(|_| {}).await;
+    cross(&h, true).await;
+    wait_instance(&h, "position open", |_, i| {
+        i.lifecycle == Lifecycle::PositionOpen && i.job.is_none()
+    })
+    .await;
+    wait_instance(&h, "protected", |_, _| resting_legs(&h, 0) == (1, 1)).await;
+    // Several check intervals with the position open: nothing arms it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(broker_status(&h).await.cancel_on_disconnect, "off");
+    let legs = |h: &common::Harness| {
+        let open = h.paper.open_orders();
+        let mut ids: Vec<String> = ["tb-x-0-sl", "tb-x-0-tp"]
+            .iter()
+            .flat_map(|l| orders_labelled(&open, l))
+            .map(|o| o["order_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = legs(&h);
+    assert_eq!(before.len(), 2);
+    // A disconnect leaves the protective orders where they are.
+    let reconnects = broker_status(&h).await.reconnect_attempts;
+    h.paper.faults().drop_all();
+    wait_cod(&h, "reconnected", "off", |r| r > reconnects).await;
+    // A few checks on the new session: still off, the legs untouched.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(broker_status(&h).await.cancel_on_disconnect, "off");
+    assert_eq!(legs(&h), before, "{:#?}", h.paper.all_orders());
+    assert!(
+        !h.paper
+            .all_orders()
+            .iter()
+            .any(|o| o["cancel_reason"] == "cancel_on_disconnect"),
+        "{:#?}",
+        h.paper.all_orders()
+    );
+    h.stop().await;
+}

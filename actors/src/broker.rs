@@ -6,6 +6,12 @@
 //! by message, so the actor answers `Status` while the network is slow. Other actors send
 //! requests through [`BrokerMsg::Request`]; the answer comes from a task, never blocking the actor.
 //!
+//! The broker also knows whether cancel-on-disconnect is armed on the live session
+//! ([`BrokerMsg::CancelOnDisconnect`]): armed only once the exchange confirmed it, unknown while a
+//! change is in flight, off on every new session. [`BrokerMsg::RequestArmed`] sends a request only
+//! on a session where it is armed, so an entry can never leave on a connection without it
+//! (ADR 0004, ADR 0005).
+//!
 //! Credentials live in a [`Secret`] and are never logged or reported.
 
 mod connected;
@@ -176,6 +182,28 @@ pub enum BrokerMsg {
         params: Value,
         reply: RpcReplyPort<Result<Value, RequestError>>,
     },
+    /// Like `Request`, but sent only if cancel-on-disconnect is confirmed armed on the session
+    /// it goes out on; otherwise [`RequestError::NotArmed`] and nothing is sent. For entries.
+    RequestArmed {
+        method: String,
+        params: Value,
+        reply: RpcReplyPort<Result<Value, RequestError>>,
+    },
+    /// Arm (`armed`) or disarm cancel-on-disconnect (connection scope) on the current session.
+    /// Answered at once when the session is known to be in that state already; otherwise the
+    /// request is sent, and the session counts as armed only after the exchange's answer.
+    CancelOnDisconnect {
+        armed: bool,
+        reply: RpcReplyPort<Result<(), RequestError>>,
+    },
+    /// Internal: the exchange answered change `change` of cancel-on-disconnect on session `conn`.
+    CodChanged {
+        conn: u64,
+        change: u64,
+        armed: bool,
+        result: Result<(), RequestError>,
+        reply: RpcReplyPort<Result<(), RequestError>>,
+    },
     /// Authenticate the current session again with the configured credentials (after a 13009
     /// `unauthorized`). `Err` without credentials, without a session, or when the exchange refuses.
     Reauthenticate(RpcReplyPort<Result<(), String>>),
@@ -270,10 +298,32 @@ pub struct BrokerStatus {
     pub malformed_frames: u64,
     pub test_requests_answered: u64,
     pub last_error: Option<String>,
+    /// Cancel-on-disconnect on the live session: `armed` (confirmed by the exchange), `off`,
+    /// `unknown` (a change unanswered or failed), or `no_session`.
+    pub cancel_on_disconnect: &'static str,
 }
 
 /// The broker actor.
 pub struct BrokerActor;
+
+/// Cancel-on-disconnect on the live session, as far as the exchange has confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cod {
+    /// Not armed: every new session starts so (connection scope).
+    Off,
+    /// A change was sent and has not been confirmed (or failed): neither armed nor off.
+    Unknown,
+    /// The exchange confirmed `enable_cancel_on_disconnect` on this session.
+    Armed,
+}
+
+/// [`Cod`] with the number of the newest change sent, so that a late answer to an older change
+/// cannot overwrite what a newer one made of the switch.
+#[derive(Debug, Clone, Copy)]
+struct CodState {
+    state: Cod,
+    change: u64,
+}
 
 enum Link {
     /// Attempt `conn` is under way.
@@ -283,6 +333,7 @@ enum Link {
         session: Session,
         since: Instant,
         since_wall: DateTime<Utc>,
+        cod: CodState,
     },
     /// Waiting for attempt `generation`.
     Waiting { until: Instant, generation: u64 },
@@ -496,6 +547,32 @@ impl BrokerState {
         self.schedule(myself, next);
     }
 
+    /// Sends `method` on the live session from a task (after the rate limiter's credit), the
+    /// answer to `reply`; [`RequestError::NotConnected`] without a session.
+    fn forward(
+        &self,
+        method: String,
+        params: Value,
+        reply: RpcReplyPort<Result<Value, RequestError>>,
+    ) {
+        let Some(session) = self.connected_session() else {
+            let _ = reply.send(Err(RequestError::NotConnected));
+            return;
+        };
+        let h = session.handle();
+        let limiter = self.limiter.clone();
+        tokio::spawn(async move {
+            limiter.acquire(method_kind(&method)).await;
+            let result = h.request(&method, params).await.and_then(|raw| {
+                serde_json::from_str(raw.get()).map_err(|e| RequestError::Unexpected {
+                    method: method.clone(),
+                    reason: e.to_string(),
+                })
+            });
+            let _ = reply.send(result);
+        });
+    }
+
     fn on_malformed(&mut self, reason: &str) {
         self.malformed_frames += 1;
         self.args.metrics.malformed_frames.inc();
@@ -561,6 +638,14 @@ impl BrokerState {
             test_requests_answered: self.test_requests_before
                 + session.map_or(0, Session::test_requests_answered),
             last_error: self.last_error.clone(),
+            cancel_on_disconnect: match &self.link {
+                Link::Connected { cod, .. } => match cod.state {
+                    Cod::Armed => "armed",
+                    Cod::Off => "off",
+                    Cod::Unknown => "unknown",
+                },
+                _ => "no_session",
+            },
         }
     }
 }
@@ -697,6 +782,10 @@ impl Actor for BrokerActor {
                             session: est.session,
                             since: Instant::now(),
                             since_wall: crate::clock::now(),
+                            cod: CodState {
+                                state: Cod::Off,
+                                change: 0,
+                            },
                         };
                         // Every (re)connect: the strategy re-checks intents, protection, orphans.
                         if let Some(strategy) =
@@ -811,27 +900,87 @@ impl Actor for BrokerActor {
                     let _ = reply.send(Err(e));
                     return Ok(());
                 }
-                match state.connected_session() {
-                    Some(session) => {
-                        let h = session.handle();
-                        let limiter = state.limiter.clone();
-                        tokio::spawn(async move {
-                            limiter.acquire(method_kind(&method)).await;
-                            let result = h.request(&method, params).await.and_then(|raw| {
-                                serde_json::from_str(raw.get()).map_err(|e| {
-                                    RequestError::Unexpected {
-                                        method: method.clone(),
-                                        reason: e.to_string(),
-                                    }
-                                })
-                            });
-                            let _ = reply.send(result);
-                        });
-                    }
-                    None => {
-                        let _ = reply.send(Err(RequestError::NotConnected));
-                    }
+                if let Link::Connected { cod, .. } = &mut state.link
+                    && (method == "private/enable_cancel_on_disconnect"
+                        || method == "private/disable_cancel_on_disconnect")
+                {
+                    // Changed behind the broker's back: no longer known to be armed.
+                    cod.state = Cod::Unknown;
+                    cod.change += 1;
                 }
+                state.forward(method, params, reply);
+            }
+            BrokerMsg::RequestArmed {
+                method,
+                params,
+                reply,
+            } => match &state.link {
+                Link::Connected { cod, .. } if cod.state == Cod::Armed => {
+                    state.forward(method, params, reply);
+                }
+                Link::Connected { .. } => {
+                    let _ = reply.send(Err(RequestError::NotArmed { method }));
+                }
+                _ => {
+                    let _ = reply.send(Err(RequestError::NotConnected));
+                }
+            },
+            BrokerMsg::CancelOnDisconnect { armed, reply } => {
+                let Link::Connected { session, cod, .. } = &mut state.link else {
+                    let _ = reply.send(Err(RequestError::NotConnected));
+                    return Ok(());
+                };
+                let wanted = if armed { Cod::Armed } else { Cod::Off };
+                if cod.state == wanted {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                // Neither armed nor off until the exchange answers this change.
+                cod.state = Cod::Unknown;
+                cod.change += 1;
+                let change = cod.change;
+                let conn = session.id();
+                let h = session.handle();
+                let limiter = state.limiter.clone();
+                let me = myself.clone();
+                let method = if armed {
+                    "private/enable_cancel_on_disconnect"
+                } else {
+                    "private/disable_cancel_on_disconnect"
+                };
+                tokio::spawn(async move {
+                    limiter.acquire(method_kind(method)).await;
+                    let result = h
+                        .request(method, json!({ "scope": "connection" }))
+                        .await
+                        .map(|_| ());
+                    let _ = me.send_message(BrokerMsg::CodChanged {
+                        conn,
+                        change,
+                        armed,
+                        result,
+                        reply,
+                    });
+                });
+            }
+            BrokerMsg::CodChanged {
+                conn,
+                change,
+                armed,
+                result,
+                reply,
+            } => {
+                let result = match &mut state.link {
+                    Link::Connected { session, cod, .. } if session.id() == conn => {
+                        if result.is_ok() && cod.change == change {
+                            cod.state = if armed { Cod::Armed } else { Cod::Off };
+                        }
+                        result
+                    }
+                    // The session is gone, and its switch with it: a new one starts off.
+                    _ => result.and(Err(RequestError::NotConnected)),
+                };
+                let _ = reply.send(result);
             }
             BrokerMsg::Reauthenticate(reply) => {
                 let (Some(session), Some(credentials)) =
@@ -884,16 +1033,55 @@ impl Actor for BrokerActor {
 /// by the rate limiter and the broker's `request_timeout`; a broker that is not running, or that
 /// drops the request, is [`RequestError::NotConnected`] (nothing was sent by us).
 pub async fn request(names: &Names, method: &str, params: Value) -> Result<Value, RequestError> {
+    ask_broker(names, method, |reply| BrokerMsg::Request {
+        method: method.to_string(),
+        params,
+        reply,
+    })
+    .await
+}
+
+/// [`request`], sent only on a session with cancel-on-disconnect armed
+/// ([`BrokerMsg::RequestArmed`]); [`RequestError::NotArmed`] otherwise, and nothing was sent.
+pub async fn request_armed(
+    names: &Names,
+    method: &str,
+    params: Value,
+) -> Result<Value, RequestError> {
+    ask_broker(names, method, |reply| BrokerMsg::RequestArmed {
+        method: method.to_string(),
+        params,
+        reply,
+    })
+    .await
+}
+
+/// Arms or disarms cancel-on-disconnect on the current session
+/// ([`BrokerMsg::CancelOnDisconnect`]): no request at all when it is in that state already.
+pub async fn set_cancel_on_disconnect(names: &Names, armed: bool) -> Result<(), RequestError> {
+    let method = if armed {
+        "private/enable_cancel_on_disconnect"
+    } else {
+        "private/disable_cancel_on_disconnect"
+    };
+    ask_broker(names, method, |reply| BrokerMsg::CancelOnDisconnect {
+        armed,
+        reply,
+    })
+    .await
+}
+
+async fn ask_broker<T>(
+    names: &Names,
+    method: &str,
+    msg: impl FnOnce(RpcReplyPort<Result<T, RequestError>>) -> BrokerMsg,
+) -> Result<T, RequestError> {
     let broker: ActorRef<BrokerMsg> = names
         .lookup(ChildName::BrokerConnection)
         .ok_or(RequestError::NotConnected)?;
     let (tx, rx) = ractor::concurrency::oneshot();
     broker
-        .send_message(BrokerMsg::Request {
-            method: method.to_string(),
-            params,
-            reply: tx.into(),
-        })
+        .send_message(msg(tx.into()))
         .map_err(|_| RequestError::NotConnected)?;
     rx.await.map_err(|_| RequestError::Closed {
         method: method.to_string(),

@@ -10,6 +10,10 @@
 //! cheap: one hash lookup, a few counters, no allocation and no logging per tick. A transition
 //! awaits its commit inside the handler, so ticks queue behind it for the length of one fsync;
 //! that keeps transitions strictly ordered and is rare next to ticks.
+//!
+//! For the entry path (ADR 0005) the actor also keeps the account equity per currency, refreshed
+//! in the background, and arms cancel-on-disconnect ahead of entries while every instance is
+//! flat (and disarms it while one is not).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -19,7 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use signal::Strategy as _;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::protocol::Ticker;
 use crate::metrics::Metrics;
@@ -92,6 +96,23 @@ impl StrategyArgs {
 pub enum StrategyMsg {
     /// Market data from the broker.
     Ticker(Ticker),
+    /// An entry's intent: ANALYZING → SIGNAL_DETECTED (`signal`) → ENTERING_POSITION (`reason`)
+    /// with `intent` in flight, committed as one transaction (one `lifecycle.transition` event
+    /// naming both steps, and the record), so the order waits for one fsync (ADR 0005). Same
+    /// rules and reply as `Transition`.
+    CommitEntry {
+        id: String,
+        signal: String,
+        reason: String,
+        intent: Intent,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Internal: a `private/get_account_summary` answer (or why there is none) for the equity
+    /// cache.
+    Equity {
+        currency: String,
+        reading: Result<exec::EquityReading, String>,
+    },
     /// Internal: a helper task (an order-path job, the orphan sweep) panicked
     /// ([`crate::task::spawn_helper`]): fail, to be restarted; the restarted actor resumes from
     /// the stored records, as after a crash.
@@ -349,6 +370,9 @@ pub struct StrategyStatus {
     pub instrument_specs: Vec<String>,
     /// Orphan orders cancelled since start.
     pub orphans_cancelled: u64,
+    /// Age of the cached account equity per currency (sizing uses it while younger than
+    /// `execution.equity_max_age`).
+    pub equity_age_ms: BTreeMap<String, u64>,
 }
 
 struct Instance {
@@ -443,6 +467,14 @@ pub struct StrategyState {
     metrics: Metrics,
     specs: HashMap<String, guards::InstrumentSpec>,
     entry_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Entries started (see [`exec::Exec::entries`]).
+    entries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Equity per settlement currency, for sizing (ADR 0005).
+    equity: HashMap<String, exec::EquityReading>,
+    /// Currencies whose equity is being fetched.
+    equity_fetching: HashSet<String>,
+    /// The task setting cancel-on-disconnect for the flat / not-flat state, if running.
+    cod_task: Option<AbortOnDrop>,
     /// The orphan sweep running, if any.
     sweep: Option<AbortOnDrop>,
     orphans_cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -479,6 +511,10 @@ impl StrategyState {
             metrics,
             specs: HashMap::new(),
             entry_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            entries: std::sync::Arc::default(),
+            equity: HashMap::new(),
+            equity_fetching: HashSet::new(),
+            cod_task: None,
             sweep: None,
             orphans_cancelled: std::sync::Arc::default(),
             _check: None,
@@ -553,9 +589,11 @@ impl StrategyState {
             prefix: self.label_prefix.clone(),
             metrics: self.metrics.clone(),
             entry_lock: self.entry_lock.clone(),
+            entries: self.entries.clone(),
             me: myself.clone(),
         };
         let specs = &self.specs;
+        let equity = &self.equity;
         let Some(instance) = self.instances.get_mut(i) else {
             return;
         };
@@ -569,6 +607,9 @@ impl StrategyState {
             spec: specs.get(&instance.entry.instrument).cloned(),
             mark: instance.last_mark_price,
             last_refusal: instance.last_refusal.clone(),
+            equity: equity
+                .get(exec::currency_of(&instance.entry.instrument))
+                .copied(),
         };
         let name = job.name();
         let id = snap.id.clone();
@@ -581,11 +622,14 @@ impl StrategyState {
         instance.job = Some((name, crate::clock::now(), AbortOnDrop(task)));
     }
 
-    /// Starts the job each idle instance with outstanding work needs.
+    /// Starts the job each idle instance with outstanding work needs; keeps the equity cache
+    /// and cancel-on-disconnect in step.
     fn check(&mut self, myself: &ActorRef<StrategyMsg>) {
         if !self.records_loaded {
             return;
         }
+        self.refresh_equity(myself, false);
+        self.maintain_cancel_on_disconnect(myself);
         for i in 0..self.instances.len() {
             let job = self
                 .instances
@@ -596,6 +640,94 @@ impl StrategyState {
                 self.spawn_job(myself, i, job);
             }
         }
+    }
+
+    /// Fetches the equity of every currency traded whose reading is missing or at least half
+    /// `equity_max_age` old (every one with `force`), unless a fetch is running already.
+    fn refresh_equity(&mut self, myself: &ActorRef<StrategyMsg>, force: bool) {
+        let max_age = self.execution.equity_max_age;
+        if !self.execution.enabled || max_age.is_zero() {
+            return;
+        }
+        let mut currencies: Vec<&str> = self
+            .instances
+            .iter()
+            .map(|i| exec::currency_of(&i.entry.instrument))
+            .collect();
+        currencies.sort_unstable();
+        currencies.dedup();
+        for currency in currencies {
+            let due = force
+                || self
+                    .equity
+                    .get(currency)
+                    .is_none_or(|r| r.at.elapsed() >= max_age / 2);
+            if !due || self.equity_fetching.contains(currency) {
+                continue;
+            }
+            self.equity_fetching.insert(currency.to_string());
+            let names = self.names.clone();
+            let me = myself.clone();
+            let currency = currency.to_string();
+            // Not kept: it ends with its one request (bounded by the broker's request timeout).
+            let _ = crate::task::spawn_helper(
+                myself,
+                "equity",
+                StrategyMsg::TaskPanicked,
+                async move {
+                    let reading = exec::fetch_equity(&names, &currency).await;
+                    let _ = me.send_message(StrategyMsg::Equity { currency, reading });
+                },
+            );
+        }
+    }
+
+    /// Cancel-on-disconnect armed while every instance is flat (IDLE or ANALYZING, nothing held
+    /// or in flight), so that an entry finds it armed; off otherwise, so that
+    /// a disconnect never takes the protective orders of a position (ADR 0004, ADR 0005). Set
+    /// under the entry lock, and skipped when an entry started since this was decided.
+    fn maintain_cancel_on_disconnect(&mut self, myself: &ActorRef<StrategyMsg>) {
+        if !self.execution.enabled || !self.execution.cancel_on_disconnect {
+            return;
+        }
+        if self.cod_task.as_ref().is_some_and(|t| !t.0.is_finished()) {
+            return;
+        }
+        // An entry job arms and disarms for itself (it may not hold the lock yet).
+        if self
+            .instances
+            .iter()
+            .any(|i| matches!(i.job, Some(("enter", _, _))))
+        {
+            return;
+        }
+        let flat = self.instances.iter().all(|i| {
+            matches!(i.record.lifecycle, Lifecycle::Idle | Lifecycle::Analyzing)
+                && i.record.position.is_none()
+                && i.record.intents_in_flight.is_empty()
+        });
+        let started = self.entries.load(std::sync::atomic::Ordering::Relaxed);
+        let entries = self.entries.clone();
+        let lock = self.entry_lock.clone();
+        let names = self.names.clone();
+        let task = crate::task::spawn_helper(
+            myself,
+            "cod",
+            StrategyMsg::TaskPanicked,
+            async move {
+                // An entry holds the lock: it arms and disarms for itself.
+                let Ok(_one_change_at_a_time) = lock.try_lock() else {
+                    return;
+                };
+                if entries.load(std::sync::atomic::Ordering::Relaxed) != started {
+                    return;
+                }
+                if let Err(e) = crate::broker::set_cancel_on_disconnect(&names, flat).await {
+                    debug!(actor = "strategy", armed = flat, error = %e, "cancel-on-disconnect not changed; the next check tries again");
+                }
+            },
+        );
+        self.cod_task = Some(AbortOnDrop(task));
     }
 
     /// After a (re)connect: instrument specs, then orphan cleanup, in one background task.
@@ -723,6 +855,21 @@ impl StrategyState {
         reason: String,
         data: Option<TransitionData>,
     ) -> Result<(), String> {
+        self.transition_path(id, vec![(to, reason)], data).await
+    }
+
+    /// Moves instance `id` through `steps` (each checked against `can_transition_to`) in one
+    /// commit: one `lifecycle.transition` event (from the first state to the last, the states
+    /// passed in `via`) and the record. `data` is applied as by the last step.
+    async fn transition_path(
+        &mut self,
+        id: &str,
+        steps: Vec<(Lifecycle, String)>,
+        data: Option<TransitionData>,
+    ) -> Result<(), String> {
+        let Some(&(to, _)) = steps.last() else {
+            return Err(format!("no transition given for {id:?}"));
+        };
         let Some(instance) = self.instances.iter_mut().find(|i| i.entry.id == id) else {
             warn!(
                 actor = "strategy",
@@ -733,25 +880,29 @@ impl StrategyState {
             return Err(format!("unknown strategy {id:?}"));
         };
         let from = instance.record.lifecycle;
-        if !from.can_transition_to(to) {
-            warn!(
-                actor = "strategy",
-                id,
-                from = from.as_str(),
-                to = to.as_str(),
-                reason,
-                "illegal lifecycle transition refused"
-            );
-            return Err(format!(
-                "illegal transition {} -> {} for {id:?}",
-                from.as_str(),
-                to.as_str()
-            ));
+        let mut at = from;
+        for (step, reason) in &steps {
+            if !at.can_transition_to(*step) {
+                warn!(
+                    actor = "strategy",
+                    id,
+                    from = at.as_str(),
+                    to = step.as_str(),
+                    reason,
+                    "illegal lifecycle transition refused"
+                );
+                return Err(format!(
+                    "illegal transition {} -> {} for {id:?}",
+                    at.as_str(),
+                    step.as_str()
+                ));
+            }
+            at = *step;
         }
         let mut next = instance.record.clone();
         next.lifecycle = to;
         next.updated_at = crate::clock::now();
-        if to == Lifecycle::EnteringPosition {
+        if steps.iter().any(|(s, _)| *s == Lifecycle::EnteringPosition) {
             next.next_intent_seq += 1;
         }
         match data {
@@ -766,28 +917,45 @@ impl StrategyState {
             None => {}
         }
         let value = serde_json::to_value(&next).map_err(|e| e.to_string())?;
-        let change = Change::event(
-            "lifecycle.transition",
-            json!({ "id": id, "from": from, "to": to, "reason": reason }),
-        )
-        .set(record_key(id), value);
+        let reason = steps.last().map(|(_, r)| r.as_str()).unwrap_or_default();
+        let mut payload = json!({ "id": id, "from": from, "to": to, "reason": reason });
+        if let [passed @ .., _] = steps.as_slice()
+            && !passed.is_empty()
+        {
+            payload["via"] = json!(passed.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+            payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
+        }
+        let change = Change::event("lifecycle.transition", payload).set(record_key(id), value);
         persister::commit_change(&self.names, change, COMMIT_TIMEOUT)
             .await
             .map_err(|e| {
             warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
             format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
         })?;
-        info!(
-            actor = "strategy",
-            id,
-            from = from.as_str(),
-            to = to.as_str(),
-            reason,
-            "lifecycle transition"
-        );
+        let mut at = from;
+        for (step, reason) in &steps {
+            info!(
+                actor = "strategy",
+                id,
+                from = at.as_str(),
+                to = step.as_str(),
+                reason,
+                "lifecycle transition"
+            );
+            at = *step;
+        }
         instance.record = next;
         instance.stored = true;
         Ok(())
+    }
+
+    /// After a committed transition: a fill (POSITION_OPEN) or a finished trade (IDLE) changes
+    /// the account, so its equity is fetched again; cancel-on-disconnect follows the new state.
+    fn after_transition(&mut self, myself: &ActorRef<StrategyMsg>, to: Lifecycle) {
+        if matches!(to, Lifecycle::PositionOpen | Lifecycle::Idle) {
+            self.refresh_equity(myself, true);
+        }
+        self.maintain_cancel_on_disconnect(myself);
     }
 
     fn status(&self) -> StrategyStatus {
@@ -829,6 +997,14 @@ impl StrategyState {
             orphans_cancelled: self
                 .orphans_cancelled
                 .load(std::sync::atomic::Ordering::Relaxed),
+            equity_age_ms: self
+                .equity
+                .iter()
+                .map(|(c, r)| {
+                    let age = u64::try_from(r.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    (c.clone(), age)
+                })
+                .collect(),
         }
     }
 }
@@ -930,7 +1106,42 @@ impl Actor for StrategyActor {
                 reply,
             } => {
                 let result = state.transition(&id, to, reason, data).await;
+                if result.is_ok() {
+                    state.after_transition(&myself, to);
+                }
                 let _ = reply.send(result);
+            }
+            StrategyMsg::CommitEntry {
+                id,
+                signal,
+                reason,
+                intent,
+                reply,
+            } => {
+                let steps = vec![
+                    (Lifecycle::SignalDetected, signal),
+                    (Lifecycle::EnteringPosition, reason),
+                ];
+                let data = TransitionData {
+                    position: None,
+                    intents_in_flight: vec![intent],
+                };
+                let result = state.transition_path(&id, steps, Some(data)).await;
+                let _ = reply.send(result);
+            }
+            StrategyMsg::Equity { currency, reading } => {
+                state.equity_fetching.remove(&currency);
+                match reading {
+                    Ok(r) => {
+                        // A newer reading (an entry's own) is never replaced by an older one.
+                        if state.equity.get(&currency).is_none_or(|old| old.at <= r.at) {
+                            state.equity.insert(currency, r);
+                        }
+                    }
+                    Err(e) => {
+                        debug!(actor = "strategy", currency, error = %e, "equity not refreshed; the next check tries again");
+                    }
+                }
             }
             #[cfg(any(test, feature = "test-hooks"))]
             StrategyMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
@@ -1173,6 +1384,87 @@ mod tests {
         go(&a, "a", Lifecycle::Idle, None).await.unwrap();
         let s = call_t!(a, StrategyMsg::Status, 5000).unwrap();
         assert_eq!(s.strategies[0].position, None);
+        a.stop_and_wait(None, None).await.unwrap();
+        persister.stop_and_wait(None, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_entry_intent_is_committed_in_one_transaction_through_signal_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let names = Names::with_prefix("strat-entry-");
+        let persister = spawn_persister(&names, &db).await;
+        let (a, _) = spawn("strat-entry-", vec![entry("a", "BTC-PERPETUAL")]).await;
+        let commit = |a: &ActorRef<StrategyMsg>| {
+            let a = a.clone();
+            async move {
+                a.call(
+                    |reply| StrategyMsg::CommitEntry {
+                        id: "a".into(),
+                        signal: "crossed up".into(),
+                        reason: "entry tb-a-0".into(),
+                        intent: Intent {
+                            label: "tb-a-0".into(),
+                            side: Side::Buy,
+                            size: 100.0,
+                            sent_at: crate::clock::now(),
+                            stop_price: Some(99.0),
+                            take_profit_price: Some(101.0),
+                        },
+                        reply,
+                    },
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+            }
+        };
+        // Only from ANALYZING.
+        let err = commit(&a).await.unwrap_err();
+        assert!(
+            err.contains("illegal transition IDLE -> SIGNAL_DETECTED"),
+            "{err}"
+        );
+        go(&a, "a", Lifecycle::Analyzing, None).await.unwrap();
+        let events = || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            let n: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM events WHERE kind = 'lifecycle.transition'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let newest: String = c
+                .query_row(
+                    "SELECT payload FROM events WHERE kind = 'lifecycle.transition' \
+                     ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (n, newest)
+        };
+        let (before, _) = events();
+        commit(&a).await.unwrap();
+        let (after, newest) = events();
+        assert_eq!(after, before + 1, "one event for both steps");
+        let newest: Value = serde_json::from_str(&newest).unwrap();
+        assert_eq!(newest["from"], "ANALYZING");
+        assert_eq!(newest["to"], "ENTERING_POSITION");
+        assert_eq!(newest["via"], json!(["SIGNAL_DETECTED"]));
+        // Durable with its intent: what recovery resolves by label.
+        let stored = call_t!(persister, PersisterMsg::Load, 5000)
+            .unwrap()
+            .unwrap();
+        let record: StrategyRecord = serde_json::from_value(stored["strategy.a"].clone()).unwrap();
+        assert_eq!(record.lifecycle, Lifecycle::EnteringPosition);
+        assert_eq!(record.intents_in_flight.len(), 1);
+        assert_eq!(record.intents_in_flight[0].label, "tb-a-0");
+        assert_eq!(record.next_intent_seq, 1);
+        // Not twice.
+        assert!(commit(&a).await.is_err());
         a.stop_and_wait(None, None).await.unwrap();
         persister.stop_and_wait(None, None).await.unwrap();
     }

@@ -19,8 +19,8 @@
 //! at the new price triggers an entry. The proxy stamps the moment it has written that ticker
 //! frame to the daemon's socket and the moment it reads the resulting `private/buy|sell` from
 //! it: socket to socket on loopback, including both kernel hops and the proxy's own wake-up.
-//! The requests in between (account summary, cancel-on-disconnect) are stamped too, which splits
-//! the time into stages. Each round then moves the price through the take-profit, waits until
+//! Requests the daemon sends in between are stamped too, which splits the time into stages (with
+//! the equity cached and cancel-on-disconnect armed ahead, ADR 0005, there are none: one stage). Each round then moves the price through the take-profit, waits until
 //! the strategy is flat and ANALYZING again, waits `--pace-ms` (250: the order rate limiter's
 //! lowest tier refills 5 orders/s; `--pace-ms 0` measures the limiter's wait once its burst of 20
 //! is spent) and starts the next. The data dir is under `TMPDIR`

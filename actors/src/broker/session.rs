@@ -69,6 +69,10 @@ pub enum RequestError {
     /// Refused by the broker actor before anything was sent.
     #[error("{method} refused, not sent: {reason}")]
     Refused { method: String, reason: String },
+    /// Refused by the broker actor before anything was sent: the request may go out only on a
+    /// session with cancel-on-disconnect armed, and this one's is not (ADR 0005).
+    #[error("{method} not sent: cancel-on-disconnect is not armed on this session")]
+    NotArmed { method: String },
 }
 
 /// Why a connection could not be made.

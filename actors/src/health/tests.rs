@@ -53,6 +53,7 @@ fn broker(state: LinkState, disconnected_ms: Option<u64>, age_ms: u64) -> Broker
         malformed_frames: 0,
         test_requests_answered: 0,
         last_error: None,
+        cancel_on_disconnect: "off",
     }
 }
 
@@ -138,6 +139,7 @@ pub(crate) fn healthy_replies() -> Replies {
             execution_enabled: true,
             instrument_specs: vec![],
             orphans_cancelled: 0,
+            equity_age_ms: std::collections::BTreeMap::new(),
         }),
     }
 }

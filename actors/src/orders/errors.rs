@@ -66,7 +66,7 @@ pub fn classify_request_error(error: &RequestError) -> ErrorClass {
         RequestError::Closed { .. }
         | RequestError::Timeout { .. }
         | RequestError::Unexpected { .. } => ErrorClass::Unknown,
-        RequestError::Refused { .. } => ErrorClass::FatalForOrder,
+        RequestError::Refused { .. } | RequestError::NotArmed { .. } => ErrorClass::FatalForOrder,
         RequestError::Rpc(e) => classify(e.code),
     }
 }

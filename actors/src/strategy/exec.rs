@@ -22,8 +22,17 @@
 //! placed again (reduce-only); a leg that was rejected, or cannot be placed again, means the
 //! position is unprotected: it is closed at market (reduce-only) and a CRITICAL alert is raised.
 //! See ADR 0004 for cancel-on-disconnect.
+//!
+//! **Latency (ADR 0005).** Nothing on an entry's way from the tick to the wire waits for the
+//! exchange when the caches are warm: the equity for sizing comes from the strategy actor's
+//! cache (refreshed in the background, used while younger than `equity_max_age`, asked for
+//! otherwise); cancel-on-disconnect is armed ahead of the entry while no instance holds a
+//! position (the order is sent only on a session where the broker knows it is armed, else it is
+//! armed first); and the intent is committed once (ANALYZING → SIGNAL_DETECTED →
+//! ENTERING_POSITION in one transaction) before the order is sent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -69,8 +78,14 @@ pub struct ExecutionConfig {
     /// never having reached the exchange (a request can still be in the exchange's queue).
     #[serde(with = "humantime_serde")]
     pub not_found_grace: Duration,
-    /// Arm cancel-on-disconnect (connection scope) while an entry is in flight (ADR 0004).
+    /// Arm cancel-on-disconnect (connection scope) while an entry is in flight, and ahead of it
+    /// while no instance holds a position (ADR 0004, ADR 0005).
     pub cancel_on_disconnect: bool,
+    /// The account equity used for sizing is cached (refreshed in the background once it is
+    /// half this old, and after every fill and close); an entry uses a cached value younger
+    /// than this and asks the exchange itself otherwise. `0s`: always ask (ADR 0005).
+    #[serde(with = "humantime_serde")]
+    pub equity_max_age: Duration,
 }
 
 impl Default for ExecutionConfig {
@@ -91,6 +106,7 @@ impl Default for ExecutionConfig {
             resolve_timeout: Duration::from_secs(30),
             not_found_grace: Duration::from_secs(5),
             cancel_on_disconnect: true,
+            equity_max_age: Duration::from_secs(5),
         }
     }
 }
@@ -108,9 +124,15 @@ impl ExecutionConfig {
                 return Err(format!("{name} must be at least 10ms"));
             }
         }
+        if self.equity_max_age > Duration::from_secs(60 * 60) {
+            return Err("equity_max_age must be at most 1h".into());
+        }
         Ok(())
     }
 }
+
+/// How many times an entry not sent for want of cancel-on-disconnect arms it again and retries.
+const ENTRY_ARM_ATTEMPTS: u32 = 2;
 
 /// What a job works on: a copy of the instance taken when the job was spawned.
 #[derive(Debug, Clone)]
@@ -122,6 +144,35 @@ pub(crate) struct Snapshot {
     pub mark: Option<f64>,
     /// The instance's last refusal: the same refusal again is counted, not recorded again.
     pub last_refusal: Option<String>,
+    /// The cached account equity of the instrument's currency, if any.
+    pub equity: Option<EquityReading>,
+}
+
+/// An account equity (in the settlement currency) as `private/get_account_summary` gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EquityReading {
+    pub equity: f64,
+    /// When the answer arrived (tokio's clock).
+    pub at: tokio::time::Instant,
+}
+
+/// Asks the exchange for the equity of `currency`.
+pub(crate) async fn fetch_equity(names: &Names, currency: &str) -> Result<EquityReading, String> {
+    let v = broker::request(
+        names,
+        "private/get_account_summary",
+        json!({ "currency": currency }),
+    )
+    .await
+    .map_err(|e| format!("account equity unknown: {e}"))?;
+    let equity = v
+        .get("equity")
+        .and_then(Value::as_f64)
+        .ok_or("account equity unknown: no equity in get_account_summary")?;
+    Ok(EquityReading {
+        equity,
+        at: tokio::time::Instant::now(),
+    })
 }
 
 impl Snapshot {
@@ -190,8 +241,12 @@ pub(crate) struct Exec {
     pub config: ExecutionConfig,
     pub prefix: String,
     pub metrics: Metrics,
-    /// Entries are sent one at a time (cancel-on-disconnect is armed around each).
+    /// Entries are sent one at a time (cancel-on-disconnect is armed around each), and
+    /// cancel-on-disconnect is changed only under it.
     pub entry_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Entries started (under `entry_lock`): arming ahead of an entry is skipped when one
+    /// started since the actor saw every instance flat.
+    pub entries: Arc<AtomicU64>,
     pub me: ActorRef<StrategyMsg>,
 }
 
@@ -246,11 +301,27 @@ impl Exec {
     /// policy) and re-authenticates once on an auth error. Returns the first error that is not
     /// worth retrying, or the last retryable one.
     async fn call(&self, method: &str, params: Value) -> Result<Value, RequestError> {
+        self.call_as(method, params, false).await
+    }
+
+    /// [`Exec::call`]; with `armed`, each try is sent only on a session with cancel-on-disconnect
+    /// armed ([`broker::request_armed`]).
+    async fn call_as(
+        &self,
+        method: &str,
+        params: Value,
+        armed: bool,
+    ) -> Result<Value, RequestError> {
         let mut attempt = 0u32;
         let mut reauthenticated = false;
         loop {
             attempt += 1;
-            let err = match broker::request(&self.names, method, params.clone()).await {
+            let sent = if armed {
+                broker::request_armed(&self.names, method, params.clone()).await
+            } else {
+                broker::request(&self.names, method, params.clone()).await
+            };
+            let err = match sent {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -311,6 +382,35 @@ impl Exec {
         {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             Ok(_) => Err("the strategy actor did not answer the transition".into()),
+            Err(e) => Err(format!("the strategy actor is gone: {e}")),
+        }
+    }
+
+    /// Commits an entry's intent: ANALYZING → SIGNAL_DETECTED → ENTERING_POSITION as one
+    /// transaction through the actor ([`StrategyMsg::CommitEntry`]).
+    async fn commit_entry(
+        &self,
+        id: &str,
+        signal: String,
+        reason: String,
+        intent: Intent,
+    ) -> Result<(), String> {
+        match self
+            .me
+            .call(
+                |reply| StrategyMsg::CommitEntry {
+                    id: id.to_string(),
+                    signal,
+                    reason,
+                    intent,
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            Ok(_) => Err("the strategy actor did not answer the entry commit".into()),
             Err(e) => Err(format!("the strategy actor is gone: {e}")),
         }
     }
@@ -384,8 +484,18 @@ impl Exec {
 
     /// Sends an order once and measures it. Returns the order object, or the error.
     async fn send_order(&self, method: &str, params: Value) -> Result<ExOrder, RequestError> {
+        self.send_order_as(method, params, false).await
+    }
+
+    /// [`Exec::send_order`]; with `armed`, only on a session with cancel-on-disconnect armed.
+    async fn send_order_as(
+        &self,
+        method: &str,
+        params: Value,
+        armed: bool,
+    ) -> Result<ExOrder, RequestError> {
         let started = Instant::now();
-        let result = self.call(method, params).await;
+        let result = self.call_as(method, params, armed).await;
         self.metrics
             .order_latency
             .observe(started.elapsed().as_secs_f64());
@@ -474,19 +584,27 @@ async fn allow_entry(ex: &Exec) -> Result<(), String> {
 }
 
 /// Account equity in USD: `get_account_summary.equity` (in the currency) × the mark price.
+/// The cached reading when it is younger than `equity_max_age`; otherwise the exchange is asked
+/// (and the cache told).
 async fn equity_usd(ex: &Exec, snap: &Snapshot, mark: f64) -> Result<f64, String> {
-    let v = ex
-        .call(
-            "private/get_account_summary",
-            json!({ "currency": snap.currency() }),
-        )
-        .await
-        .map_err(|e| format!("account equity unknown: {e}"))?;
-    let equity = v
-        .get("equity")
-        .and_then(Value::as_f64)
-        .ok_or("account equity unknown: no equity in get_account_summary")?;
-    Ok(equity * mark)
+    let max_age = ex.config.equity_max_age;
+    if let Some(r) = snap.equity
+        && !max_age.is_zero()
+        && r.at.elapsed() <= max_age
+    {
+        return Ok(r.equity * mark);
+    }
+    let r = fetch_equity(&ex.names, snap.currency()).await?;
+    let _ = ex.me.send_message(StrategyMsg::Equity {
+        currency: snap.currency().to_string(),
+        reading: Ok(r),
+    });
+    Ok(r.equity * mark)
+}
+
+/// Arms cancel-on-disconnect on the current session (no request when it is armed already).
+async fn arm(ex: &Exec) -> Result<(), RequestError> {
+    broker::set_cancel_on_disconnect(&ex.names, true).await
 }
 
 async fn enter(
@@ -527,8 +645,6 @@ async fn enter(
         }
     };
 
-    ex.go(&snap.id, Lifecycle::SignalDetected, reason.clone(), None)
-        .await?;
     let seq = snap.record.next_intent_seq;
     let labels = (|| {
         Ok::<_, String>((
@@ -540,28 +656,24 @@ async fn enter(
     let (entry_label, sl_label, tp_label) = match labels {
         Ok(l) => l,
         Err(e) => {
-            ex.go(
-                &snap.id,
-                Lifecycle::Idle,
-                format!("no order label: {e}"),
-                None,
-            )
-            .await?;
-            return Err(e);
+            let why = format!("no order label: {e}");
+            refuse(ex, snap, &why).await;
+            return Ok(JobOutcome {
+                refusal: Some(why),
+                error: None,
+            });
         }
     };
 
     let _one_entry_at_a_time = ex.entry_lock.lock().await;
+    ex.entries.fetch_add(1, Ordering::Relaxed);
+    // Usually armed ahead while every instance was flat: then this asks the broker, not the
+    // exchange.
     if ex.config.cancel_on_disconnect
-        && let Err(e) = ex
-            .call(
-                "private/enable_cancel_on_disconnect",
-                json!({ "scope": "connection" }),
-            )
-            .await
+        && let Err(e) = arm(ex).await
     {
         let why = format!("cancel-on-disconnect could not be armed, entry not sent: {e}");
-        ex.go(&snap.id, Lifecycle::Idle, why.clone(), None).await?;
+        refuse(ex, snap, &why).await;
         return Ok(JobOutcome {
             refusal: Some(why),
             error: None,
@@ -576,25 +688,23 @@ async fn enter(
         stop_price: Some(stop),
         take_profit_price: Some(tp),
     };
-    // The intent is durable before anything is sent.
+    // The intent is durable before anything is sent: ANALYZING → SIGNAL_DETECTED →
+    // ENTERING_POSITION in one commit.
     let committed = ex
-        .go(
+        .commit_entry(
             &snap.id,
-            Lifecycle::EnteringPosition,
+            reason,
             format!(
                 "entry {entry_label}: {} {size} {} at ~{mark}, stop {stop}, take-profit {tp}",
                 side_str(side),
                 snap.instrument
             ),
-            Some(TransitionData {
-                position: None,
-                intents_in_flight: vec![intent.clone()],
-            }),
+            intent.clone(),
         )
         .await;
     if let Err(e) = committed {
         disarm(ex).await;
-        // Nothing was sent; SIGNAL_DETECTED is dropped by the next check.
+        // Nothing was sent and nothing changed: the instance is still ANALYZING.
         return Err(e);
     }
 
@@ -619,7 +729,24 @@ async fn enter(
             },
         ],
     });
-    let sent = ex.send_order(order_method(side), params).await;
+    let armed = ex.config.cancel_on_disconnect;
+    let mut sent = ex
+        .send_order_as(order_method(side), params.clone(), armed)
+        .await;
+    // Not sent because the session is not armed (a reconnect since arming gives a session
+    // without it): arm this one and send, a bounded number of times.
+    for _ in 0..ENTRY_ARM_ATTEMPTS {
+        if !matches!(sent, Err(RequestError::NotArmed { .. })) {
+            break;
+        }
+        if let Err(e) = arm(ex).await {
+            warn!(actor = "strategy", id = %snap.id, error = %e, "cancel-on-disconnect could not be armed again; the entry is not sent");
+            break;
+        }
+        sent = ex
+            .send_order_as(order_method(side), params.clone(), armed)
+            .await;
+    }
     disarm(ex).await;
     drop(_one_entry_at_a_time);
 
@@ -649,13 +776,7 @@ async fn disarm(ex: &Exec) {
     if !ex.config.cancel_on_disconnect {
         return;
     }
-    if let Err(e) = ex
-        .call(
-            "private/disable_cancel_on_disconnect",
-            json!({ "scope": "connection" }),
-        )
-        .await
-    {
+    if let Err(e) = broker::set_cancel_on_disconnect(&ex.names, false).await {
         // A new connection starts with it disabled; on this one protective legs are re-checked
         // after any disconnect anyway.
         warn!(actor = "strategy", error = %e, "cancel-on-disconnect could not be disarmed");

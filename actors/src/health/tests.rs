@@ -5,7 +5,12 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::*;
+use crate::alert::AlertStatus;
+use crate::broker::BrokerStatus;
+use crate::failsafe::FailSafeStatus;
+use crate::heartbeat::HeartbeatStatus;
 use crate::mode::TradingMode;
+use crate::persister::PersisterStatus;
 use crate::supervisor::ChildReport;
 use crate::supervisor::policy::{RestartType, SupervisionStrategy};
 

@@ -170,6 +170,7 @@ async fn store_retention_archives_old_heartbeats_before_each_timed_backup() {
     args.backup_interval = Duration::from_millis(50);
     // Everything is "old" with a zero keep (the config refuses < 1h; the mechanism does not care).
     args.retention.keep = Duration::ZERO;
+    args.retention.min_events_per_run = 1;
     let p = spawn(&names, args).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -43,6 +43,10 @@ pub struct RetentionConfig {
     /// At most this many events per run (one archive file each), so a first run on an old
     /// store does not hold the database worker for long; the backlog goes over several runs.
     pub max_events_per_run: u64,
+    /// A run archives only when at least this many events are due, so archives are few and
+    /// large rather than one small file (and one `store.archived` event, which stays live) per
+    /// hourly run: with the default, about one a day at the default heartbeat rate.
+    pub min_events_per_run: u64,
 }
 
 impl Default for RetentionConfig {
@@ -52,6 +56,7 @@ impl Default for RetentionConfig {
             kinds: ARCHIVABLE_KINDS.iter().map(|k| (*k).to_owned()).collect(),
             keep: Duration::from_secs(7 * 24 * 60 * 60),
             max_events_per_run: 100_000,
+            min_events_per_run: 2_000,
         }
     }
 }
@@ -73,6 +78,11 @@ impl RetentionConfig {
         }
         if self.max_events_per_run == 0 {
             return Err("retention.max_events_per_run must be at least 1".into());
+        }
+        if self.min_events_per_run > self.max_events_per_run {
+            return Err(
+                "retention.min_events_per_run must not exceed retention.max_events_per_run".into(),
+            );
         }
         Ok(())
     }
@@ -178,6 +188,9 @@ impl Store {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(None);
         };
+        if (rows.len() as u64) < policy.min_events_per_run {
+            return Ok(None);
+        }
         let (first_seq, last_seq, count) = (first.seq, last.seq, rows.len() as u64);
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let name = format!("events-{first_seq:012}-{last_seq:012}.jsonl.zst");
@@ -514,6 +527,7 @@ mod tests {
         let archives = archives_dir(&path);
         let policy = RetentionConfig {
             max_events_per_run: 1_000,
+            min_events_per_run: 1,
             ..RetentionConfig::default()
         };
         let av: i64 = store
@@ -601,12 +615,63 @@ mod tests {
     }
 
     #[test]
+    fn fewer_due_events_than_min_events_per_run_wait_for_a_later_run() {
+        let (_dir, path) = aged(300, 0);
+        let mut store = Store::open(&path).unwrap();
+        let archives = archives_dir(&path);
+        let policy = |min| RetentionConfig {
+            min_events_per_run: min,
+            ..RetentionConfig::default()
+        };
+        // How many are due: what a run without a minimum takes, on a copy.
+        let copy = _dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let due = Store::open(&copy)
+            .unwrap()
+            .archive_old(&_dir.path().join("copy-archives"), &policy(1), later())
+            .unwrap()
+            .unwrap()
+            .rows;
+        assert!(due > 100, "{due}");
+        // One fewer than the minimum: nothing is archived, no file written.
+        assert!(
+            store
+                .archive_old(&archives, &policy(due + 1), later())
+                .unwrap()
+                .is_none()
+        );
+        assert!(!archives.exists() || std::fs::read_dir(&archives).unwrap().count() == 0);
+        let r = store
+            .archive_old(&archives, &policy(due), later())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.rows, due);
+        assert!(
+            RetentionConfig {
+                min_events_per_run: 10,
+                max_events_per_run: 5,
+                ..RetentionConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("min_events_per_run")
+        );
+    }
+
+    #[test]
     fn an_edited_or_missing_archive_fails_the_full_verification() {
         let (_dir, path) = aged(300, 0);
         let mut store = Store::open(&path).unwrap();
         let archives = archives_dir(&path);
         let r = store
-            .archive_old(&archives, &RetentionConfig::default(), later())
+            .archive_old(
+                &archives,
+                &RetentionConfig {
+                    min_events_per_run: 1,
+                    ..RetentionConfig::default()
+                },
+                later(),
+            )
             .unwrap()
             .unwrap();
         drop(store);

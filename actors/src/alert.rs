@@ -52,14 +52,11 @@ use crate::secret::Secret;
 #[cfg(test)]
 use chrono::{DateTime, Utc};
 
+pub use crate::model::ALERTS_STATE_KEY;
 use book::Event;
 pub use config::{AlertConfig, AlertError};
 pub use record::{ALLOWED_ALERT_KINDS, Alert, AlertRecord, AlertStatus, Severity, alert_kind};
 pub use state::AlertState;
-
-/// The state key holding `{open: [AlertRecord], recent: [AlertRecord]}`, rewritten with every
-/// stored alert change and reloaded at start.
-pub const ALERTS_STATE_KEY: &str = "alerts";
 
 /// Repeats of open alerts are written to the store at most this often (one `alert_repeated`
 /// event with every changed count), so a storm of repeats costs one write per interval.

@@ -31,13 +31,46 @@ use tracing::{debug, error, info, warn};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::orders::rate::{Limits, RateLimiter, method_kind};
+use crate::protocol::Internal;
+pub use crate::protocol::broker::{BrokerMsg, BrokerStatus, LinkState};
+use crate::protocol::strategy::StrategyMsg;
 use crate::secret::Secret;
-use crate::strategy::StrategyMsg;
 use crate::task::AbortOnDrop;
 pub use connected::request_when_connected;
 use protocol::redact_url;
 use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
+
+/// What the Broker sends itself, wrapped in [`BrokerMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// A helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
+    TaskPanicked(String),
+    /// The exchange answered change `change` of cancel-on-disconnect on session `conn`.
+    CodChanged {
+        conn: u64,
+        change: u64,
+        armed: bool,
+        result: Result<(), RequestError>,
+        reply: RpcReplyPort<Result<(), RequestError>>,
+    },
+    /// Time for connection attempt `generation`.
+    Connect { generation: u64 },
+    /// The outcome of connection attempt `conn`.
+    Established {
+        conn: u64,
+        result: Result<Established, ConnectError>,
+    },
+    /// Periodic silence and burst check.
+    Check,
+    /// Refresh the access token of session `conn`.
+    RefreshAuth { conn: u64 },
+}
+
+impl From<InternalMsg> for BrokerMsg {
+    fn from(m: InternalMsg) -> Self {
+        BrokerMsg::Internal(Internal::new(m))
+    }
+}
 
 /// The `broker.url` that makes the daemon start its embedded paper exchange and trade on it.
 pub const PAPER_URL: &str = "paper";
@@ -167,64 +200,6 @@ pub struct BrokerArgs {
     pub metrics: Metrics,
 }
 
-/// Messages of the broker actor.
-pub enum BrokerMsg {
-    /// Report connection facts.
-    Status(RpcReplyPort<BrokerStatus>),
-    /// Internal: a helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
-    TaskPanicked(String),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// Send a JSON-RPC request on the current session, after the client-side rate limiter
-    /// grants its credit (see [`crate::orders::rate`]).
-    Request {
-        method: String,
-        params: Value,
-        reply: RpcReplyPort<Result<Value, RequestError>>,
-    },
-    /// Like `Request`, but sent only if cancel-on-disconnect is confirmed armed on the session
-    /// it goes out on; otherwise [`RequestError::NotArmed`] and nothing is sent. For entries.
-    RequestArmed {
-        method: String,
-        params: Value,
-        reply: RpcReplyPort<Result<Value, RequestError>>,
-    },
-    /// Arm (`armed`) or disarm cancel-on-disconnect (connection scope) on the current session.
-    /// Answered at once when the session is known to be in that state already; otherwise the
-    /// request is sent, and the session counts as armed only after the exchange's answer.
-    CancelOnDisconnect {
-        armed: bool,
-        reply: RpcReplyPort<Result<(), RequestError>>,
-    },
-    /// Internal: the exchange answered change `change` of cancel-on-disconnect on session `conn`.
-    CodChanged {
-        conn: u64,
-        change: u64,
-        armed: bool,
-        result: Result<(), RequestError>,
-        reply: RpcReplyPort<Result<(), RequestError>>,
-    },
-    /// Authenticate the current session again with the configured credentials (after a 13009
-    /// `unauthorized`). `Err` without credentials, without a session, or when the exchange refuses.
-    Reauthenticate(RpcReplyPort<Result<(), String>>),
-    /// Internal: time for connection attempt `generation`.
-    Connect { generation: u64 },
-    /// Internal: the outcome of connection attempt `conn`.
-    Established {
-        conn: u64,
-        result: Result<Established, ConnectError>,
-    },
-    /// Internal: something happened on session `conn`.
-    Session { conn: u64, event: SessionEvent },
-    /// Internal: periodic silence and burst check.
-    Check,
-    /// Internal: refresh the access token of session `conn`.
-    RefreshAuth { conn: u64 },
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
-}
-
 /// A session that finished its handshake.
 pub struct Established {
     session: Session,
@@ -256,51 +231,6 @@ struct AuthResult {
     refresh_token: Option<String>,
     #[serde(default)]
     expires_in: Option<u64>,
-}
-
-/// The connection as the broker reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    /// The first connection is being made.
-    Connecting,
-    /// Connected and subscribed.
-    Connected,
-    /// Lost; waiting for or making a reconnect attempt.
-    Reconnecting,
-    /// Too many failures: waiting out the circuit breaker.
-    CircuitOpen,
-}
-
-/// The broker's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BrokerStatus {
-    pub state: LinkState,
-    /// Without credentials or query.
-    pub url: String,
-    pub authenticated: bool,
-    pub connected_since: Option<DateTime<Utc>>,
-    /// How long the broker has been without a session (None while connected).
-    pub disconnected_for_ms: Option<u64>,
-    pub last_message_at: Option<DateTime<Utc>>,
-    pub last_market_data_at: Option<DateTime<Utc>>,
-    /// Age of the newest market data, or time since start when none has arrived.
-    pub market_data_age_ms: u64,
-    pub reconnect_attempts: u64,
-    pub consecutive_failures: u32,
-    pub circuit_breaker: &'static str,
-    pub circuit_open_remaining_ms: Option<u64>,
-    /// Time until the next connection attempt, while waiting for one.
-    pub next_attempt_in_ms: Option<u64>,
-    pub subscriptions: Vec<String>,
-    pub missing_subscriptions: Vec<String>,
-    pub market_data_messages: u64,
-    pub malformed_frames: u64,
-    pub test_requests_answered: u64,
-    pub last_error: Option<String>,
-    /// Cancel-on-disconnect on the live session: `armed` (confirmed by the exchange), `off`,
-    /// `unknown` (a change unanswered or failed), or `no_session`.
-    pub cancel_on_disconnect: &'static str,
 }
 
 /// The broker actor.
@@ -508,11 +438,15 @@ impl BrokerState {
         let url = self.args.url.clone();
         let config = self.args.config.clone();
         let credentials = self.args.credentials.clone();
-        let task =
-            crate::task::spawn_helper(myself, "connect", BrokerMsg::TaskPanicked, async move {
+        let task = crate::task::spawn_helper(
+            myself,
+            "connect",
+            |r| InternalMsg::TaskPanicked(r).into(),
+            async move {
                 let result = establish(conn, url, config, credentials, sink).await;
-                let _ = me.send_message(BrokerMsg::Established { conn, result });
-            });
+                let _ = me.send_message(InternalMsg::Established { conn, result }.into());
+            },
+        );
         debug!(conn, url = %self.safe_url, "connecting to the exchange");
         self.link = Link::Connecting {
             conn,
@@ -528,7 +462,7 @@ impl BrokerState {
             until: Instant::now() + delay,
             generation,
         };
-        myself.send_after(delay, move || BrokerMsg::Connect { generation });
+        myself.send_after(delay, move || InternalMsg::Connect { generation }.into());
     }
 
     fn session_lost(&mut self, myself: &ActorRef<BrokerMsg>, reason: String) {
@@ -662,7 +596,7 @@ impl Actor for BrokerActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let every = (args.config.heartbeat_interval / 4)
             .clamp(Duration::from_millis(25), Duration::from_secs(1));
-        let check = myself.send_interval(every, || BrokerMsg::Check);
+        let check = myself.send_interval(every, || InternalMsg::Check.into());
         let safe_url = redact_url(&args.url);
         let limiter = Arc::new(
             RateLimiter::new(Limits::default())
@@ -709,7 +643,10 @@ impl Actor for BrokerActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            BrokerMsg::TaskPanicked(reason) => return Err(reason.into()),
+            BrokerMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "broker-connection", "{e}"),
+            },
             BrokerMsg::Session { conn, event } => {
                 if state.current_conn() != Some(conn) {
                     return Ok(());
@@ -737,158 +674,6 @@ impl Actor for BrokerActor {
                         // A session still in its handshake fails through `Established`.
                     }
                 }
-            }
-            BrokerMsg::Established { conn, result } => {
-                if !matches!(&state.link, Link::Connecting { conn: c, .. } if *c == conn) {
-                    return Ok(()); // stale attempt; dropping it closes its session
-                }
-                match result {
-                    Ok(est) => {
-                        state.reconnector.on_connected();
-                        let reconnected = state.ever_connected;
-                        state.ever_connected = true;
-                        state.disconnected_since = None;
-                        state.last_error = None;
-                        if !est.missing.is_empty() {
-                            warn!(
-                                actor = "broker-connection",
-                                missing = ?est.missing,
-                                "the exchange did not subscribe every configured channel"
-                            );
-                        }
-                        info!(
-                            actor = "broker-connection",
-                            conn,
-                            url = %state.safe_url,
-                            authenticated = est.auth.is_some(),
-                            channels = ?est.subscribed,
-                            handshake_ms = ms(est.took),
-                            "{}",
-                            if reconnected { "reconnected and resubscribed" } else { "connected and subscribed" }
-                        );
-                        if let Some(auth) = &est.auth
-                            && !auth.expires_in.is_zero()
-                            && !auth.refresh_token.expose().is_empty()
-                        {
-                            // Refresh at 80 % of the token's life.
-                            myself.send_after(auth.expires_in.mul_f64(0.8), move || {
-                                BrokerMsg::RefreshAuth { conn }
-                            });
-                        }
-                        state.auth = est.auth;
-                        state.subscriptions = est.subscribed;
-                        state.missing = est.missing;
-                        state.link = Link::Connected {
-                            session: est.session,
-                            since: Instant::now(),
-                            since_wall: crate::clock::now(),
-                            cod: CodState {
-                                state: Cod::Off,
-                                change: 0,
-                            },
-                        };
-                        // Every (re)connect: the strategy re-checks intents, protection, orphans.
-                        if let Some(strategy) =
-                            state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
-                        {
-                            let _ = strategy.send_message(StrategyMsg::Connected { conn });
-                        }
-                    }
-                    Err(err) => {
-                        let next = state
-                            .reconnector
-                            .on_attempt_failed(Instant::now(), fastrand::f64());
-                        let failures = state.reconnector.consecutive_failures();
-                        match next {
-                            Next::RetryIn(d) => warn!(
-                                actor = "broker-connection",
-                                conn,
-                                error = %err,
-                                consecutive_failures = failures,
-                                next_attempt_ms = ms(d),
-                                "connection attempt failed"
-                            ),
-                            Next::CircuitOpen(d) => error!(
-                                actor = "broker-connection",
-                                conn,
-                                error = %err,
-                                consecutive_failures = failures,
-                                next_attempt_ms = ms(d),
-                                "circuit breaker open: no connection attempts until it half-opens"
-                            ),
-                        }
-                        if state.disconnected_since.is_none() {
-                            state.disconnected_since = Some(state.started);
-                        }
-                        state.last_error = Some(err.to_string());
-                        state.schedule(&myself, next);
-                    }
-                }
-            }
-            BrokerMsg::Connect { generation } => {
-                if matches!(&state.link, Link::Waiting { generation: g, .. } if *g == generation) {
-                    state.start_attempt(&myself);
-                }
-            }
-            BrokerMsg::Check => {
-                if let Link::Connected { session, since, .. } = &state.link {
-                    let silent = session.last_frame_at().elapsed();
-                    let limit = state.args.config.heartbeat_interval * 2;
-                    if silent > limit && since.elapsed() > limit {
-                        state.test_requests_before += session.test_requests_answered();
-                        session.close();
-                        state.session_lost(
-                            &myself,
-                            format!("no message for {} ms (limit {} ms)", ms(silent), ms(limit)),
-                        );
-                    }
-                }
-                if let Some((last, suppressed)) = state.malformed_burst
-                    && last.elapsed() > MALFORMED_QUIET
-                {
-                    if suppressed > 0 {
-                        warn!(
-                            actor = "broker-connection",
-                            suppressed, "malformed-frame burst ended"
-                        );
-                    }
-                    state.malformed_burst = None;
-                }
-            }
-            BrokerMsg::RefreshAuth { conn } => {
-                let Some(session) = state.connected_session() else {
-                    return Ok(());
-                };
-                let Some(auth) = &state.auth else {
-                    return Ok(());
-                };
-                if session.id() != conn {
-                    return Ok(());
-                }
-                let h = session.handle();
-                let refresh = auth.refresh_token.clone();
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let outcome = h
-                        .call::<AuthResult>(
-                            "public/auth",
-                            json!({"grant_type": "refresh_token", "refresh_token": refresh.expose()}),
-                        )
-                        .await;
-                    match outcome {
-                        Ok(r) => {
-                            let next = Duration::from_secs(r.expires_in.unwrap_or(0)).mul_f64(0.8);
-                            if !next.is_zero() {
-                                me.send_after(next, move || BrokerMsg::RefreshAuth { conn });
-                            }
-                        }
-                        Err(e) => warn!(
-                            actor = "broker-connection",
-                            error = %e,
-                            "token refresh failed; the session re-authenticates on its next reconnect"
-                        ),
-                    }
-                });
             }
             BrokerMsg::Request {
                 method,
@@ -954,33 +739,17 @@ impl Actor for BrokerActor {
                         .request(method, json!({ "scope": "connection" }))
                         .await
                         .map(|_| ());
-                    let _ = me.send_message(BrokerMsg::CodChanged {
-                        conn,
-                        change,
-                        armed,
-                        result,
-                        reply,
-                    });
-                });
-            }
-            BrokerMsg::CodChanged {
-                conn,
-                change,
-                armed,
-                result,
-                reply,
-            } => {
-                let result = match &mut state.link {
-                    Link::Connected { session, cod, .. } if session.id() == conn => {
-                        if result.is_ok() && cod.change == change {
-                            cod.state = if armed { Cod::Armed } else { Cod::Off };
+                    let _ = me.send_message(
+                        InternalMsg::CodChanged {
+                            conn,
+                            change,
+                            armed,
+                            result,
+                            reply,
                         }
-                        result
-                    }
-                    // The session is gone, and its switch with it: a new one starts off.
-                    _ => result.and(Err(RequestError::NotConnected)),
-                };
-                let _ = reply.send(result);
+                        .into(),
+                    );
+                });
             }
             BrokerMsg::Reauthenticate(reply) => {
                 let (Some(session), Some(credentials)) =
@@ -1027,6 +796,189 @@ impl Actor for BrokerActor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<BrokerMsg>,
+    msg: InternalMsg,
+    state: &mut BrokerState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::TaskPanicked(reason) => return Err(reason.into()),
+        InternalMsg::Established { conn, result } => {
+            if !matches!(&state.link, Link::Connecting { conn: c, .. } if *c == conn) {
+                return Ok(()); // stale attempt; dropping it closes its session
+            }
+            match result {
+                Ok(est) => {
+                    state.reconnector.on_connected();
+                    let reconnected = state.ever_connected;
+                    state.ever_connected = true;
+                    state.disconnected_since = None;
+                    state.last_error = None;
+                    if !est.missing.is_empty() {
+                        warn!(
+                            actor = "broker-connection",
+                            missing = ?est.missing,
+                            "the exchange did not subscribe every configured channel"
+                        );
+                    }
+                    info!(
+                        actor = "broker-connection",
+                        conn,
+                        url = %state.safe_url,
+                        authenticated = est.auth.is_some(),
+                        channels = ?est.subscribed,
+                        handshake_ms = ms(est.took),
+                        "{}",
+                        if reconnected { "reconnected and resubscribed" } else { "connected and subscribed" }
+                    );
+                    if let Some(auth) = &est.auth
+                        && !auth.expires_in.is_zero()
+                        && !auth.refresh_token.expose().is_empty()
+                    {
+                        // Refresh at 80 % of the token's life.
+                        myself.send_after(auth.expires_in.mul_f64(0.8), move || {
+                            InternalMsg::RefreshAuth { conn }.into()
+                        });
+                    }
+                    state.auth = est.auth;
+                    state.subscriptions = est.subscribed;
+                    state.missing = est.missing;
+                    state.link = Link::Connected {
+                        session: est.session,
+                        since: Instant::now(),
+                        since_wall: crate::clock::now(),
+                        cod: CodState {
+                            state: Cod::Off,
+                            change: 0,
+                        },
+                    };
+                    // Every (re)connect: the strategy re-checks intents, protection, orphans.
+                    if let Some(strategy) =
+                        state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
+                    {
+                        let _ = strategy.send_message(StrategyMsg::Connected { conn });
+                    }
+                }
+                Err(err) => {
+                    let next = state
+                        .reconnector
+                        .on_attempt_failed(Instant::now(), fastrand::f64());
+                    let failures = state.reconnector.consecutive_failures();
+                    match next {
+                        Next::RetryIn(d) => warn!(
+                            actor = "broker-connection",
+                            conn,
+                            error = %err,
+                            consecutive_failures = failures,
+                            next_attempt_ms = ms(d),
+                            "connection attempt failed"
+                        ),
+                        Next::CircuitOpen(d) => error!(
+                            actor = "broker-connection",
+                            conn,
+                            error = %err,
+                            consecutive_failures = failures,
+                            next_attempt_ms = ms(d),
+                            "circuit breaker open: no connection attempts until it half-opens"
+                        ),
+                    }
+                    if state.disconnected_since.is_none() {
+                        state.disconnected_since = Some(state.started);
+                    }
+                    state.last_error = Some(err.to_string());
+                    state.schedule(&myself, next);
+                }
+            }
+        }
+        InternalMsg::Connect { generation } => {
+            if matches!(&state.link, Link::Waiting { generation: g, .. } if *g == generation) {
+                state.start_attempt(&myself);
+            }
+        }
+        InternalMsg::Check => {
+            if let Link::Connected { session, since, .. } = &state.link {
+                let silent = session.last_frame_at().elapsed();
+                let limit = state.args.config.heartbeat_interval * 2;
+                if silent > limit && since.elapsed() > limit {
+                    state.test_requests_before += session.test_requests_answered();
+                    session.close();
+                    state.session_lost(
+                        &myself,
+                        format!("no message for {} ms (limit {} ms)", ms(silent), ms(limit)),
+                    );
+                }
+            }
+            if let Some((last, suppressed)) = state.malformed_burst
+                && last.elapsed() > MALFORMED_QUIET
+            {
+                if suppressed > 0 {
+                    warn!(
+                        actor = "broker-connection",
+                        suppressed, "malformed-frame burst ended"
+                    );
+                }
+                state.malformed_burst = None;
+            }
+        }
+        InternalMsg::RefreshAuth { conn } => {
+            let Some(session) = state.connected_session() else {
+                return Ok(());
+            };
+            let Some(auth) = &state.auth else {
+                return Ok(());
+            };
+            if session.id() != conn {
+                return Ok(());
+            }
+            let h = session.handle();
+            let refresh = auth.refresh_token.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let outcome = h
+                    .call::<AuthResult>(
+                        "public/auth",
+                        json!({"grant_type": "refresh_token", "refresh_token": refresh.expose()}),
+                    )
+                    .await;
+                match outcome {
+                    Ok(r) => {
+                        let next = Duration::from_secs(r.expires_in.unwrap_or(0)).mul_f64(0.8);
+                        if !next.is_zero() {
+                            me.send_after(next, move || InternalMsg::RefreshAuth { conn }.into());
+                        }
+                    }
+                    Err(e) => warn!(
+                        actor = "broker-connection",
+                        error = %e,
+                        "token refresh failed; the session re-authenticates on its next reconnect"
+                    ),
+                }
+            });
+        }
+        InternalMsg::CodChanged {
+            conn,
+            change,
+            armed,
+            result,
+            reply,
+        } => {
+            let result = match &mut state.link {
+                Link::Connected { session, cod, .. } if session.id() == conn => {
+                    if result.is_ok() && cod.change == change {
+                        cod.state = if armed { Cod::Armed } else { Cod::Off };
+                    }
+                    result
+                }
+                // The session is gone, and its switch with it: a new one starts off.
+                _ => result.and(Err(RequestError::NotConnected)),
+            };
+            let _ = reply.send(result);
+        }
+    }
+    Ok(())
 }
 
 /// Sends `method` through the `broker-connection` and waits for the answer. The wait is bounded

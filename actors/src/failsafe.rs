@@ -24,6 +24,7 @@ use crate::alert::{Alert, AlertMsg};
 use crate::checks::ChecksReport;
 use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
+pub use crate::model::{MODE_KEY, StoredMode};
 use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
 use crate::store::{Change, Committed, StoreError};
@@ -37,8 +38,6 @@ use triggers::Watch;
 
 /// The alert raised while the store's filesystem is below `[store] disk_free_floor`.
 pub const DISK_ALERT_KEY: &str = "store:disk_low";
-/// The state key holding the mode.
-pub const MODE_KEY: &str = "mode";
 
 /// `[fail_safe]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,16 +235,6 @@ pub struct FailSafeStatus {
     pub conditions: Vec<String>,
     /// The newest checks report (start-up, periodic or on demand) since this actor started.
     pub checks: Option<ChecksReport>,
-}
-
-/// The `"mode"` state value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredMode {
-    pub mode: TradingMode,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// The fail-safe actor.

@@ -22,6 +22,7 @@ use crate::broker::{BrokerMsg, LinkState};
 use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
+pub use crate::model::{ExOrder, ExPosition, RECOVERY_KEY};
 use crate::names::{ChildName, Names};
 use crate::persister;
 use crate::strategy::StrategyRecord;
@@ -99,42 +100,6 @@ impl RecoveryConfig {
         }
         Ok(())
     }
-}
-
-/// A position as `private/get_positions` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExPosition {
-    pub instrument_name: String,
-    /// Signed: negative for a short.
-    pub size: f64,
-    #[serde(default)]
-    pub direction: String,
-    #[serde(default)]
-    pub average_price: f64,
-}
-
-/// An order as `private/get_open_orders_by_currency` and `get_order_state_by_label` report it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExOrder {
-    pub order_id: String,
-    #[serde(default)]
-    pub label: String,
-    pub instrument_name: String,
-    pub order_state: String,
-    #[serde(default)]
-    pub direction: String,
-    #[serde(default)]
-    pub amount: f64,
-    /// Milliseconds since the epoch; picks the newest of several orders with one label.
-    #[serde(default)]
-    pub last_update_timestamp: i64,
-    #[serde(default)]
-    pub filled_amount: f64,
-    #[serde(default)]
-    pub average_price: f64,
-    /// Why it was cancelled (`cancel_on_disconnect`, `oco_other_closed`, …).
-    #[serde(default)]
-    pub cancel_reason: Option<String>,
 }
 
 /// One disagreement between the stored state and the exchange.
@@ -311,9 +276,6 @@ struct Progress {
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
-
-/// The state key the daemon stores the last recovery report under.
-pub const RECOVERY_KEY: &str = "recovery.last";
 
 /// Runs the recovery: load, wait for the broker, query the exchange for `currencies` (the
 /// daemon passes `config.currencies`), reconcile, decide. Never takes longer than

@@ -19,16 +19,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use signal::Strategy as _;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::protocol::Ticker;
 use crate::metrics::Metrics;
+pub use crate::model::{
+    Decision, Intent, Lifecycle, PositionData, RECORD_KEY_PREFIX, Side, StrategyRecord, Ticker,
+    TransitionData, record_key,
+};
 use crate::names::Names;
 use crate::persister;
+use crate::protocol::Internal;
+pub use crate::protocol::strategy::{StrategyInstanceStatus, StrategyMsg, StrategyStatus};
 use crate::store::Change;
 use crate::task::AbortOnDrop;
 
@@ -37,8 +42,34 @@ pub mod guards;
 mod orphans;
 pub mod signal;
 
-/// The state key prefix of strategy records: `strategy.<id>`.
-pub const RECORD_KEY_PREFIX: &str = "strategy.";
+/// What the Strategy sends itself, wrapped in [`StrategyMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// A `private/get_account_summary` answer (or why there is none) for the equity
+    /// cache.
+    Equity {
+        currency: String,
+        reading: Result<exec::EquityReading, String>,
+    },
+    /// A helper task (an order-path job, the orphan sweep) panicked
+    /// ([`crate::task::spawn_helper`]): fail, to be restarted; the restarted actor resumes from
+    /// the stored records, as after a crash.
+    TaskPanicked(String),
+    /// Periodic re-check of instances with work outstanding.
+    Check,
+    /// A job of instance `id` ended.
+    JobDone {
+        id: String,
+        outcome: exec::JobOutcome,
+    },
+    /// Instrument specs from `public/get_instruments`.
+    Specs(HashMap<String, guards::InstrumentSpec>),
+}
+
+impl From<InternalMsg> for StrategyMsg {
+    fn from(m: InternalMsg) -> Self {
+        StrategyMsg::Internal(Internal::new(m))
+    }
+}
 
 /// How long a transition waits for its commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,11 +79,6 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 const LOAD_ATTEMPTS: u32 = 3;
 /// Pause between load attempts.
 const LOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
-
-/// The state key of strategy `id`.
-pub fn record_key(id: &str) -> String {
-    format!("{RECORD_KEY_PREFIX}{id}")
-}
 
 /// One configured strategy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,289 +116,6 @@ impl StrategyArgs {
             label_prefix: crate::recovery::RecoveryConfig::default().label_prefix,
         }
     }
-}
-
-/// Messages of the strategy actor.
-pub enum StrategyMsg {
-    /// Market data from the broker.
-    Ticker(Ticker),
-    /// An entry's intent: ANALYZING → SIGNAL_DETECTED (`signal`) → ENTERING_POSITION (`reason`)
-    /// with `intent` in flight, committed as one transaction (one `lifecycle.transition` event
-    /// naming both steps, and the record), so the order waits for one fsync (ADR 0005). Same
-    /// rules and reply as `Transition`.
-    CommitEntry {
-        id: String,
-        signal: String,
-        reason: String,
-        intent: Intent,
-        reply: RpcReplyPort<Result<(), String>>,
-    },
-    /// Internal: a `private/get_account_summary` answer (or why there is none) for the equity
-    /// cache.
-    Equity {
-        currency: String,
-        reading: Result<exec::EquityReading, String>,
-    },
-    /// Internal: a helper task (an order-path job, the orphan sweep) panicked
-    /// ([`crate::task::spawn_helper`]): fail, to be restarted; the restarted actor resumes from
-    /// the stored records, as after a crash.
-    TaskPanicked(String),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// Report every instance.
-    Status(RpcReplyPort<StrategyStatus>),
-    /// Move instance `id` to `to`. Committed (event + record) before the in-memory state changes;
-    /// the reply is `Err(reason)` for an unknown id, an illegal transition or a failed commit, and
-    /// then nothing changed. `data` replaces the position and the intents in flight; without it
-    /// they are kept, except that a move to IDLE clears them.
-    Transition {
-        id: String,
-        to: Lifecycle,
-        reason: String,
-        data: Option<TransitionData>,
-        reply: RpcReplyPort<Result<(), String>>,
-    },
-    /// The broker established session `conn` (first connect or reconnect): fetch instrument
-    /// specs, re-check every instance with the exchange, cancel orphan orders.
-    Connected { conn: u64 },
-    /// Internal: periodic re-check of instances with work outstanding.
-    Check,
-    /// Internal: a job of instance `id` ended.
-    JobDone {
-        id: String,
-        outcome: exec::JobOutcome,
-    },
-    /// Internal: instrument specs from `public/get_instruments`.
-    Specs(HashMap<String, guards::InstrumentSpec>),
-    /// The `(strategy id, intent seq)` pairs the records refer to (orphan cleanup).
-    Owned(RpcReplyPort<HashSet<(String, u64)>>),
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
-}
-
-/// Where a strategy instance is in its trade cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Lifecycle {
-    Idle,
-    Analyzing,
-    SignalDetected,
-    EnteringPosition,
-    PositionOpen,
-    Closing,
-}
-
-impl Lifecycle {
-    /// Every state, for tables and property tests.
-    pub const ALL: [Lifecycle; 6] = [
-        Lifecycle::Idle,
-        Lifecycle::Analyzing,
-        Lifecycle::SignalDetected,
-        Lifecycle::EnteringPosition,
-        Lifecycle::PositionOpen,
-        Lifecycle::Closing,
-    ];
-
-    /// Whether `self → next` is legal: the cycle IDLE → ANALYZING → SIGNAL_DETECTED →
-    /// ENTERING_POSITION → POSITION_OPEN → CLOSING → IDLE, plus a return to IDLE from ANALYZING,
-    /// SIGNAL_DETECTED (signal dropped) and ENTERING_POSITION (entry rejected). A position, once
-    /// open, leaves only through CLOSING.
-    pub fn can_transition_to(self, next: Lifecycle) -> bool {
-        use Lifecycle::*;
-        matches!(
-            (self, next),
-            (Idle, Analyzing)
-                | (Analyzing, SignalDetected)
-                | (SignalDetected, EnteringPosition)
-                | (EnteringPosition, PositionOpen)
-                | (PositionOpen, Closing)
-                | (Closing, Idle)
-                | (Analyzing, Idle)
-                | (SignalDetected, Idle)
-                | (EnteringPosition, Idle)
-        )
-    }
-
-    /// The stored and displayed name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Lifecycle::Idle => "IDLE",
-            Lifecycle::Analyzing => "ANALYZING",
-            Lifecycle::SignalDetected => "SIGNAL_DETECTED",
-            Lifecycle::EnteringPosition => "ENTERING_POSITION",
-            Lifecycle::PositionOpen => "POSITION_OPEN",
-            Lifecycle::Closing => "CLOSING",
-        }
-    }
-}
-
-/// Side of a position or an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Buy,
-    Sell,
-}
-
-impl Side {
-    /// +1 for buy (long), −1 for sell (short).
-    pub fn sign(self) -> f64 {
-        match self {
-            Side::Buy => 1.0,
-            Side::Sell => -1.0,
-        }
-    }
-}
-
-/// An open position a strategy believes it holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PositionData {
-    pub instrument: String,
-    pub direction: Side,
-    /// Always positive (USD for perpetuals); `direction` gives the side.
-    pub size: f64,
-    pub entry_price: f64,
-    /// Labels or order ids of the stop-loss / take-profit orders protecting it.
-    #[serde(default)]
-    pub protective_orders: Vec<String>,
-    /// The label of the entry that opened it.
-    #[serde(default)]
-    pub entry_label: Option<String>,
-    /// The stop-loss trigger price (to place the leg again).
-    #[serde(default)]
-    pub stop_price: Option<f64>,
-    /// The take-profit price (to place the leg again).
-    #[serde(default)]
-    pub take_profit_price: Option<f64>,
-}
-
-/// An order sent to the exchange whose outcome is not known yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Intent {
-    /// The order label (unique; starts with the daemon's label prefix).
-    pub label: String,
-    pub side: Side,
-    pub size: f64,
-    pub sent_at: DateTime<Utc>,
-    /// The protective stop sent with it (on the tick grid).
-    #[serde(default)]
-    pub stop_price: Option<f64>,
-    /// The take-profit sent with it (on the tick grid).
-    #[serde(default)]
-    pub take_profit_price: Option<f64>,
-}
-
-/// Position and intents carried by a transition.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TransitionData {
-    pub position: Option<PositionData>,
-    #[serde(default)]
-    pub intents_in_flight: Vec<Intent>,
-}
-
-/// The durable state of one strategy instance (state key `strategy.<id>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StrategyRecord {
-    pub id: String,
-    pub lifecycle: Lifecycle,
-    #[serde(default)]
-    pub position: Option<PositionData>,
-    #[serde(default)]
-    pub intents_in_flight: Vec<Intent>,
-    /// The sequence number the next entry's label gets; bumped by every move to
-    /// ENTERING_POSITION, so a label is never used twice.
-    #[serde(default)]
-    pub next_intent_seq: u64,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl StrategyRecord {
-    /// A fresh IDLE record.
-    pub fn idle(id: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            lifecycle: Lifecycle::Idle,
-            position: None,
-            intents_in_flight: Vec::new(),
-            next_intent_seq: 0,
-            updated_at: crate::clock::now(),
-        }
-    }
-
-    /// Every record in a persister `Load` answer (keys `strategy.*`). Unreadable records are
-    /// returned as `(key, error)` in the second list.
-    pub fn all_from_state(
-        state: &BTreeMap<String, Value>,
-    ) -> (Vec<StrategyRecord>, Vec<(String, String)>) {
-        let mut records = Vec::new();
-        let mut bad = Vec::new();
-        for (key, value) in state.range(RECORD_KEY_PREFIX.to_string()..) {
-            let Some(id) = key.strip_prefix(RECORD_KEY_PREFIX) else {
-                break;
-            };
-            match serde_json::from_value::<StrategyRecord>(value.clone()) {
-                Ok(r) if r.id == id => records.push(r),
-                Ok(r) => bad.push((key.clone(), format!("record names id {:?}", r.id))),
-                Err(e) => bad.push((key.clone(), e.to_string())),
-            }
-        }
-        (records, bad)
-    }
-}
-
-/// One instance in [`StrategyStatus`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StrategyInstanceStatus {
-    pub id: String,
-    pub instrument: String,
-    pub lifecycle: Lifecycle,
-    pub position: Option<PositionData>,
-    pub intents_in_flight: usize,
-    /// Whether the lifecycle came from a stored record at the last start.
-    pub restored: bool,
-    pub updated_at: Option<DateTime<Utc>>,
-    /// Ticks for its instrument.
-    pub ticks: u64,
-    pub last_mark_price: Option<f64>,
-    /// Non-hold decisions of its logic since start.
-    pub signals: u64,
-    /// The newest non-hold decision.
-    pub last_decision: Option<signal::Decision>,
-    pub last_decision_at: Option<DateTime<Utc>>,
-    /// The job running for it (`enter`, `check`, `close`, …), if any.
-    pub job: Option<&'static str>,
-    /// When that job started (health calls the queue STALLED past `queue_stalled_after`).
-    pub job_started_at: Option<DateTime<Utc>>,
-    /// Why the newest entry was refused (guard, fail-safe, exchange).
-    pub last_refusal: Option<String>,
-    /// The newest job error (retried by the next check).
-    pub last_error: Option<String>,
-    pub next_intent_seq: u64,
-}
-
-/// The strategy actor's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StrategyStatus {
-    /// Instances hosted.
-    pub active: usize,
-    pub strategies: Vec<StrategyInstanceStatus>,
-    /// Whether the stored records were read at start (false while loading or after giving up).
-    pub records_loaded: bool,
-    /// Why loading the records failed, if it did.
-    pub load_error: Option<String>,
-    /// Every ticker received, for any instrument.
-    pub ticks_received: u64,
-    pub last_tick_at: Option<DateTime<Utc>>,
-    /// Whether orders are placed and managed (`[execution] enabled`).
-    pub execution_enabled: bool,
-    /// Instruments whose trading rules are known.
-    pub instrument_specs: Vec<String>,
-    /// Orphan orders cancelled since start.
-    pub orphans_cancelled: u64,
-    /// Age of the cached account equity per currency (sizing uses it while younger than
-    /// `execution.equity_max_age`).
-    pub equity_age_ms: BTreeMap<String, u64>,
 }
 
 struct Instance {
@@ -614,11 +357,15 @@ impl StrategyState {
         let name = job.name();
         let id = snap.id.clone();
         let me = myself.clone();
-        let task =
-            crate::task::spawn_helper(myself, "job", StrategyMsg::TaskPanicked, async move {
+        let task = crate::task::spawn_helper(
+            myself,
+            "job",
+            |r| InternalMsg::TaskPanicked(r).into(),
+            async move {
                 let outcome = exec::run(ex, snap, job).await;
-                let _ = me.send_message(StrategyMsg::JobDone { id, outcome });
-            });
+                let _ = me.send_message(InternalMsg::JobDone { id, outcome }.into());
+            },
+        );
         instance.job = Some((name, crate::clock::now(), AbortOnDrop(task)));
     }
 
@@ -673,10 +420,10 @@ impl StrategyState {
             let _ = crate::task::spawn_helper(
                 myself,
                 "equity",
-                StrategyMsg::TaskPanicked,
+                |r| InternalMsg::TaskPanicked(r).into(),
                 async move {
                     let reading = exec::fetch_equity(&names, &currency).await;
-                    let _ = me.send_message(StrategyMsg::Equity { currency, reading });
+                    let _ = me.send_message(InternalMsg::Equity { currency, reading }.into());
                 },
             );
         }
@@ -713,7 +460,7 @@ impl StrategyState {
         let task = crate::task::spawn_helper(
             myself,
             "cod",
-            StrategyMsg::TaskPanicked,
+            |r| InternalMsg::TaskPanicked(r).into(),
             async move {
                 // An entry holds the lock: it arms and disarms for itself.
                 let Ok(_one_change_at_a_time) = lock.try_lock() else {
@@ -746,13 +493,17 @@ impl StrategyState {
         let prefix = self.label_prefix.clone();
         let me = myself.clone();
         let counter = self.orphans_cancelled.clone();
-        let task =
-            crate::task::spawn_helper(myself, "sweep", StrategyMsg::TaskPanicked, async move {
+        let task = crate::task::spawn_helper(
+            myself,
+            "sweep",
+            |r| InternalMsg::TaskPanicked(r).into(),
+            async move {
                 let specs = orphans::fetch_specs(&names, &currencies).await;
-                let _ = me.send_message(StrategyMsg::Specs(specs));
+                let _ = me.send_message(InternalMsg::Specs(specs).into());
                 let cancelled = orphans::sweep(&names, &me, &prefix, &currencies, conn).await;
                 counter.fetch_add(cancelled, std::sync::atomic::Ordering::Relaxed);
-            });
+            },
+        );
         self.sweep = Some(AbortOnDrop(task));
         self.check(myself);
     }
@@ -1035,7 +786,7 @@ impl Actor for StrategyActor {
         let every = args.execution.check_interval;
         let mut state = StrategyState::new(args);
         state._check = Some(AbortOnDrop::from(
-            myself.send_interval(every, || StrategyMsg::Check),
+            myself.send_interval(every, || InternalMsg::Check.into()),
         ));
         Ok(state)
     }
@@ -1071,24 +822,12 @@ impl Actor for StrategyActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StrategyMsg::TaskPanicked(reason) => return Err(reason.into()),
+            StrategyMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "strategy", "{e}"),
+            },
             StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
             StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
-            StrategyMsg::Check => state.check(&myself),
-            StrategyMsg::JobDone { id, outcome } => {
-                if let Some(i) = state.instances.iter_mut().find(|i| i.entry.id == id) {
-                    i.job = None;
-                    if outcome.refusal.is_some() {
-                        i.last_refusal = outcome.refusal;
-                    }
-                    i.last_error = outcome.error;
-                }
-            }
-            StrategyMsg::Specs(specs) => {
-                for (name, spec) in specs {
-                    state.specs.insert(name, spec);
-                }
-            }
             StrategyMsg::Owned(reply) => {
                 let _ = reply.send(state.owned());
             }
@@ -1129,25 +868,52 @@ impl Actor for StrategyActor {
                 let result = state.transition_path(&id, steps, Some(data)).await;
                 let _ = reply.send(result);
             }
-            StrategyMsg::Equity { currency, reading } => {
-                state.equity_fetching.remove(&currency);
-                match reading {
-                    Ok(r) => {
-                        // A newer reading (an entry's own) is never replaced by an older one.
-                        if state.equity.get(&currency).is_none_or(|old| old.at <= r.at) {
-                            state.equity.insert(currency, r);
-                        }
-                    }
-                    Err(e) => {
-                        debug!(actor = "strategy", currency, error = %e, "equity not refreshed; the next check tries again");
-                    }
-                }
-            }
             #[cfg(any(test, feature = "test-hooks"))]
             StrategyMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<StrategyMsg>,
+    msg: InternalMsg,
+    state: &mut StrategyState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::TaskPanicked(reason) => return Err(reason.into()),
+        InternalMsg::Check => state.check(&myself),
+        InternalMsg::JobDone { id, outcome } => {
+            if let Some(i) = state.instances.iter_mut().find(|i| i.entry.id == id) {
+                i.job = None;
+                if outcome.refusal.is_some() {
+                    i.last_refusal = outcome.refusal;
+                }
+                i.last_error = outcome.error;
+            }
+        }
+        InternalMsg::Specs(specs) => {
+            for (name, spec) in specs {
+                state.specs.insert(name, spec);
+            }
+        }
+        InternalMsg::Equity { currency, reading } => {
+            state.equity_fetching.remove(&currency);
+            match reading {
+                Ok(r) => {
+                    // A newer reading (an entry's own) is never replaced by an older one.
+                    if state.equity.get(&currency).is_none_or(|old| old.at <= r.at) {
+                        state.equity.insert(currency, r);
+                    }
+                }
+                Err(e) => {
+                    debug!(actor = "strategy", currency, error = %e, "equity not refreshed; the next check tries again");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,16 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// A JSON-RPC error object from the exchange.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("exchange error {code}: {message}")]
-pub struct RpcError {
-    pub code: i64,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
-}
+pub use crate::model::{ErrorClass, RpcError, Ticker};
 
 /// Encodes a request frame. `params` must be a JSON object (named params only).
 pub fn encode_request(id: u64, method: &str, params: &Value) -> String {
@@ -77,31 +68,6 @@ pub enum Incoming {
     Heartbeat,
     /// A notification method we do not know; ignored.
     Other { method: String },
-}
-
-/// The fields of a ticker the runtime uses; everything else is ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ticker {
-    pub instrument_name: String,
-    /// Exchange time, ms since the epoch.
-    pub timestamp: i64,
-    pub mark_price: f64,
-    #[serde(default)]
-    pub last_price: Option<f64>,
-    #[serde(default)]
-    pub index_price: Option<f64>,
-    /// `null` when that side of the book is empty.
-    #[serde(default)]
-    pub best_bid_price: Option<f64>,
-    #[serde(default)]
-    pub best_ask_price: Option<f64>,
-    #[serde(default)]
-    pub best_bid_amount: Option<f64>,
-    #[serde(default)]
-    pub best_ask_amount: Option<f64>,
-    /// open, settlement, delivered, inactive, locked, halted, … (an open set).
-    #[serde(default)]
-    pub state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,29 +248,6 @@ fn decode_notification(method: &str, params: Option<&RawValue>) -> Result<Incomi
         other => Ok(Incoming::Other {
             method: other.to_string(),
         }),
-    }
-}
-
-/// How the runtime should react to an exchange error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// Try again later with backoff (rate limits, maintenance, overload).
-    Retryable,
-    /// The request itself is wrong; retrying cannot help.
-    Fatal,
-    /// The session is not (or no longer) authorized: re-authenticate once.
-    Auth,
-}
-
-impl RpcError {
-    /// Classifies the error by code (Deribit's table in the protocol reference).
-    pub fn class(&self) -> ErrorClass {
-        match self.code {
-            10028 | 10040 | 10047 | 10066 | 11051 | 13028 => ErrorClass::Retryable,
-            10000 | 13009 => ErrorClass::Auth,
-            _ => ErrorClass::Fatal,
-        }
     }
 }
 

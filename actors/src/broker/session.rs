@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::protocol::{self, Incoming, RpcError, Ticker};
+use super::protocol::{self, Incoming, RpcError};
+pub use crate::protocol::broker::{RequestError, SessionEvent};
 
 /// Connection and request limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,46 +35,8 @@ pub struct SessionConfig {
     pub max_message_bytes: usize,
 }
 
-/// What a session tells its owner.
-#[derive(Debug)]
-pub enum SessionEvent {
-    /// A ticker notification.
-    Ticker(Ticker),
-    /// Another subscription notification.
-    Subscription {
-        channel: String,
-        data: Box<RawValue>,
-    },
-    /// A frame that could not be decoded (it is dropped; the session goes on).
-    Malformed { reason: String },
-    /// The session ended; sent exactly once unless the owner is gone.
-    Closed { reason: String },
-}
-
 /// Where events go; returns `false` when the owner is gone, which ends the session.
 pub type EventSink = Arc<dyn Fn(SessionEvent) -> bool + Send + Sync>;
-
-/// Why a request got no result.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RequestError {
-    #[error("not connected to the exchange")]
-    NotConnected,
-    #[error("connection closed before {method} was answered")]
-    Closed { method: String },
-    #[error("{method} not answered within {after:?}")]
-    Timeout { method: String, after: Duration },
-    #[error(transparent)]
-    Rpc(#[from] RpcError),
-    #[error("unexpected answer to {method}: {reason}")]
-    Unexpected { method: String, reason: String },
-    /// Refused by the broker actor before anything was sent.
-    #[error("{method} refused, not sent: {reason}")]
-    Refused { method: String, reason: String },
-    /// Refused by the broker actor before anything was sent: the request may go out only on a
-    /// session with cancel-on-disconnect armed, and this one's is not (ADR 0005).
-    #[error("{method} not sent: cancel-on-disconnect is not armed on this session")]
-    NotArmed { method: String },
-}
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -595,10 +595,13 @@ async fn equity_usd(ex: &Exec, snap: &Snapshot, mark: f64) -> Result<f64, String
         return Ok(r.equity * mark);
     }
     let r = fetch_equity(&ex.names, snap.currency()).await?;
-    let _ = ex.me.send_message(StrategyMsg::Equity {
-        currency: snap.currency().to_string(),
-        reading: Ok(r),
-    });
+    let _ = ex.me.send_message(
+        super::InternalMsg::Equity {
+            currency: snap.currency().to_string(),
+            reading: Ok(r),
+        }
+        .into(),
+    );
     Ok(r.equity * mark)
 }
 

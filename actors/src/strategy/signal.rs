@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::Side;
-use crate::broker::protocol::Ticker;
+pub use crate::model::Decision;
+use crate::model::{Side, Ticker};
 
 /// The part of a ticker a strategy sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,24 +30,6 @@ impl From<&Ticker> for MarketTick {
             mark_price: t.mark_price,
         }
     }
-}
-
-/// What a strategy wants after a tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
-    /// Nothing to do.
-    Hold,
-    /// Open a position on `side`, protected by a stop at `stop_price` and a take-profit at
-    /// `take_profit_price` (raw prices; the guards put them on the tick grid).
-    Enter {
-        side: Side,
-        stop_price: f64,
-        take_profit_price: f64,
-        reason: String,
-    },
-    /// Close the open position.
-    Exit { reason: String },
 }
 
 /// A trading strategy: turns ticks into decisions.

@@ -1,0 +1,74 @@
+//! What crosses between actors: each actor's message enum, its status and reply types, and the
+//! types more than one actor sends or receives (`Alert`, `Severity`, `LinkState`,
+//! `RequestError`, `ChecksReport`, …).
+//!
+//! Boundary: may import `model`, `store` (its error and change types), `mode`, `hooks`, `names`
+//! and `clock`; never an actor module. An actor's messages to itself (timers, its tasks'
+//! results) are not part of the protocol: they travel as an opaque [`Internal`] that only the
+//! actor which made it can open, and are declared privately in the actor's own module.
+
+use std::any::Any;
+use std::fmt;
+
+//ALERT
+pub mod broker;
+//CHECKS
+//FS
+//HB
+//PERS
+pub mod strategy;
+//SUP
+
+/// An actor's message to itself, opaque to everyone else: `XMsg::Internal(Internal::new(m))`
+/// where `m` is the actor's private `InternalMsg`, opened again in its handler. Another actor
+/// can neither read nor usefully make one; an `Internal` opened as the wrong type is a
+/// programming error, answered with [`ForeignInternal`] (the handler logs and drops it).
+pub struct Internal(Box<dyn Any + Send>);
+
+impl Internal {
+    pub fn new<T: Any + Send>(msg: T) -> Self {
+        Self(Box::new(msg))
+    }
+
+    /// The message, if it is a `T`.
+    pub fn open<T: Any>(self) -> Result<T, ForeignInternal> {
+        self.0
+            .downcast::<T>()
+            .map(|m| *m)
+            .map_err(|_| ForeignInternal {
+                expected: std::any::type_name::<T>(),
+            })
+    }
+}
+
+impl fmt::Debug for Internal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Internal(..)")
+    }
+}
+
+/// An [`Internal`] that does not hold the type its receiver expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an internal message that is not a {expected} (sent by another actor?): dropped")]
+pub struct ForeignInternal {
+    pub expected: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_message_opens_only_as_the_type_it_was_made_from() {
+        #[derive(Debug, PartialEq)]
+        struct Mine(u32);
+        struct Other;
+        assert_eq!(Internal::new(Mine(7)).open::<Mine>(), Ok(Mine(7)));
+        let e = Internal::new(Mine(7))
+            .open::<Other>()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("Other"), "{e}");
+        assert_eq!(format!("{:?}", Internal::new(Mine(1))), "Internal(..)");
+    }
+}

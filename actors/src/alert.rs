@@ -23,7 +23,6 @@
 pub mod book;
 mod config;
 pub mod payload;
-mod record;
 pub mod sink;
 #[cfg(test)]
 mod sink_tests;
@@ -37,12 +36,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::error;
 
-use self::sink::SinkKind;
-
 use crate::names::Names;
 // Used by the test modules (`tests`, `sink_tests`) through `use super::*`.
-#[cfg(test)]
-use self::sink::SinkStatus;
 #[cfg(test)]
 use crate::names::ChildName;
 #[cfg(test)]
@@ -53,9 +48,13 @@ use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 
 pub use crate::model::ALERTS_STATE_KEY;
+use crate::protocol::Internal;
+pub use crate::protocol::alert::{
+    ALLOWED_ALERT_KINDS, Alert, AlertError, AlertMsg, AlertRecord, AlertStatus, Severity, SinkKind,
+    SinkStatus, alert_kind,
+};
 use book::Event;
-pub use config::{AlertConfig, AlertError};
-pub use record::{ALLOWED_ALERT_KINDS, Alert, AlertRecord, AlertStatus, Severity, alert_kind};
+pub use config::AlertConfig;
 pub use state::AlertState;
 
 /// Repeats of open alerts are written to the store at most this often (one `alert_repeated`
@@ -79,38 +78,25 @@ pub struct AlertArgs {
     pub config: AlertConfig,
 }
 
-/// Messages of the alert actor.
-pub enum AlertMsg {
-    /// Report counts and the recent records.
-    Status(RpcReplyPort<AlertStatus>),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// Raise (or repeat) an alert.
-    Raise(Alert),
-    /// Close the open alert with this key, if any.
-    Resolve { key: String },
-    /// Mark one alert acknowledged by an operator (stored as an `alert_acknowledged` event);
-    /// answers the updated record.
-    Acknowledge {
-        alert_id: String,
-        reply: RpcReplyPort<Result<AlertRecord, AlertError>>,
-    },
-    /// Re-send open alerts to Alertmanager (sent to itself every `resend_interval`).
-    Resend,
-    /// Internal: write the counts of repeated alerts (sent to itself after a repeat).
+/// What the Alert sends itself, wrapped in [`AlertMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// Write the counts of repeated alerts (sent to itself after a repeat).
     PersistCounts,
-    /// Internal: try to reload the stored alerts (attempt number, from 1).
+    /// Try to reload the stored alerts (attempt number, from 1).
     Load { attempt: u32 },
-    /// Internal: what the load task read (the `alerts` state value, if stored).
+    /// What the load task read (the `alerts` state value, if stored).
     Loaded {
         attempt: u32,
         result: Result<Option<Value>, String>,
     },
-    /// Internal: how a commit handed to the persister ended.
+    /// How a commit handed to the persister ended.
     Stored(Result<(), String>),
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
+}
+
+impl From<InternalMsg> for AlertMsg {
+    fn from(m: InternalMsg) -> Self {
+        AlertMsg::Internal(Internal::new(m))
+    }
 }
 
 /// The alert actor.
@@ -170,20 +156,14 @@ impl Actor for AlertActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            AlertMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "alert", "{e}"),
+            },
             AlertMsg::Raise(alert) => {
                 // The id is made here (it reads the clock), used only if the raise is new.
                 let alert_id = uuid::Uuid::now_v7().to_string();
                 state.on(&myself, Event::Raise { alert, alert_id }, None);
-            }
-            AlertMsg::PersistCounts => state.on(&myself, Event::PersistCounts, None),
-            AlertMsg::Load { attempt } => state.start_load(&myself, attempt),
-            AlertMsg::Loaded { attempt, result } => {
-                state.on(&myself, Event::Loaded { attempt, result }, None);
-            }
-            AlertMsg::Stored(Ok(())) => {}
-            AlertMsg::Stored(Err(e)) => {
-                error!(actor = "alert", error = %e, "an alert change was not stored");
-                state.store_failed(e);
             }
             AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
             AlertMsg::Acknowledge { alert_id, reply } => {
@@ -201,6 +181,28 @@ impl Actor for AlertActor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<AlertMsg>,
+    msg: InternalMsg,
+    state: &mut AlertState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::PersistCounts => state.on(&myself, Event::PersistCounts, None),
+        InternalMsg::Load { attempt } => state.start_load(&myself, attempt),
+        InternalMsg::Loaded { attempt, result } => {
+            state.on(&myself, Event::Loaded { attempt, result }, None);
+        }
+        InternalMsg::Stored(result) => {
+            if let Err(e) = result {
+                error!(actor = "alert", error = %e, "an alert change was not stored");
+                state.store_failed(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -42,11 +42,12 @@ mod capital;
 mod exchange;
 mod log;
 mod records;
-mod report;
+
 mod runner;
 #[cfg(test)]
 mod tests;
 
+pub use crate::protocol::checks::{Check, ChecksReport, RunKind};
 pub use act::{act_on_periodic, restrict, startup_alert};
 pub use capital::{
     FreshSummary, LocalCapital, WithCapital, capital, capital_missing, local_capital,
@@ -55,7 +56,6 @@ pub use capital::{
 pub use exchange::exchange;
 pub use log::{event_log, snapshots};
 pub use records::{mode, record_problems, strategy_states};
-pub use report::{Check, ChecksReport, RunKind};
 pub use runner::{ChecksArgs, on_demand, periodic, read_facts, run_offline, run_online, startup};
 
 /// Check names, as they appear in reports and alert keys.

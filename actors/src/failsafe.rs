@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::concurrency::OneshotReceiver;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{error, info, warn};
@@ -27,6 +27,8 @@ use crate::mode::TradingMode;
 pub use crate::model::{MODE_KEY, StoredMode};
 use crate::names::{ChildName, Names};
 use crate::persister::PersisterMsg;
+use crate::protocol::Internal;
+pub use crate::protocol::failsafe::{ChangeReply, FailSafeMsg, FailSafeStatus};
 use crate::store::{Change, Committed, StoreError};
 
 pub mod machine;
@@ -140,101 +142,39 @@ pub struct FailSafeArgs {
     pub health: HealthConfig,
 }
 
-/// A reply that comes once a change is stored (or storing it failed).
-pub type ChangeReply = RpcReplyPort<Result<(), String>>;
-
-/// Messages of the fail-safe.
-pub enum FailSafeMsg {
-    /// Report the mode and how it got there.
-    Status(RpcReplyPort<FailSafeStatus>),
-    /// Internal: one of the actor's helper tasks panicked ([`crate::task::spawn_helper`]); the
+/// What the FailSafe sends itself, wrapped in [`FailSafeMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// One of the actor's helper tasks panicked ([`crate::task::spawn_helper`]); the
     /// handler fails with the reason, so the supervisor restarts the fail-safe.
     TaskPanicked(String),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// The current mode.
-    GetMode(RpcReplyPort<TradingMode>),
-    /// Fail-closed permission check before any entry: Ok only in AGGRESSIVE and once the stored
-    /// mode was loaded.
-    AllowEntry(RpcReplyPort<Result<(), String>>),
-    /// Switch to SHUTDOWN (latched). The reply comes after the change is committed to the store,
-    /// or with `Err(reason)` when the commit failed; the in-memory mode is SHUTDOWN regardless.
-    Trigger {
-        trigger: String,
-        reason: String,
-        reply: Option<ChangeReply>,
-    },
-    /// Operator or internal mode change. SHUTDOWN is cleared to OBSERVE_ONLY first; a change to
-    /// AGGRESSIVE takes effect once stored. Refused with a reason otherwise.
-    SetMode {
-        mode: TradingMode,
-        reason: String,
-        reply: ChangeReply,
-    },
-    /// Restrict to at most `mode`: a change only when `mode` is stricter than the current one
-    /// (never clears SHUTDOWN, unlike `SetMode`). Used by recovery, which must not race a trigger.
-    Restrict {
-        mode: TradingMode,
-        reason: String,
-        reply: ChangeReply,
-    },
-    /// This run's start-up recovery has finished (sent by the daemon). Until then, or until a
-    /// load shows a stored recovery report newer than this run's start, entries are refused.
-    RecoveryFinished,
-    /// The newest run of the start-up / integrity checks (`crate::checks`), shown in `/health`
-    /// and `/ready`. Reporting changes no mode: the runner restricts or triggers separately.
-    ChecksReported(ChecksReport),
-    /// Internal: this run's recovery report was found in the store at load time.
+    /// This run's recovery report was found in the store at load time.
     RecoveredEarlier,
-    /// Internal: the run marker's start time, found in the store at load time (the baseline for
+    /// The run marker's start time, found in the store at load time (the baseline for
     /// the watch's ages).
     RunStarted(DateTime<Utc>),
-    /// Internal: time to evaluate the trigger conditions.
+    /// Time to evaluate the trigger conditions.
     Evaluate,
-    /// Internal: every actor's status, gathered for an evaluation.
+    /// Every actor's status, gathered for an evaluation.
     Evaluated(Box<Replies>),
-    /// Internal: ask the persister for the stored mode (attempts count from 1).
+    /// Ask the persister for the stored mode (attempts count from 1).
     Load { attempt: u32 },
-    /// Internal: the persister's answer (the stored `"mode"` value, if any).
+    /// The persister's answer (the stored `"mode"` value, if any).
     Loaded {
         attempt: u32,
         result: Result<Option<Value>, String>,
     },
-    /// Internal: the commit of a change to AGGRESSIVE finished.
+    /// The commit of a change to AGGRESSIVE finished.
     Loosened {
         change: machine::Loosening,
         result: Result<(), String>,
         reply: Option<ChangeReply>,
     },
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
 }
 
-/// The fail-safe's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailSafeStatus {
-    pub mode: TradingMode,
-    /// Whether the stored mode has been read (entries are refused until it has).
-    pub loaded: bool,
-    /// Why the mode is what it is.
-    pub reason: String,
-    pub changed_at: Option<DateTime<Utc>>,
-    /// The mode this run started in: the stored mode if the store holds one, else the resolved
-    /// initial mode (before the store is read: the resolved initial mode).
-    pub initial_mode: TradingMode,
-    /// Why this run started in `initial_mode` (the file, the exchange-dependent default, or the
-    /// stored mode taking precedence).
-    pub initial_mode_reason: String,
-    /// Triggers since start.
-    pub triggers: u64,
-    pub last_trigger: Option<String>,
-    /// This run's start-up recovery has finished (entries are refused until it has).
-    pub recovered: bool,
-    /// Trigger conditions holding at the last evaluation (`[fail_safe.triggers]`).
-    pub conditions: Vec<String>,
-    /// The newest checks report (start-up, periodic or on demand) since this actor started.
-    pub checks: Option<ChecksReport>,
+impl From<InternalMsg> for FailSafeMsg {
+    fn from(m: InternalMsg) -> Self {
+        FailSafeMsg::Internal(Internal::new(m))
+    }
 }
 
 /// The fail-safe actor.
@@ -322,11 +262,12 @@ impl FailSafeState {
                                     tokio::time::timeout(timeout, rx).await,
                                     timeout,
                                 );
-                                let _ = me.send_message(FailSafeMsg::Loosened {
+                                let loosened = InternalMsg::Loosened {
                                     change: pending,
                                     result,
                                     reply,
-                                });
+                                };
+                                let _ = me.send_message(loosened.into());
                             });
                         }
                         // Not even handed to the persister: refused at once, like a failed commit.
@@ -353,10 +294,10 @@ impl FailSafeState {
                 Effect::ResolveShutdownAlerts => self.resolve_shutdown_alerts(),
                 Effect::ScheduleLoad { attempt, delay } => match delay {
                     None => {
-                        let _ = myself.send_message(FailSafeMsg::Load { attempt });
+                        let _ = myself.send_message(InternalMsg::Load { attempt }.into());
                     }
                     Some(delay) => {
-                        myself.send_after(delay, move || FailSafeMsg::Load { attempt });
+                        myself.send_after(delay, move || InternalMsg::Load { attempt }.into());
                     }
                 },
                 Effect::ReadStore { attempt } => self.start_load(myself, attempt),
@@ -454,7 +395,7 @@ impl FailSafeState {
     /// next evaluation. Nothing is evaluated before the stored mode is loaded.
     fn start_evaluation(&mut self, myself: &ActorRef<FailSafeMsg>) {
         let config = &self.args.config.triggers;
-        myself.send_after(config.evaluate_interval, || FailSafeMsg::Evaluate);
+        myself.send_after(config.evaluate_interval, || InternalMsg::Evaluate.into());
         if !self.machine.loaded() || self.evaluating {
             return;
         }
@@ -462,11 +403,16 @@ impl FailSafeState {
         let names = self.args.names.clone();
         let timeout = self.args.health.actor_timeout;
         let me = myself.clone();
-        crate::task::spawn_helper(myself, "evaluate", FailSafeMsg::TaskPanicked, async move {
-            crate::test_points::point("failsafe_evaluate");
-            let replies = crate::health::gather(&names, timeout).await;
-            let _ = me.send_message(FailSafeMsg::Evaluated(Box::new(replies)));
-        });
+        crate::task::spawn_helper(
+            myself,
+            "evaluate",
+            |r| InternalMsg::TaskPanicked(r).into(),
+            async move {
+                crate::test_points::point("failsafe_evaluate");
+                let replies = crate::health::gather(&names, timeout).await;
+                let _ = me.send_message(InternalMsg::Evaluated(Box::new(replies)).into());
+            },
+        );
     }
 
     fn start_load(&self, myself: &ActorRef<FailSafeMsg>, attempt: u32) {
@@ -477,16 +423,16 @@ impl FailSafeState {
             let result = match crate::persister::load_state(&names, timeout).await {
                 Ok(mut state) => {
                     if recovered_this_run(&state) {
-                        let _ = me.send_message(FailSafeMsg::RecoveredEarlier);
+                        let _ = me.send_message(InternalMsg::RecoveredEarlier.into());
                     }
                     if let Some(t) = run_started(&state) {
-                        let _ = me.send_message(FailSafeMsg::RunStarted(t));
+                        let _ = me.send_message(InternalMsg::RunStarted(t).into());
                     }
                     Ok(state.remove(MODE_KEY))
                 }
                 Err(e) => Err(e),
             };
-            let _ = me.send_message(FailSafeMsg::Loaded { attempt, result });
+            let _ = me.send_message(InternalMsg::Loaded { attempt, result }.into());
         });
     }
 }
@@ -503,9 +449,9 @@ impl Actor for FailSafeActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         // The load is a message to ourselves so that pre_start (which the supervisor awaits)
         // stays fast; until it is answered the mode is OBSERVE_ONLY and entries are refused.
-        myself.send_message(FailSafeMsg::Load { attempt: 1 })?;
+        myself.send_message(InternalMsg::Load { attempt: 1 }.into())?;
         myself.send_after(args.config.triggers.evaluate_interval, || {
-            FailSafeMsg::Evaluate
+            InternalMsg::Evaluate.into()
         });
         let watch = Watch::new(
             args.config.triggers.clone(),
@@ -534,23 +480,11 @@ impl Actor for FailSafeActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            FailSafeMsg::TaskPanicked(reason) => return Err(reason.into()),
-            FailSafeMsg::RecoveryFinished | FailSafeMsg::RecoveredEarlier => {
-                state.on(&myself, Event::RecoveryFinished, None);
-            }
-            FailSafeMsg::RunStarted(t) => state.watch.set_since(t),
-            FailSafeMsg::Evaluate => state.start_evaluation(&myself),
-            FailSafeMsg::Evaluated(replies) => {
-                state.evaluating = false;
-                let uptime = state.started.elapsed();
-                let findings = state.watch.evaluate(&replies, crate::clock::now(), uptime);
-                for finding in findings {
-                    state.on(&myself, Event::Finding(finding), None);
-                }
-                for ended in state.watch.take_ended() {
-                    state.on(&myself, Event::Ended(ended), None);
-                }
-            }
+            FailSafeMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "fail-safe", "{e}"),
+            },
+            FailSafeMsg::RecoveryFinished => state.on(&myself, Event::RecoveryFinished, None),
             FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
             FailSafeMsg::AllowEntry(reply) => {
                 let _ = reply.send(state.machine.allow_entry());
@@ -573,15 +507,6 @@ impl Actor for FailSafeActor {
                 reason,
                 reply,
             } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
-            FailSafeMsg::Load { attempt } => state.on(&myself, Event::Load { attempt }, None),
-            FailSafeMsg::Loaded { attempt, result } => {
-                state.on(&myself, Event::Loaded { attempt, result }, None);
-            }
-            FailSafeMsg::Loosened {
-                change,
-                result,
-                reply,
-            } => state.on(&myself, Event::Loosened { change, result }, reply),
             FailSafeMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -593,6 +518,41 @@ impl Actor for FailSafeActor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<FailSafeMsg>,
+    msg: InternalMsg,
+    state: &mut FailSafeState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::TaskPanicked(reason) => return Err(reason.into()),
+        InternalMsg::RecoveredEarlier => state.on(&myself, Event::RecoveryFinished, None),
+        InternalMsg::RunStarted(t) => state.watch.set_since(t),
+        InternalMsg::Evaluate => state.start_evaluation(&myself),
+        InternalMsg::Evaluated(replies) => {
+            state.evaluating = false;
+            let uptime = state.started.elapsed();
+            let findings = state.watch.evaluate(&replies, crate::clock::now(), uptime);
+            for finding in findings {
+                state.on(&myself, Event::Finding(finding), None);
+            }
+            for ended in state.watch.take_ended() {
+                state.on(&myself, Event::Ended(ended), None);
+            }
+        }
+        InternalMsg::Load { attempt } => state.on(&myself, Event::Load { attempt }, None),
+        InternalMsg::Loaded { attempt, result } => {
+            state.on(&myself, Event::Loaded { attempt, result }, None);
+        }
+        InternalMsg::Loosened {
+            change,
+            result,
+            reply,
+        } => state.on(&myself, Event::Loosened { change, result }, reply),
+    }
+    Ok(())
 }
 
 /// Whether the stored recovery report (`recovery.last`) was written during this run, i.e. after

@@ -28,13 +28,10 @@
 //! Every `event_interval` it commits a `heartbeat` event (uptime, round trips, unanswered
 //! children) through the persister, awaited in a task.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -47,6 +44,8 @@ use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::notify::SdNotifier;
 use crate::persister::commit_change;
+use crate::protocol::Internal;
+pub use crate::protocol::heartbeat::{HeartbeatMsg, HeartbeatStatus};
 use crate::store::Change;
 
 mod config;
@@ -94,43 +93,22 @@ impl HeartbeatArgs {
     }
 }
 
-/// Messages of the heartbeat.
-pub enum HeartbeatMsg {
-    /// Report the last round.
-    Status(RpcReplyPort<HeartbeatStatus>),
-    /// Internal: a helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
+/// What the Heartbeat sends itself, wrapped in [`HeartbeatMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// A helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
     TaskPanicked(String),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// Internal: time for a round.
+    /// Time for a round.
     Beat,
-    /// Internal: a round finished (boxed: the sampler it hands back is large).
+    /// A round finished (boxed: the sampler it hands back is large).
     BeatDone(Box<BeatReport>),
-    /// Internal: time to write a `heartbeat` event.
+    /// Time to write a `heartbeat` event.
     Record,
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
 }
 
-/// The heartbeat's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HeartbeatStatus {
-    /// Rounds completed.
-    pub beats: u64,
-    pub last_beat_at: Option<DateTime<Utc>>,
-    /// Round trip of each child that answered the last round.
-    pub round_trip_ms: BTreeMap<String, f64>,
-    /// Children that did not answer the last round (absent ones included).
-    pub unanswered: Vec<String>,
-    /// Of those, the ones not running at all.
-    pub absent: Vec<String>,
-    /// Children the supervisor reported escalated in the last round: stopped for good on
-    /// purpose, not counted as unanswered and not withholding the systemd watchdog.
-    pub escalated: Vec<String>,
-    pub system: SystemStats,
-    /// The round interval in effect (`interval`, or half the systemd watchdog when shorter).
-    pub interval_ms: u64,
+impl From<InternalMsg> for HeartbeatMsg {
+    fn from(m: InternalMsg) -> Self {
+        HeartbeatMsg::Internal(Internal::new(m))
+    }
 }
 
 /// How long the heartbeat waits for the fail-safe and the persister in its background tasks.
@@ -211,11 +189,15 @@ impl HeartbeatState {
         let names = self.args.names.clone();
         let timeout = self.ping_timeout;
         let me = myself.clone();
-        let task =
-            crate::task::spawn_helper(myself, "round", HeartbeatMsg::TaskPanicked, async move {
+        let task = crate::task::spawn_helper(
+            myself,
+            "round",
+            |r| InternalMsg::TaskPanicked(r).into(),
+            async move {
                 let report = round(names, timeout, sampler).await;
-                let _ = me.send_message(HeartbeatMsg::BeatDone(Box::new(report)));
-            });
+                let _ = me.send_message(InternalMsg::BeatDone(Box::new(report)).into());
+            },
+        );
         if let Some((_, old)) = self.in_flight.replace((Instant::now(), task)) {
             old.abort();
         }
@@ -442,9 +424,10 @@ impl Actor for HeartbeatActor {
             warn!(actor = "heartbeat", unknown = %why, "memory use unknown: /health reports it as unknown, never 0 %");
         }
         state.sample_errors();
-        state.ticker = Some(myself.send_interval(state.round, || HeartbeatMsg::Beat));
-        state.event_ticker =
-            Some(myself.send_interval(state.args.config.event_interval, || HeartbeatMsg::Record));
+        state.ticker = Some(myself.send_interval(state.round, || InternalMsg::Beat.into()));
+        state.event_ticker = Some(myself.send_interval(state.args.config.event_interval, || {
+            InternalMsg::Record.into()
+        }));
         info!(
             actor = "heartbeat",
             interval_ms = state.status().interval_ms,
@@ -469,10 +452,10 @@ impl Actor for HeartbeatActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            HeartbeatMsg::TaskPanicked(reason) => return Err(reason.into()),
-            HeartbeatMsg::Beat => state.start_round(&myself),
-            HeartbeatMsg::BeatDone(report) => state.finish_round(*report),
-            HeartbeatMsg::Record => state.record(),
+            HeartbeatMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "heartbeat", "{e}"),
+            },
             HeartbeatMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
@@ -505,6 +488,21 @@ impl Actor for HeartbeatActor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<HeartbeatMsg>,
+    msg: InternalMsg,
+    state: &mut HeartbeatState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::TaskPanicked(reason) => return Err(reason.into()),
+        InternalMsg::Beat => state.start_round(&myself),
+        InternalMsg::BeatDone(report) => state.finish_round(*report),
+        InternalMsg::Record => state.record(),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ use tracing::{error, info, warn};
 use crate::alert::{Alert, AlertMsg, Severity};
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
+use crate::protocol::Internal;
+pub use crate::protocol::persister::{
+    BACKUP_ALERT_KEY, CommitReply, FlushReport, PersisterMsg, PersisterStatus,
+};
 use crate::store::{
     Change, Committed, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir,
     backup_count, prune_backups,
@@ -120,54 +124,21 @@ impl PersisterArgs {
     }
 }
 
-/// The alert key of a failed backup.
-pub const BACKUP_ALERT_KEY: &str = "store:backup";
-
-/// The reply to a commit.
-pub type CommitReply = RpcReplyPort<Result<Committed, StoreError>>;
-
-/// Messages of the persister.
-pub enum PersisterMsg {
-    /// Report store facts.
-    Status(RpcReplyPort<PersisterStatus>),
-    /// Liveness.
-    Ping(RpcReplyPort<()>),
-    /// Commit a state change with its event; the reply (if any) comes after the commit.
-    Commit {
-        change: Change,
-        reply: Option<CommitReply>,
-    },
-    /// Every state key and value (what actors re-read when they start).
-    Load(RpcReplyPort<Result<BTreeMap<String, Value>, StoreError>>),
-    /// Answered once every earlier job is durable; checkpoints the WAL.
-    Flush(RpcReplyPort<Result<FlushReport, StoreError>>),
-    /// Record a clean stop (`run.stopped`); answered after every job queued before it.
-    MarkClean(RpcReplyPort<Result<(), StoreError>>),
-    /// Take a backup now (as the timer does); answered with the backup file.
-    Backup(RpcReplyPort<Result<PathBuf, StoreError>>),
-    /// Commit a snapshot of capital and positions with its `snapshot.taken` event.
-    Snapshot {
-        kind: SnapshotKind,
-        payload: Value,
-        reply: Option<CommitReply>,
-    },
-    /// Internal: the database worker finished a write.
+/// What the Persister sends itself, wrapped in [`PersisterMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// The database worker finished a write.
     Written(WriteOutcome),
-    /// Internal: the database worker finished a backup.
+    /// The database worker finished a backup.
     BackedUp(BackupOutcome),
-    /// Internal: the database worker committed a snapshot taken at `at`; `capital` when it holds
+    /// The database worker committed a snapshot taken at `at`; `capital` when it holds
     /// capital ([`crate::checks::capital_missing`]), not an error instead.
     SnapshotTaken { at: DateTime<Utc>, capital: bool },
-    /// Test-only misbehaviour.
-    #[cfg(any(test, feature = "test-hooks"))]
-    Hook(crate::hooks::TestHook),
 }
 
-/// What a flush did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FlushReport {
-    pub last_seq: u64,
-    pub took_ms: u64,
+impl From<InternalMsg> for PersisterMsg {
+    fn from(m: InternalMsg) -> Self {
+        PersisterMsg::Internal(Internal::new(m))
+    }
 }
 
 /// A write the database worker finished.
@@ -183,42 +154,6 @@ pub struct BackupOutcome {
     /// The file and how many backups are kept now.
     pub result: Result<(PathBuf, usize), String>,
     pub at: DateTime<Utc>,
-}
-
-/// The persister's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PersisterStatus {
-    pub path: String,
-    pub schema_version: i64,
-    pub last_seq: u64,
-    pub writes_ok: u64,
-    pub writes_failed: u64,
-    pub last_write_at: Option<DateTime<Utc>>,
-    pub last_write_ms: Option<u64>,
-    /// Since when writes fail (None when the last write succeeded).
-    pub failing_since: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    /// Jobs handed to the database worker and not finished yet.
-    pub queue_depth: u64,
-    pub backups_dir: String,
-    pub last_backup_at: Option<DateTime<Utc>>,
-    /// The last backup's error (None once one succeeds).
-    pub last_backup_error: Option<String>,
-    /// Backups in `backups_dir` (counted at start, then after each successful backup).
-    pub backups: Option<usize>,
-    /// The last start-up recovery report (state key `recovery.last`), as stored.
-    pub recovery: Option<Value>,
-    /// When the newest snapshot was taken (with capital or not).
-    pub last_snapshot_at: Option<DateTime<Utc>>,
-    /// When the newest snapshot *with capital* was taken: one holding an error instead of an
-    /// account summary is a failed snapshot and does not count ([`crate::checks::capital_missing`]).
-    /// The `snapshot_failing` trigger watches this one.
-    pub last_capital_snapshot_at: Option<DateTime<Utc>>,
-    /// Bytes available to the daemon on the store's filesystem, read when this status was asked
-    /// for (None when `statvfs` failed).
-    pub disk_free_bytes: Option<u64>,
-    /// `[store] disk_free_floor`: below it the fail-safe raises `store:disk_low`.
-    pub disk_free_floor_bytes: u64,
 }
 
 enum Job {
@@ -284,10 +219,11 @@ fn retain(store: &mut Store, plan: &BackupPlan, actor: &ActorRef<PersisterMsg>) 
                 took_ms = started.elapsed().as_millis() as u64,
                 "retention: old events archived"
             );
-            let _ = actor.send_message(PersisterMsg::Written(WriteOutcome {
+            let outcome = WriteOutcome {
                 result: Ok(store.last_seq()),
                 took: started.elapsed(),
-            }));
+            };
+            let _ = actor.send_message(InternalMsg::Written(outcome).into());
         }
         Ok(None) => {}
         Err(e) => {
@@ -381,7 +317,7 @@ fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &B
                     .map_err(ToString::to_string),
                 at: crate::clock::now(),
             };
-            let _ = actor.send_message(PersisterMsg::BackedUp(outcome));
+            let _ = actor.send_message(InternalMsg::BackedUp(outcome).into());
             if let Some(reply) = reply {
                 let _ = reply.send(result.map(|(p, _)| p));
             }
@@ -394,13 +330,13 @@ fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &B
             let result = store.snapshot(kind, &payload);
             if let Ok(c) = &result {
                 let capital = crate::checks::capital_missing(&payload).is_none();
-                let _ = actor.send_message(PersisterMsg::SnapshotTaken { at: c.at, capital });
+                let _ = actor.send_message(InternalMsg::SnapshotTaken { at: c.at, capital }.into());
             }
             let outcome = WriteOutcome {
                 result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
                 took: started.elapsed(),
             };
-            let _ = actor.send_message(PersisterMsg::Written(outcome));
+            let _ = actor.send_message(InternalMsg::Written(outcome).into());
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
@@ -412,7 +348,7 @@ fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &B
                 result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
                 took: started.elapsed(),
             };
-            let _ = actor.send_message(PersisterMsg::Written(outcome));
+            let _ = actor.send_message(InternalMsg::Written(outcome).into());
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
@@ -652,6 +588,10 @@ impl Actor for PersisterActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            PersisterMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(m, state).await,
+                Err(e) => error!(actor = "state-persister", "{e}"),
+            },
             PersisterMsg::Commit { change, reply } => {
                 if let Some(v) = change
                     .state
@@ -672,44 +612,6 @@ impl Actor for PersisterActor {
                 reply,
             } => state.submit(Job::Snapshot(kind, payload, reply)),
             PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
-            PersisterMsg::BackedUp(outcome) => state.backed_up(outcome),
-            PersisterMsg::SnapshotTaken { at, capital } => {
-                state.last_snapshot_at = Some(at);
-                if capital {
-                    state.last_capital_snapshot_at = Some(at);
-                } else {
-                    warn!(
-                        actor = "state-persister",
-                        taken_at = %at,
-                        "snapshot stored without capital: a failed snapshot (snapshot_failing \
-                         still counts from the last one with capital)"
-                    );
-                }
-            }
-            PersisterMsg::Written(outcome) => {
-                state.done += 1;
-                state.last_write = Some(outcome.took);
-                match outcome.result {
-                    Ok(seq) => {
-                        state.writes_ok += 1;
-                        state.last_seq = seq;
-                        state.last_write_at = Some(crate::clock::now());
-                        if state.failing_since.take().is_some() {
-                            info!(actor = "state-persister", "store writes succeed again");
-                        }
-                    }
-                    Err(e) => {
-                        state.writes_failed += 1;
-                        if state.failing_since.is_none() {
-                            error!(actor = "state-persister", error = %e, "store write failed");
-                            state.failing_since = Some(crate::clock::now());
-                        } else {
-                            warn!(actor = "state-persister", error = %e, "store write failed again");
-                        }
-                        state.last_error = Some(e);
-                    }
-                }
-            }
             PersisterMsg::Status(reply) => {
                 let _ = reply.send(PersisterStatus {
                     path: state.path.display().to_string(),
@@ -743,6 +645,54 @@ impl Actor for PersisterActor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    msg: InternalMsg,
+    state: &mut PersisterState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::BackedUp(outcome) => state.backed_up(outcome),
+        InternalMsg::SnapshotTaken { at, capital } => {
+            state.last_snapshot_at = Some(at);
+            if capital {
+                state.last_capital_snapshot_at = Some(at);
+            } else {
+                warn!(
+                    actor = "state-persister",
+                    taken_at = %at,
+                    "snapshot stored without capital: a failed snapshot (snapshot_failing \
+                     still counts from the last one with capital)"
+                );
+            }
+        }
+        InternalMsg::Written(outcome) => {
+            state.done += 1;
+            state.last_write = Some(outcome.took);
+            match outcome.result {
+                Ok(seq) => {
+                    state.writes_ok += 1;
+                    state.last_seq = seq;
+                    state.last_write_at = Some(crate::clock::now());
+                    if state.failing_since.take().is_some() {
+                        info!(actor = "state-persister", "store writes succeed again");
+                    }
+                }
+                Err(e) => {
+                    state.writes_failed += 1;
+                    if state.failing_since.is_none() {
+                        error!(actor = "state-persister", error = %e, "store write failed");
+                        state.failing_since = Some(crate::clock::now());
+                    } else {
+                        warn!(actor = "state-persister", error = %e, "store write failed again");
+                    }
+                    state.last_error = Some(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

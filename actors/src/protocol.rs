@@ -10,14 +10,14 @@
 use std::any::Any;
 use std::fmt;
 
-//ALERT
+pub mod alert;
 pub mod broker;
-//CHECKS
-//FS
-//HB
-//PERS
+pub mod checks;
+pub mod failsafe;
+pub mod heartbeat;
+pub mod persister;
 pub mod strategy;
-//SUP
+pub mod supervisor;
 
 /// An actor's message to itself, opaque to everyone else: `XMsg::Internal(Internal::new(m))`
 /// where `m` is the actor's private `InternalMsg`, opened again in its handler. Another actor

@@ -23,15 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
-    SupervisionEvent,
-};
-use serde::Serialize;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
+use crate::protocol::Internal;
+pub use crate::protocol::supervisor::{
+    ChildReport, ChildState, FailureReport, StopReport, SupervisorMsg, SupervisorStatus,
+};
 use policy::{ChildPolicy, Decision, ExitKind, RestartHistory, RestartType, SupervisionStrategy};
 
 /// A boxed future that spawns one child linked to the supervisor.
@@ -74,81 +74,16 @@ pub struct SupervisorArgs {
     pub on_escalation: EscalationHook,
 }
 
-/// Messages of the root supervisor.
-pub enum SupervisorMsg {
-    /// Report every child's state.
-    Status(RpcReplyPort<SupervisorStatus>),
-    /// Liveness: answered at once.
-    Ping(RpcReplyPort<()>),
-    /// Stop these children gracefully, one after another in the given order; from then on no
-    /// child is restarted (this is the shutdown path).
-    StopChildren(Vec<ChildName>, RpcReplyPort<Vec<StopReport>>),
-    /// Internal: a restart whose backoff has elapsed.
+/// What the supervisor sends itself, wrapped in [`SupervisorMsg::Internal`].
+pub(crate) enum InternalMsg {
+    /// A restart whose backoff has elapsed.
     Restart { child: ChildName, generation: u64 },
 }
 
-/// A child's lifecycle as the supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChildState {
-    /// Running.
-    Running,
-    /// Exited; a restart is scheduled.
-    Restarting,
-    /// Stopped because an earlier sibling failed (rest_for_one); restarts with it.
-    WaitingForSibling,
-    /// Exited and its restart type says not to restart.
-    Stopped,
-    /// Restarted too often; left stopped until an operator acts.
-    Escalated,
-    /// Stopped by the shutdown path.
-    ShutDown,
-}
-
-/// A child's last failure.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailureReport {
-    pub reason: String,
-    pub at: DateTime<Utc>,
-}
-
-/// One child in [`SupervisorStatus`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ChildReport {
-    pub name: ChildName,
-    pub state: ChildState,
-    pub restart_type: RestartType,
-    /// Restarts since the daemon started.
-    pub restarts: u64,
-    pub last_failure: Option<FailureReport>,
-    pub started_at: Option<DateTime<Utc>>,
-    /// Time left before a scheduled restart.
-    pub next_restart_in_ms: Option<u64>,
-}
-
-/// The supervisor's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SupervisorStatus {
-    pub strategy: SupervisionStrategy,
-    pub shutting_down: bool,
-    /// In start order.
-    pub children: Vec<ChildReport>,
-}
-
-impl SupervisorStatus {
-    /// One child's report.
-    pub fn child(&self, name: ChildName) -> Option<&ChildReport> {
-        self.children.iter().find(|c| c.name == name)
+impl From<InternalMsg> for SupervisorMsg {
+    fn from(m: InternalMsg) -> Self {
+        SupervisorMsg::Internal(Internal::new(m))
     }
-}
-
-/// How one child stopped during shutdown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StopReport {
-    pub child: ChildName,
-    /// `stopped`, `killed` (did not stop within its shutdown timeout) or `not_running`.
-    pub outcome: &'static str,
-    pub duration_ms: u64,
 }
 
 /// The root supervisor actor.
@@ -331,9 +266,12 @@ impl SupervisorState {
                 if self.strategy == SupervisionStrategy::RestForOne {
                     self.stop_later_siblings(idx).await;
                 }
-                myself.send_after(delay, move || SupervisorMsg::Restart {
-                    child: name,
-                    generation,
+                myself.send_after(delay, move || {
+                    InternalMsg::Restart {
+                        child: name,
+                        generation,
+                    }
+                    .into()
                 });
             }
         }
@@ -463,31 +401,15 @@ impl Actor for RootSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SupervisorMsg::Internal(m) => match m.open::<InternalMsg>() {
+                Ok(m) => return handle_internal(myself, m, state).await,
+                Err(e) => error!(actor = "supervisor", "{e}"),
+            },
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
             SupervisorMsg::Ping(reply) => {
                 let _ = reply.send(());
-            }
-            SupervisorMsg::Restart { child, generation } => {
-                let Some(idx) = state.index(child) else {
-                    return Ok(());
-                };
-                let c = &state.children[idx];
-                if state.shutting_down
-                    || c.generation != generation
-                    || c.state != ChildState::Restarting
-                {
-                    return Ok(());
-                }
-                state.start(idx, &myself, true).await;
-                if state.strategy == SupervisionStrategy::RestForOne {
-                    for j in idx + 1..state.children.len() {
-                        if state.children[j].state == ChildState::WaitingForSibling {
-                            state.start(j, &myself, true).await;
-                        }
-                    }
-                }
             }
             SupervisorMsg::StopChildren(which, reply) => {
                 state.shutting_down = true;
@@ -609,6 +531,37 @@ impl Actor for RootSupervisor {
         }
         Ok(())
     }
+}
+
+/// The actor's messages to itself ([`InternalMsg`]).
+async fn handle_internal(
+    myself: ActorRef<SupervisorMsg>,
+    msg: InternalMsg,
+    state: &mut SupervisorState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        InternalMsg::Restart { child, generation } => {
+            let Some(idx) = state.index(child) else {
+                return Ok(());
+            };
+            let c = &state.children[idx];
+            if state.shutting_down
+                || c.generation != generation
+                || c.state != ChildState::Restarting
+            {
+                return Ok(());
+            }
+            state.start(idx, &myself, true).await;
+            if state.strategy == SupervisionStrategy::RestForOne {
+                for j in idx + 1..state.children.len() {
+                    if state.children[j].state == ChildState::WaitingForSibling {
+                        state.start(j, &myself, true).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,10 +15,20 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::config::AlertError;
-use super::record::{Alert, AlertRecord, AlertStatus, Severity, StoredAlerts, alert_kind};
+use serde::{Deserialize, Serialize};
+
 use super::{ALERTS_STATE_KEY, AlertConfig};
+use crate::protocol::alert::{Alert, AlertError, AlertRecord, AlertStatus, Severity, alert_kind};
 use crate::store::Change;
+
+/// The `alerts` state value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredAlerts {
+    #[serde(default)]
+    open: Vec<AlertRecord>,
+    #[serde(default)]
+    recent: Vec<AlertRecord>,
+}
 
 /// What happened, as the alert decisions see it.
 #[derive(Debug, Clone, PartialEq)]

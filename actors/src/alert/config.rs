@@ -80,11 +80,3 @@ impl AlertConfig {
         Ok(())
     }
 }
-
-/// Errors of alert operations.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AlertError {
-    /// No recent or open alert has this id (the store keeps older ones).
-    #[error("no open or recent alert has id {alert_id}")]
-    UnknownAlert { alert_id: String },
-}

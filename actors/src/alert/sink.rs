@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -19,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::transport::{Endpoint, Poster};
 use crate::backoff::Backoff;
+pub use crate::protocol::alert::{SinkKind, SinkStatus};
 use crate::secret::Secret;
 
 /// `[alert.delivery]`: how every external sink delivers.
@@ -151,57 +151,6 @@ impl Default for TelegramConfig {
             token: None,
         }
     }
-}
-
-/// Which sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkKind {
-    Alertmanager,
-    Webhook,
-    Telegram,
-}
-
-impl SinkKind {
-    /// The name in status and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SinkKind::Alertmanager => "alertmanager",
-            SinkKind::Webhook => "webhook",
-            SinkKind::Telegram => "telegram",
-        }
-    }
-}
-
-/// What a sink reports (in the alert actor's status, hence `/health`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SinkStatus {
-    pub sink: SinkKind,
-    /// `host:port` of the receiver (never a path: Telegram's carries the token).
-    pub target: String,
-    /// Deliveries the receiver accepted (2xx).
-    pub delivered: u64,
-    /// Attempts that failed (each retry counts).
-    pub failed_attempts: u64,
-    /// Failed attempts since the last success.
-    pub consecutive_failures: u64,
-    /// The last failure, for the operator.
-    pub last_error: Option<String>,
-    /// When `last_error` happened.
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// When the receiver last accepted a delivery.
-    pub last_delivered_at: Option<DateTime<Utc>>,
-    /// `consecutive_failures` reached `failing_after`, or the sink could not be set up.
-    pub failing: bool,
-    /// Deliveries given up after `max_attempts`.
-    pub abandoned: u64,
-    /// Deliveries dropped because the queue was full (oldest first).
-    pub dropped: u64,
-    /// Deliveries waiting.
-    pub queued: usize,
-    /// Times the delivery task panicked and was started again (the delivery it held is
-    /// queued again first; `last_error` says what the panic was).
-    pub restarts: u64,
 }
 
 impl SinkStatus {

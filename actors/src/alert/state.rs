@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::book::{AlertBook, Effect, Event, Note};
-use super::sink::{Delivery, Sink, SinkKind, SinkStatus};
+use super::sink::{Delivery, Sink};
 
 use crate::names::ChildName;
 use crate::persister::PersisterMsg;
@@ -67,10 +67,12 @@ impl AlertState {
                 Effect::Store(change) => self.store(myself, change),
                 Effect::Notify(record) => self.notify_sinks(&record),
                 Effect::SchedulePersistCounts => {
-                    myself.send_after(COUNT_PERSIST_INTERVAL, || AlertMsg::PersistCounts);
+                    myself.send_after(COUNT_PERSIST_INTERVAL, || InternalMsg::PersistCounts.into());
                 }
                 Effect::ScheduleLoad { attempt } => {
-                    myself.send_after(LOAD_RETRY_DELAY, move || AlertMsg::Load { attempt });
+                    myself.send_after(LOAD_RETRY_DELAY, move || {
+                        InternalMsg::Load { attempt }.into()
+                    });
                 }
                 Effect::Reply(result) => {
                     if let Some(reply) = reply.take() {
@@ -220,7 +222,7 @@ impl AlertState {
                     COMMIT_TIMEOUT.as_secs()
                 )),
             };
-            let _ = me.send_message(AlertMsg::Stored(outcome));
+            let _ = me.send_message(InternalMsg::Stored(outcome).into());
         });
     }
 
@@ -237,7 +239,7 @@ impl AlertState {
             let result = crate::persister::load_state(&names, LOAD_TIMEOUT)
                 .await
                 .map(|mut state| state.remove(ALERTS_STATE_KEY));
-            let _ = me.send_message(AlertMsg::Loaded { attempt, result });
+            let _ = me.send_message(InternalMsg::Loaded { attempt, result }.into());
         });
     }
 }

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+pub use crate::protocol::heartbeat::{LimitSource, SystemStats};
 
 /// Where the sampler reads: the `/proc` and `/sys` roots (replaced in tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,46 +37,6 @@ impl Default for SystemSources {
         Self {
             proc: PathBuf::from("/proc"),
             sys: PathBuf::from("/sys"),
-        }
-    }
-}
-
-/// Where the memory limit came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitSource {
-    /// The process's cgroup (`memory.max`, or `memory.limit_in_bytes` on cgroup v1).
-    Cgroup,
-    /// `MemTotal` of `/proc/meminfo`.
-    Meminfo,
-}
-
-/// Process and machine numbers (the `system` object of `/health`). A `None` figure could not be
-/// read; [`SystemStats::unknown`] says why.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
-pub struct SystemStats {
-    /// Process RSS as % of `memory_limit_bytes`.
-    pub memory_percent: Option<f64>,
-    /// Process CPU over the last interval, % of one core.
-    pub cpu_percent: Option<f64>,
-    pub rss_bytes: Option<u64>,
-    /// What `memory_percent` is measured against: the cgroup's limit, or the machine's memory.
-    pub memory_limit_bytes: Option<u64>,
-    pub memory_limit_source: Option<LimitSource>,
-    /// `MemTotal` of `/proc/meminfo` (hidden under `ProcSubset=pid`).
-    pub total_memory_bytes: Option<u64>,
-    /// ERROR-level log events (`tradebaas_errors_total`) counted over the last 60 s.
-    pub error_rate_per_minute: f64,
-    /// Why a figure is unknown, one line each (`memory: …`, `cpu: …`); empty when all were read.
-    pub unknown: Vec<String>,
-}
-
-impl SystemStats {
-    /// Nothing known, for `reason` (e.g. the heartbeat did not answer).
-    pub fn unavailable(reason: &str) -> Self {
-        Self {
-            unknown: vec![format!("memory: {reason}"), format!("cpu: {reason}")],
-            ..Self::default()
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::hooks::TestHook;
 use crate::store::Store;
 use crate::strategy::{StrategyActor, StrategyArgs, StrategyMsg};
 use crate::testkit::{MiniTree, eventually, spawn_alert, spawn_persister, wait_until};
+use ractor::RpcReplyPort;
 use ractor::{Message, call_t};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,29 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::names::ChildName;
-
-/// When a child is restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartType {
-    /// Always restarted.
-    Permanent,
-    /// Restarted only after an abnormal exit (panic, error, kill).
-    Transient,
-    /// Never restarted.
-    Temporary,
-}
-
-/// Which children are restarted when one fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SupervisionStrategy {
-    /// Only the child that exited.
-    #[default]
-    OneForOne,
-    /// The child that exited and every child started after it.
-    RestForOne,
-}
+pub use crate::protocol::supervisor::{RestartType, SupervisionStrategy};
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use tokio::time::{advance, sleep};
 use super::*;
 use crate::backoff::Backoff;
 use crate::hooks::TestHook;
+use ractor::RpcReplyPort;
 
 /// A child that records its starts and stops and acts out test hooks.
 struct Probe;

@@ -1,4 +1,5 @@
-//! The outcome of a run: one `Check` per check, gathered in a `ChecksReport`.
+//! The start-up / integrity checks' outcome, as the runner reports it to the fail-safe and health:
+//! one `Check` per check, gathered in a `ChecksReport`.
 
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ pub struct Check {
 }
 
 impl Check {
-    pub(super) fn pass(name: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn pass(name: &str, detail: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             passed: true,
@@ -37,7 +38,7 @@ impl Check {
         }
     }
 
-    pub(super) fn fail(name: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn fail(name: &str, detail: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             passed: false,
@@ -45,7 +46,7 @@ impl Check {
         }
     }
 
-    pub(super) fn from_problems(name: &str, ok: impl Into<String>, problems: &[String]) -> Self {
+    pub(crate) fn from_problems(name: &str, ok: impl Into<String>, problems: &[String]) -> Self {
         if problems.is_empty() {
             Self::pass(name, ok)
         } else {
@@ -66,7 +67,7 @@ pub struct ChecksReport {
 }
 
 impl ChecksReport {
-    pub(super) fn new(
+    pub(crate) fn new(
         kind: RunKind,
         at: DateTime<Utc>,
         checks: Vec<Check>,

@@ -1,12 +1,38 @@
-//! What an alert is: `Severity`, the allowed kinds, `Alert` (what a caller raises),
-//! `AlertRecord` (what is recorded and stored), the stored `alerts` value and `AlertStatus`.
+//! The `alert` actor's messages and status, and what an alert is: `Severity`, the allowed
+//! kinds, `Alert` (what a caller raises), `AlertRecord` (what is recorded, stored and sent).
 
 use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::sink::SinkStatus;
+use super::Internal;
 
+/// Messages of the alert actor.
+pub enum AlertMsg {
+    /// Report counts and the recent records.
+    Status(RpcReplyPort<AlertStatus>),
+    /// Liveness.
+    Ping(RpcReplyPort<()>),
+    /// Raise (or repeat) an alert.
+    Raise(Alert),
+    /// Close the open alert with this key, if any.
+    Resolve { key: String },
+    /// Mark one alert acknowledged by an operator (stored as an `alert_acknowledged` event);
+    /// answers the updated record.
+    Acknowledge {
+        alert_id: String,
+        reply: RpcReplyPort<Result<AlertRecord, AlertError>>,
+    },
+    /// Re-send open alerts to Alertmanager (sent to itself every `resend_interval`).
+    Resend,
+    /// The actor's messages to itself (timers, its tasks' results): only it makes and reads
+    /// them ([`Internal`]).
+    Internal(Internal),
+    /// Test-only misbehaviour.
+    #[cfg(any(test, feature = "test-hooks"))]
+    Hook(crate::hooks::TestHook),
+}
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -103,15 +129,6 @@ pub struct AlertRecord {
     pub key: String,
 }
 
-/// The `alerts` state value.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct StoredAlerts {
-    #[serde(default)]
-    pub(super) open: Vec<AlertRecord>,
-    #[serde(default)]
-    pub(super) recent: Vec<AlertRecord>,
-}
-
 /// The alert actor's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertStatus {
@@ -139,4 +156,63 @@ pub struct AlertStatus {
     pub sinks_failing: usize,
     /// One entry per enabled external sink.
     pub sinks: Vec<SinkStatus>,
+}
+
+/// Which sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Alertmanager,
+    Webhook,
+    Telegram,
+}
+
+impl SinkKind {
+    /// The name in status and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Alertmanager => "alertmanager",
+            SinkKind::Webhook => "webhook",
+            SinkKind::Telegram => "telegram",
+        }
+    }
+}
+
+/// What a sink reports (in the alert actor's status, hence `/health`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SinkStatus {
+    pub sink: SinkKind,
+    /// `host:port` of the receiver (never a path: Telegram's carries the token).
+    pub target: String,
+    /// Deliveries the receiver accepted (2xx).
+    pub delivered: u64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: u64,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u64,
+    /// The last failure, for the operator.
+    pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When the receiver last accepted a delivery.
+    pub last_delivered_at: Option<DateTime<Utc>>,
+    /// `consecutive_failures` reached `failing_after`, or the sink could not be set up.
+    pub failing: bool,
+    /// Deliveries given up after `max_attempts`.
+    pub abandoned: u64,
+    /// Deliveries dropped because the queue was full (oldest first).
+    pub dropped: u64,
+    /// Deliveries waiting.
+    pub queued: usize,
+    /// Times the delivery task panicked and was started again (the delivery it held is
+    /// queued again first; `last_error` says what the panic was).
+    pub restarts: u64,
+}
+
+/// Errors of alert operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlertError {
+    /// No recent or open alert has this id (the store keeps older ones).
+    #[error("no open or recent alert has id {alert_id}")]
+    UnknownAlert { alert_id: String },
 }

@@ -34,12 +34,13 @@ use tracing::{error, info, warn};
 use tradebaas_actors::alert::AlertMsg;
 use tradebaas_actors::broker::Credentials;
 use tradebaas_actors::checks;
+use tradebaas_actors::client::{self, commit_change};
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::{Child, ChildName, Names};
 use tradebaas_actors::notify::SdNotifier;
-use tradebaas_actors::persister::{PersisterMsg, commit_change};
+use tradebaas_actors::persister::PersisterMsg;
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryConfig, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::store::{
@@ -419,8 +420,7 @@ pub async fn startup_sequence(s: Startup) {
     if let Some(alert) = open_report.alert() {
         // The supervisor starts its children after `start_tree` returns: wait for the
         // alert actor rather than drop the alert.
-        let sent =
-            send_when_running(&names, ChildName::Alert, || AlertMsg::Raise(alert.clone())).await;
+        let sent = send_when_running(&names, || AlertMsg::Raise(alert.clone())).await;
         if !sent {
             error!(alert = ?alert, "store alert not raised: the alert actor is not running");
         }
@@ -435,11 +435,7 @@ pub async fn startup_sequence(s: Startup) {
     // `startup_checks` alert.
     checks::startup(&names, &checks_args, store_facts).await;
     // Entries stay refused until the fail-safe hears that recovery finished.
-    if send_when_running(&names, ChildName::FailSafe, || {
-        FailSafeMsg::RecoveryFinished
-    })
-    .await
-    {
+    if send_when_running(&names, || FailSafeMsg::RecoveryFinished).await {
         // Start-up is over: systemd may now consider the service started.
         if let Some(n) = &notifier {
             n.ready(&format!(
@@ -507,9 +503,8 @@ fn snapshot_due(
 async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String]) {
     let ask = Duration::from_secs(5);
     loop {
-        let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
-        let due = match health::ask(persister, PersisterMsg::Status, ask).await {
-            health::Reply::Answered(s) => snapshot_due(
+        let due = match client::ask(names, PersisterMsg::Status, ask).await {
+            client::Reply::Answered(s) => snapshot_due(
                 tradebaas_actors::clock::now(),
                 s.last_snapshot_at,
                 s.last_capital_snapshot_at,
@@ -522,7 +517,7 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
             for currency in currencies {
                 // A snapshot due during a reconnect waits for the next session rather than
                 // store a failed one.
-                let answer = tradebaas_actors::broker::request_when_connected(
+                let answer = client::request_when_connected(
                     names,
                     "private/get_account_summary",
                     serde_json::json!({ "currency": currency }),
@@ -536,18 +531,16 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
                 };
                 capital.insert(currency.clone(), value);
             }
-            let strategy = names.lookup::<StrategyMsg>(ChildName::Strategy);
-            let positions = match health::ask(strategy, StrategyMsg::Status, ask).await {
-                health::Reply::Answered(s) => {
+            let positions = match client::ask(names, StrategyMsg::Status, ask).await {
+                client::Reply::Answered(s) => {
                     serde_json::to_value(&s.strategies).unwrap_or(serde_json::Value::Null)
                 }
                 _ => serde_json::json!({ "error": "strategy did not answer" }),
             };
             let payload = serde_json::json!({ "capital": capital, "positions": positions });
             let missing = tradebaas_actors::checks::capital_missing(&payload);
-            let persister = names.lookup::<PersisterMsg>(ChildName::StatePersister);
-            match health::ask(
-                persister,
+            match client::ask(
+                names,
                 |reply| PersisterMsg::Snapshot {
                     kind: SnapshotKind::Daily,
                     payload,
@@ -557,7 +550,7 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
             )
             .await
             {
-                health::Reply::Answered(Ok(c)) => match missing {
+                client::Reply::Answered(Ok(c)) => match missing {
                     None => info!(seq = c.seq, "daily snapshot taken"),
                     Some(why) => warn!(
                         seq = c.seq,
@@ -566,7 +559,7 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
                          at most 10 minutes"
                     ),
                 },
-                health::Reply::Answered(Err(e)) => warn!(error = %e, "daily snapshot failed"),
+                client::Reply::Answered(Err(e)) => warn!(error = %e, "daily snapshot failed"),
                 _ => warn!("daily snapshot failed: the persister did not answer"),
             }
         }
@@ -574,17 +567,11 @@ async fn daily_snapshots(names: &Names, interval: Duration, currencies: &[String
     }
 }
 
-/// Sends `msg()` to `child` once it is running (the supervisor starts its children after
+/// Sends `msg()` to the child `C` once it is running (the supervisor starts its children after
 /// `start_tree` returns), trying for about two seconds. Whether it was delivered.
-async fn send_when_running<M: ractor::Message>(
-    names: &Names,
-    child: ChildName,
-    msg: impl Fn() -> M,
-) -> bool {
+async fn send_when_running<C: Child>(names: &Names, msg: impl Fn() -> C) -> bool {
     for _ in 0..100 {
-        if let Some(actor) = names.lookup::<M>(child)
-            && actor.send_message(msg()).is_ok()
-        {
+        if client::tell(names, msg()) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -702,7 +689,7 @@ async fn shutdown(
     })
     .await;
     step(3, "flush_state", async {
-        match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
+        match names.get::<PersisterMsg>() {
             Some(p) => match p.call(PersisterMsg::Flush, Some(call_limit)).await {
                 Ok(CallResult::Success(Ok(r))) => {
                     let clean = match p.call(PersisterMsg::MarkClean, Some(call_limit)).await {

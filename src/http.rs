@@ -21,9 +21,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 use tradebaas_actors::alert::{AlertMsg, AlertRecord, AlertStatus, Severity};
+use tradebaas_actors::client;
 use tradebaas_actors::health::{self, Context, HealthConfig, Replies, Verdict};
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::Names;
 use warp::Filter;
 use warp::http::{HeaderValue, Method, Response, StatusCode, header};
 use warp::hyper::body::Bytes;
@@ -219,8 +220,8 @@ impl Api {
 
     /// `/api/health/last_snapshot`, from the persister alone.
     async fn api_last_snapshot(&self) -> Reply {
-        let reply = health::ask(
-            self.names.lookup(ChildName::StatePersister),
+        let reply = client::ask(
+            &self.names,
             tradebaas_actors::persister::PersisterMsg::Status,
             self.health.actor_timeout,
         )
@@ -254,12 +255,7 @@ impl Api {
                 return json_reply(StatusCode::BAD_REQUEST, &json!({"error": message}));
             }
         };
-        let reply = health::ask(
-            self.names.lookup(ChildName::Alert),
-            AlertMsg::Status,
-            self.health.actor_timeout,
-        )
-        .await;
+        let reply = client::ask(&self.names, AlertMsg::Status, self.health.actor_timeout).await;
         match reply.answered() {
             Some(status) => json_reply(StatusCode::OK, &alerts_body(status, &filter)),
             None => json_reply(

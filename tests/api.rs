@@ -9,7 +9,6 @@ use std::time::Duration;
 use ractor::{ActorRef, call_t};
 use serde_json::{Value, json};
 use tradebaas_actors::alert::{Alert, AlertMsg, Severity};
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::persister::PersisterMsg;
 use tradebaas_actors::testkit::eventually;
 
@@ -38,7 +37,7 @@ fn alert(key: &str, severity: Severity) -> Alert {
 async fn alert_actor(h: &common::Harness) -> ActorRef<AlertMsg> {
     let what = "the alert actor loaded its history";
     eventually(what, Duration::from_secs(5), async || {
-        let a = h.names.lookup::<AlertMsg>(ChildName::Alert)?;
+        let a = h.names.get::<AlertMsg>()?;
         let loaded = call_t!(a, AlertMsg::Status, 1000).is_ok_and(|s| s.history_loaded);
         loaded.then_some(a)
     })
@@ -284,10 +283,7 @@ async fn alerts_and_acknowledgements_survive_a_restart() {
     .unwrap()
     .unwrap();
     // The acknowledgement is committed before the tree stops.
-    let persister = h
-        .names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .unwrap();
+    let persister = h.names.get::<PersisterMsg>().unwrap();
     call_t!(persister, PersisterMsg::Flush, 5000)
         .unwrap()
         .unwrap();

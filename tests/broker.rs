@@ -649,9 +649,7 @@ async fn a_panic_in_the_broker_is_a_supervision_event() {
         .expect("the broker's task ends")
         .expect("the panic was caught by the actor, not propagated to its task");
     assert!(
-        names
-            .lookup::<BrokerMsg>(ChildName::BrokerConnection)
-            .is_none(),
+        names.get::<BrokerMsg>().is_none(),
         "the failed broker is still registered"
     );
 

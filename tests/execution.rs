@@ -13,7 +13,6 @@ use tradebaas::paper_exchange::{Direction, OrderSeed};
 use tradebaas_actors::alert::{AlertMsg, AlertStatus};
 use tradebaas_actors::failsafe::{FailSafeMsg, InitialMode};
 use tradebaas_actors::mode::TradingMode;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::signal::MaCrossConfig;
 use tradebaas_actors::strategy::{
     Lifecycle, StrategyEntry, StrategyInstanceStatus, StrategyMsg, StrategyStatus,
@@ -53,7 +52,7 @@ async fn trading(
     .await;
     h.paper.pause_market(true);
     h.ready().await;
-    let fs = h.names.lookup::<FailSafeMsg>(ChildName::FailSafe).unwrap();
+    let fs = h.names.get::<FailSafeMsg>().unwrap();
     fs.send_message(FailSafeMsg::RecoveryFinished).unwrap();
     wait_instance(&h, "analyzing with specs", |s, i| {
         i.lifecycle == Lifecycle::Analyzing
@@ -65,7 +64,7 @@ async fn trading(
 }
 
 async fn status(h: &common::Harness) -> Option<StrategyStatus> {
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy)?;
+    let strategy = h.names.get::<StrategyMsg>()?;
     strategy
         .call(StrategyMsg::Status, Some(Duration::from_secs(2)))
         .await
@@ -135,7 +134,7 @@ fn position_size(h: &common::Harness) -> f64 {
 }
 
 async fn alerts(h: &common::Harness) -> AlertStatus {
-    let a = h.names.lookup::<AlertMsg>(ChildName::Alert).unwrap();
+    let a = h.names.get::<AlertMsg>().unwrap();
     a.call(AlertMsg::Status, Some(Duration::from_secs(2)))
         .await
         .unwrap()
@@ -362,7 +361,7 @@ async fn a_second_entry_is_refused_and_observe_only_blocks_entries_but_not_exits
     assert_eq!(orders_labelled(&h.paper.all_orders(), "tb-x-1").len(), 0);
 
     // OBSERVE_ONLY: the take-profit still closes the position.
-    let fs = h.names.lookup::<FailSafeMsg>(ChildName::FailSafe).unwrap();
+    let fs = h.names.get::<FailSafeMsg>().unwrap();
     let restricted = fs
         .call(
             |reply| FailSafeMsg::Restrict {
@@ -500,7 +499,7 @@ async fn exchange_errors_are_handled_by_class() {
 async fn broker_status(h: &common::Harness) -> tradebaas_actors::broker::BrokerStatus {
     let b = h
         .names
-        .lookup::<tradebaas_actors::broker::BrokerMsg>(ChildName::BrokerConnection)
+        .get::<tradebaas_actors::broker::BrokerMsg>()
         .unwrap();
     b.call(
         tradebaas_actors::broker::BrokerMsg::Status,

@@ -12,7 +12,6 @@ use tradebaas_actors::failsafe::{InitialMode, TriggerConfig};
 use tradebaas_actors::heartbeat::HeartbeatMsg;
 use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::mode::TradingMode;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::persister::PersisterMsg;
 use tradebaas_actors::store::{Change, SnapshotKind};
 use tradebaas_actors::tree::TreeConfig;
@@ -151,10 +150,7 @@ async fn failing_event_log_writes_latch_shutdown() {
          BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
     )
     .unwrap();
-    let persister = h
-        .names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .unwrap();
+    let persister = h.names.get::<PersisterMsg>().unwrap();
     cast!(
         persister,
         PersisterMsg::Commit {
@@ -211,7 +207,7 @@ async fn snapshots_holding_an_error_instead_of_capital_do_not_hold_off_snapshot_
     // The persister registers its name as it starts: wait for it rather than assume it.
     let mut persister = None;
     for _ in 0..200 {
-        persister = h.names.lookup::<PersisterMsg>(ChildName::StatePersister);
+        persister = h.names.get::<PersisterMsg>();
         if persister.is_some() {
             break;
         }
@@ -288,10 +284,7 @@ async fn a_missing_heartbeat_restricts_to_observe_only_with_an_alert() {
         b["mode"] == "AGGRESSIVE"
     })
     .await;
-    let heartbeat = h
-        .names
-        .lookup::<HeartbeatMsg>(ChildName::Heartbeat)
-        .unwrap();
+    let heartbeat = h.names.get::<HeartbeatMsg>().unwrap();
     cast!(
         heartbeat,
         HeartbeatMsg::Hook(TestHook::Wedge(Duration::from_millis(2500)))

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use ractor::{call_t, cast};
 use tradebaas_actors::hooks::TestHook;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::testkit::wait_until;
 
@@ -67,7 +66,7 @@ async fn all_six_actors_answer_and_the_daemon_is_healthy() {
 async fn an_unresponsive_actor_makes_health_503_within_the_timeout() {
     let h = common::start(|_, health| health.actor_timeout = Duration::from_millis(250)).await;
     h.ready().await;
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     cast!(
         strategy,
         StrategyMsg::Hook(TestHook::Wedge(Duration::from_millis(2500)))

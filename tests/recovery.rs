@@ -15,7 +15,6 @@ use tradebaas_actors::backoff::Backoff;
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::mode::TradingMode;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::recovery::{Difference, RecoveryConfig, RecoveryReport, recover};
 use tradebaas_actors::strategy::{
     Intent, Lifecycle, PositionData, Side, StrategyEntry, StrategyMsg, StrategyStatus,
@@ -41,7 +40,7 @@ async fn transition(
     to: Lifecycle,
     data: Option<TransitionData>,
 ) -> Result<(), String> {
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     strategy
         .call(
             |reply| StrategyMsg::Transition {
@@ -88,7 +87,7 @@ async fn drive(h: &common::Harness, id: &str, target: Lifecycle, data: Option<Tr
 }
 
 async fn strategy_status(h: &common::Harness) -> Option<StrategyStatus> {
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy)?;
+    let strategy = h.names.get::<StrategyMsg>()?;
     strategy
         .call(StrategyMsg::Status, Some(Duration::from_secs(2)))
         .await
@@ -98,7 +97,7 @@ async fn strategy_status(h: &common::Harness) -> Option<StrategyStatus> {
 }
 
 async fn fail_safe_mode(h: &common::Harness) -> TradingMode {
-    let fs = h.names.lookup::<FailSafeMsg>(ChildName::FailSafe).unwrap();
+    let fs = h.names.get::<FailSafeMsg>().unwrap();
     fs.call(FailSafeMsg::GetMode, Some(Duration::from_secs(2)))
         .await
         .unwrap()
@@ -109,7 +108,7 @@ async fn fail_safe_mode(h: &common::Harness) -> TradingMode {
 async fn set_aggressive(h: &common::Harness) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let fs = h.names.lookup::<FailSafeMsg>(ChildName::FailSafe).unwrap();
+        let fs = h.names.get::<FailSafeMsg>().unwrap();
         let r = fs
             .call(
                 |reply| FailSafeMsg::SetMode {
@@ -131,7 +130,7 @@ async fn set_aggressive(h: &common::Harness) {
 }
 
 async fn alerts(h: &common::Harness) -> AlertStatus {
-    let a = h.names.lookup::<AlertMsg>(ChildName::Alert).unwrap();
+    let a = h.names.get::<AlertMsg>().unwrap();
     a.call(AlertMsg::Status, Some(Duration::from_secs(2)))
         .await
         .unwrap()
@@ -251,7 +250,7 @@ async fn every_lifecycle_state_survives_a_strategy_restart() {
         .unwrap_err();
     assert!(err.contains("illegal"), "{err}");
 
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     let old = strategy.get_id();
     let restarted = Instant::now();
     cast!(strategy, StrategyMsg::Hook(TestHook::Panic("crash".into()))).unwrap();
@@ -259,7 +258,7 @@ async fn every_lifecycle_state_survives_a_strategy_restart() {
     let status = loop {
         let fresh = h
             .names
-            .lookup::<StrategyMsg>(ChildName::Strategy)
+            .get::<StrategyMsg>()
             .is_some_and(|s| s.get_id() != old);
         if fresh
             && let Some(s) = strategy_status(&h).await
@@ -493,7 +492,7 @@ async fn a_broker_that_never_connects_does_not_hang_recovery() {
     // take longer to open than the 1 s budget. This test is about the broker, so wait for the
     // persister first (there is no /ready to wait for: the broker never connects).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tradebaas_actors::persister::load_state(&h.names, Duration::from_secs(1))
+    while tradebaas_actors::client::load_state(&h.names, Duration::from_secs(1))
         .await
         .is_err()
     {

@@ -24,7 +24,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tradebaas_actors::alert::{Alert, AlertMsg, Severity};
 use tradebaas_actors::backoff::Backoff;
 use tradebaas_actors::hooks::TestHook;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
 
 const FAST: Backoff =
@@ -271,7 +270,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
     );
 
     // An open alert whose title and message are markup.
-    let alert = h.names.lookup::<AlertMsg>(ChildName::Alert).unwrap();
+    let alert = h.names.get::<AlertMsg>().unwrap();
     cast!(
         alert,
         AlertMsg::Raise(Alert {
@@ -344,7 +343,7 @@ async fn the_status_page_shows_every_actor_and_follows_a_restart_in_a_real_brows
         .await
         .as_u64()
         .unwrap();
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     cast!(
         strategy,
         StrategyMsg::Hook(TestHook::Panic("status page test panic".into()))

@@ -10,7 +10,6 @@ use tradebaas_actors::backoff::Backoff;
 use tradebaas_actors::broker::BrokerMsg;
 use tradebaas_actors::failsafe::FailSafeMsg;
 use tradebaas_actors::hooks::TestHook;
-use tradebaas_actors::names::ChildName;
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::supervisor::policy::RestartType;
 
@@ -21,7 +20,7 @@ const FAST: Backoff =
 async fn a_panicking_strategy_is_restarted_and_reached_by_name() {
     let h = common::start(|t, _| t.supervisor.children.strategy.backoff = FAST).await;
     h.ready().await;
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     cast!(strategy, StrategyMsg::Hook(TestHook::Panic("boom".into()))).unwrap();
     // The new instance gets ticks from the broker, which sends by name.
     let (_, body) = h
@@ -54,10 +53,7 @@ async fn a_panicking_strategy_is_restarted_and_reached_by_name() {
 async fn a_restarted_broker_reconnects_and_resubscribes() {
     let h = common::start(|t, _| t.supervisor.children.broker_connection.backoff = FAST).await;
     h.ready().await;
-    let broker = h
-        .names
-        .lookup::<BrokerMsg>(ChildName::BrokerConnection)
-        .unwrap();
+    let broker = h.names.get::<BrokerMsg>().unwrap();
     cast!(
         broker,
         BrokerMsg::Hook(TestHook::Panic("broker bug".into()))
@@ -82,7 +78,7 @@ async fn a_transient_child_that_exits_normally_stays_stopped() {
     let h =
         common::start(|t, _| t.supervisor.children.strategy.restart = RestartType::Transient).await;
     h.ready().await;
-    let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+    let strategy = h.names.get::<StrategyMsg>().unwrap();
     cast!(strategy, StrategyMsg::Hook(TestHook::Exit)).unwrap();
     let (code, body) = h
         .wait_for("/health", Duration::from_secs(5), |_, b| {
@@ -110,7 +106,7 @@ async fn escalation_latches_shutdown_alerts_and_reports_unhealthy() {
     .await;
     h.ready().await;
     for round in 0..2 {
-        let strategy = h.names.lookup::<StrategyMsg>(ChildName::Strategy).unwrap();
+        let strategy = h.names.get::<StrategyMsg>().unwrap();
         cast!(
             strategy,
             StrategyMsg::Hook(TestHook::Panic(format!("crash {round}")))
@@ -142,7 +138,7 @@ async fn escalation_latches_shutdown_alerts_and_reports_unhealthy() {
     );
 
     // SHUTDOWN is latched: a restarted fail-safe reads it back from the store.
-    let fs = h.names.lookup::<FailSafeMsg>(ChildName::FailSafe).unwrap();
+    let fs = h.names.get::<FailSafeMsg>().unwrap();
     cast!(
         fs,
         FailSafeMsg::Hook(TestHook::Panic("fail-safe bug".into()))

@@ -33,12 +33,12 @@ use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
 use tradebaas_actors::alert::{AlertMsg, AlertStatus};
 use tradebaas_actors::broker::Credentials;
 use tradebaas_actors::checks;
+use tradebaas_actors::client::{self, Reply};
 use tradebaas_actors::failsafe::{FailSafeMsg, FailSafeStatus};
-use tradebaas_actors::health::{self, Reply};
 use tradebaas_actors::heartbeat::{HeartbeatMsg, HeartbeatStatus};
 use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::mode::TradingMode;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::{Child, ChildName, Names};
 use tradebaas_actors::persister::{PersisterMsg, PersisterStatus};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::store::{Scope, open_verified, verify_scoped};
@@ -52,14 +52,13 @@ const DAYS: u32 = 14;
 const DROP_EVERY: Duration = Duration::from_secs(4 * 3600);
 const TICKS_PER_SECOND: f64 = 0.02;
 
-async fn ask<M: ractor::Message, T: Send + 'static>(
+async fn ask<C: Child, T: Send + 'static>(
     names: &Names,
-    child: ChildName,
-    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> C,
 ) -> T {
-    match health::ask(names.lookup::<M>(child), build, Duration::from_secs(5)).await {
+    match client::ask(names, build, Duration::from_secs(5)).await {
         Reply::Answered(t) => t,
-        _ => panic!("{child} did not answer"),
+        _ => panic!("{} did not answer", C::NAME),
     }
 }
 
@@ -180,12 +179,11 @@ async fn fourteen_simulated_days_rotate_backups_bound_the_store_and_keep_trading
     tokio::time::sleep_until(end).await;
     let simulated = tokio::time::Instant::now() - start;
 
-    let persister: PersisterStatus =
-        ask(&names, ChildName::StatePersister, PersisterMsg::Status).await;
-    let heartbeat: HeartbeatStatus = ask(&names, ChildName::Heartbeat, HeartbeatMsg::Status).await;
-    let fail_safe: FailSafeStatus = ask(&names, ChildName::FailSafe, FailSafeMsg::Status).await;
-    let alerts: AlertStatus = ask(&names, ChildName::Alert, AlertMsg::Status).await;
-    let strategy: StrategyStatus = ask(&names, ChildName::Strategy, StrategyMsg::Status).await;
+    let persister: PersisterStatus = ask(&names, PersisterMsg::Status).await;
+    let heartbeat: HeartbeatStatus = ask(&names, HeartbeatMsg::Status).await;
+    let fail_safe: FailSafeStatus = ask(&names, FailSafeMsg::Status).await;
+    let alerts: AlertStatus = ask(&names, AlertMsg::Status).await;
+    let strategy: StrategyStatus = ask(&names, StrategyMsg::Status).await;
     let stats = paper.stats();
     let orders = paper.all_orders();
     let db = rusqlite::Connection::open(&tree.store_path).unwrap();

@@ -14,7 +14,6 @@
 //!
 //! Credentials live in a [`Secret`] and are never logged or reported.
 
-mod connected;
 pub mod protocol;
 pub mod reconnect;
 pub mod session;
@@ -29,14 +28,14 @@ use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 use crate::orders::rate::{Limits, RateLimiter, method_kind};
 use crate::protocol::Internal;
 pub use crate::protocol::broker::{BrokerMsg, BrokerStatus, LinkState};
 use crate::protocol::strategy::StrategyMsg;
 use crate::secret::Secret;
 use crate::task::AbortOnDrop;
-pub use connected::request_when_connected;
+
 use protocol::redact_url;
 use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
@@ -656,9 +655,7 @@ impl Actor for BrokerActor {
                         state.last_market_data = Some((Instant::now(), crate::clock::now()));
                         state.market_data_messages += 1;
                         state.args.metrics.market_data_messages.inc();
-                        if let Some(strategy) =
-                            state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
-                        {
+                        if let Some(strategy) = state.args.names.get::<StrategyMsg>() {
                             let _ = strategy.send_message(StrategyMsg::Ticker(ticker));
                         }
                     }
@@ -856,9 +853,7 @@ async fn handle_internal(
                         },
                     };
                     // Every (re)connect: the strategy re-checks intents, protection, orphans.
-                    if let Some(strategy) =
-                        state.args.names.lookup::<StrategyMsg>(ChildName::Strategy)
-                    {
+                    if let Some(strategy) = state.args.names.get::<StrategyMsg>() {
                         let _ = strategy.send_message(StrategyMsg::Connected { conn });
                     }
                 }
@@ -979,63 +974,4 @@ async fn handle_internal(
         }
     }
     Ok(())
-}
-
-/// Sends `method` through the `broker-connection` and waits for the answer. The wait is bounded
-/// by the rate limiter and the broker's `request_timeout`; a broker that is not running, or that
-/// drops the request, is [`RequestError::NotConnected`] (nothing was sent by us).
-pub async fn request(names: &Names, method: &str, params: Value) -> Result<Value, RequestError> {
-    ask_broker(names, method, |reply| BrokerMsg::Request {
-        method: method.to_string(),
-        params,
-        reply,
-    })
-    .await
-}
-
-/// [`request`], sent only on a session with cancel-on-disconnect armed
-/// ([`BrokerMsg::RequestArmed`]); [`RequestError::NotArmed`] otherwise, and nothing was sent.
-pub async fn request_armed(
-    names: &Names,
-    method: &str,
-    params: Value,
-) -> Result<Value, RequestError> {
-    ask_broker(names, method, |reply| BrokerMsg::RequestArmed {
-        method: method.to_string(),
-        params,
-        reply,
-    })
-    .await
-}
-
-/// Arms or disarms cancel-on-disconnect on the current session
-/// ([`BrokerMsg::CancelOnDisconnect`]): no request at all when it is in that state already.
-pub async fn set_cancel_on_disconnect(names: &Names, armed: bool) -> Result<(), RequestError> {
-    let method = if armed {
-        "private/enable_cancel_on_disconnect"
-    } else {
-        "private/disable_cancel_on_disconnect"
-    };
-    ask_broker(names, method, |reply| BrokerMsg::CancelOnDisconnect {
-        armed,
-        reply,
-    })
-    .await
-}
-
-async fn ask_broker<T>(
-    names: &Names,
-    method: &str,
-    msg: impl FnOnce(RpcReplyPort<Result<T, RequestError>>) -> BrokerMsg,
-) -> Result<T, RequestError> {
-    let broker: ActorRef<BrokerMsg> = names
-        .lookup(ChildName::BrokerConnection)
-        .ok_or(RequestError::NotConnected)?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    broker
-        .send_message(msg(tx.into()))
-        .map_err(|_| RequestError::NotConnected)?;
-    rx.await.map_err(|_| RequestError::Closed {
-        method: method.to_string(),
-    })?
 }

@@ -22,10 +22,11 @@ use tracing::{error, info, warn};
 
 use crate::alert::{Alert, AlertMsg};
 use crate::checks::ChecksReport;
+use crate::client;
 use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
 pub use crate::model::{MODE_KEY, StoredMode};
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 use crate::persister::PersisterMsg;
 use crate::protocol::Internal;
 pub use crate::protocol::failsafe::{ChangeReply, FailSafeMsg, FailSafeStatus};
@@ -286,11 +287,7 @@ impl FailSafeState {
                     }
                 }
                 Effect::Raise(alert) => self.send_alert(alert),
-                Effect::Resolve(key) => {
-                    if let Some(a) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
-                        let _ = a.send_message(AlertMsg::Resolve { key });
-                    }
-                }
+                Effect::Resolve(key) => client::resolve(&self.args.names, key),
                 Effect::ResolveShutdownAlerts => self.resolve_shutdown_alerts(),
                 Effect::ScheduleLoad { attempt, delay } => match delay {
                     None => {
@@ -314,7 +311,7 @@ impl FailSafeState {
         let persister = self
             .args
             .names
-            .lookup::<PersisterMsg>(ChildName::StatePersister)
+            .get::<PersisterMsg>()
             .ok_or_else(|| "the state-persister is not running".to_string())?;
         let (tx, rx) = ractor::concurrency::oneshot();
         persister
@@ -354,7 +351,7 @@ impl FailSafeState {
     /// (resolved, so Alertmanager and the other sinks see them end). Asked in a task: the
     /// handler never waits on another actor. A condition that still holds triggers again.
     fn resolve_shutdown_alerts(&self) {
-        let Some(alert) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) else {
+        let Some(alert) = self.args.names.get::<AlertMsg>() else {
             warn!(
                 actor = "fail-safe",
                 "alert actor not running; fail-safe alerts stay open"
@@ -363,7 +360,7 @@ impl FailSafeState {
         };
         let timeout = self.args.health.actor_timeout;
         tokio::spawn(async move {
-            let reply = crate::health::ask(Some(alert.clone()), AlertMsg::Status, timeout).await;
+            let reply = client::ask_ref(Some(alert.clone()), AlertMsg::Status, timeout).await;
             let Some(status) = reply.answered() else {
                 warn!(actor = "fail-safe", alert = %reply.describe(), "alert actor did not answer; fail-safe alerts stay open");
                 return;
@@ -378,17 +375,7 @@ impl FailSafeState {
     }
 
     fn send_alert(&self, alert: Alert) {
-        match self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
-            Some(a) => {
-                if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
-                    warn!(actor = "fail-safe", error = %e, "could not raise the fail-safe alert");
-                }
-            }
-            None => warn!(
-                actor = "fail-safe",
-                key = %alert.key, "alert actor not running; fail-safe alert only logged"
-            ),
-        }
+        client::raise(&self.args.names, alert);
     }
 
     /// Gathers every actor's status in a task (never waiting in the handler) and schedules the
@@ -420,7 +407,7 @@ impl FailSafeState {
         let timeout = self.args.config.load_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = match crate::persister::load_state(&names, timeout).await {
+            let result = match client::load_state(&names, timeout).await {
                 Ok(mut state) => {
                     if recovered_this_run(&state) {
                         let _ = me.send_message(InternalMsg::RecoveredEarlier.into());

@@ -30,8 +30,9 @@ use crate::supervisor::{ChildState, SupervisorStatus};
 
 mod config;
 mod gather;
+pub use crate::client::Reply;
 pub use config::HealthConfig;
-pub use gather::{Replies, Reply, ask, gather, supervisor_alive};
+pub use gather::{Replies, gather, supervisor_alive};
 
 /// The overall verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

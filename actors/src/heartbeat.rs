@@ -30,20 +30,19 @@
 
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, Severity};
+use crate::client::{self, commit_change};
 use crate::failsafe::FailSafeMsg;
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::notify::SdNotifier;
-use crate::persister::commit_change;
 use crate::protocol::Internal;
 pub use crate::protocol::heartbeat::{HeartbeatMsg, HeartbeatStatus};
 use crate::store::Change;
@@ -263,57 +262,46 @@ impl HeartbeatState {
         );
         error!(actor = "heartbeat", child = %child, rounds, outcome = outcome.describe(),
             "actor wedged: restricting trading to OBSERVE_ONLY");
-        match names.lookup::<AlertMsg>(ChildName::Alert) {
-            Some(alert) => {
-                let _ = alert.send_message(AlertMsg::Raise(Alert {
-                    key: Self::alert_key(child),
-                    severity: Severity::Critical,
-                    title: format!("{child} does not answer its heartbeat"),
-                    message: format!("{reason}; trading is restricted to OBSERVE_ONLY"),
-                    root_cause: format!("{child}: {}", outcome.describe()),
-                    recommended_action: format!(
-                        "Read the log of {child} around this time. If it answers again the alert \
-                         resolves; the mode stays OBSERVE_ONLY until an operator sets it back. If \
-                         it stays silent, systemd's watchdog restarts the service."
-                    ),
-                    metadata: json!({
-                        "actor": child.as_str(),
-                        "rounds": rounds,
-                        "outcome": outcome.describe(),
-                        "ping_timeout_ms": u64::try_from(self.ping_timeout.as_millis()).unwrap_or(u64::MAX),
-                    }),
-                }));
-            }
-            None => {
-                error!(actor = "heartbeat", child = %child, "alert actor not running; heartbeat alert only logged")
-            }
-        }
-        let Some(fail_safe) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) else {
+        client::raise(
+            names,
+            Alert {
+                key: Self::alert_key(child),
+                severity: Severity::Critical,
+                title: format!("{child} does not answer its heartbeat"),
+                message: format!("{reason}; trading is restricted to OBSERVE_ONLY"),
+                root_cause: format!("{child}: {}", outcome.describe()),
+                recommended_action: format!(
+                    "Read the log of {child} around this time. If it answers again the alert \
+                     resolves; the mode stays OBSERVE_ONLY until an operator sets it back. If \
+                     it stays silent, systemd's watchdog restarts the service."
+                ),
+                metadata: json!({
+                    "actor": child.as_str(),
+                    "rounds": rounds,
+                    "outcome": outcome.describe(),
+                    "ping_timeout_ms": u64::try_from(self.ping_timeout.as_millis()).unwrap_or(u64::MAX),
+                }),
+            },
+        );
+        if names.get::<FailSafeMsg>().is_none() {
             error!(
                 actor = "heartbeat",
                 "fail-safe not running; entries stay refused (fail closed)"
             );
             return;
-        };
+        }
+        let names = names.clone();
         tokio::spawn(async move {
-            let outcome = fail_safe
-                .call(
-                    |reply| FailSafeMsg::Restrict {
-                        mode: TradingMode::ObserveOnly,
-                        reason,
-                        reply,
-                    },
-                    Some(PEER_TIMEOUT),
-                )
-                .await;
+            let outcome =
+                client::restrict_once(&names, TradingMode::ObserveOnly, reason, PEER_TIMEOUT).await;
             match outcome {
-                Ok(CallResult::Success(Ok(()))) => {
+                Ok(Ok(())) => {
                     info!(actor = "heartbeat", child = %child, "trading restricted to OBSERVE_ONLY")
                 }
-                Ok(CallResult::Success(Err(e))) => {
+                Ok(Err(e)) => {
                     error!(actor = "heartbeat", error = %e, "OBSERVE_ONLY not stored")
                 }
-                _ => error!(
+                Err(_) => error!(
                     actor = "heartbeat",
                     "fail-safe did not answer the restriction"
                 ),
@@ -324,11 +312,7 @@ impl HeartbeatState {
     /// Resolves `child`'s heartbeat alert.
     fn resolve(&self, child: ChildName, why: &str) {
         info!(actor = "heartbeat", child = %child, "{why}; heartbeat alert resolved");
-        if let Some(alert) = self.args.names.lookup::<AlertMsg>(ChildName::Alert) {
-            let _ = alert.send_message(AlertMsg::Resolve {
-                key: Self::alert_key(child),
-            });
-        }
+        client::resolve(&self.args.names, Self::alert_key(child));
     }
 
     /// Commits a `heartbeat` event in a task (one at a time).

@@ -96,19 +96,16 @@ pub fn configured() -> &'static [ProcessHook] {
 
 /// Sends `hook` to the running instance of `child`; whether it was delivered.
 pub fn send(names: &crate::names::Names, child: crate::names::ChildName, hook: TestHook) -> bool {
+    use crate::client::tell;
     use crate::names::ChildName;
-    fn to<M: ractor::Message>(names: &crate::names::Names, child: ChildName, msg: M) -> bool {
-        names
-            .lookup::<M>(child)
-            .is_some_and(|a| a.send_message(msg).is_ok())
-    }
+    use crate::protocol::{alert, broker, failsafe, heartbeat, persister, strategy};
     match child {
-        ChildName::Alert => to(names, child, crate::alert::AlertMsg::Hook(hook)),
-        ChildName::StatePersister => to(names, child, crate::persister::PersisterMsg::Hook(hook)),
-        ChildName::FailSafe => to(names, child, crate::failsafe::FailSafeMsg::Hook(hook)),
-        ChildName::Heartbeat => to(names, child, crate::heartbeat::HeartbeatMsg::Hook(hook)),
-        ChildName::BrokerConnection => to(names, child, crate::broker::BrokerMsg::Hook(hook)),
-        ChildName::Strategy => to(names, child, crate::strategy::StrategyMsg::Hook(hook)),
+        ChildName::Alert => tell(names, alert::AlertMsg::Hook(hook)),
+        ChildName::StatePersister => tell(names, persister::PersisterMsg::Hook(hook)),
+        ChildName::FailSafe => tell(names, failsafe::FailSafeMsg::Hook(hook)),
+        ChildName::Heartbeat => tell(names, heartbeat::HeartbeatMsg::Hook(hook)),
+        ChildName::BrokerConnection => tell(names, broker::BrokerMsg::Hook(hook)),
+        ChildName::Strategy => tell(names, strategy::StrategyMsg::Hook(hook)),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod alert;
 pub mod backoff;
 pub mod broker;
 pub mod checks;
+pub mod client;
 pub mod clock;
 pub mod failsafe;
 pub mod health;

@@ -1,7 +1,7 @@
 //! The six children of the root supervisor and the registry names they run under.
 //!
 //! A child's name is its ractor registry name, its key in health output and its `actor` label in
-//! metrics. Peers reach each other by name ([`Names::lookup`]), never by a stored `ActorRef`, so a
+//! metrics. Peers reach each other by name ([`Names::get`]), never by a stored `ActorRef`, so a
 //! message sent after a restart reaches the new instance.
 
 use std::fmt;
@@ -59,6 +59,12 @@ impl fmt::Display for ChildName {
     }
 }
 
+/// A child's message type, tied to the name the child runs under: what makes
+/// [`Names::get`] typed. Implemented next to each message enum in `crate::protocol`.
+pub trait Child: Message {
+    const NAME: ChildName;
+}
+
 /// Registry names of one daemon instance.
 ///
 /// The registry is process-wide. The daemon runs with an empty prefix, so the names are exactly
@@ -86,7 +92,15 @@ impl Names {
         format!("{}supervisor", self.prefix)
     }
 
-    /// The current instance of a child, if one is running.
+    /// The current instance of child `C`, found by the name its message type is tied to
+    /// ([`Child`]): `names.get::<AlertMsg>()`. What production code uses.
+    pub fn get<C: Child>(&self) -> Option<ActorRef<C>> {
+        ActorRef::<C>::where_is(self.of(C::NAME))
+    }
+
+    /// The current instance under `child`'s name, as whatever message type `M` the caller says:
+    /// untyped, so only for test probes and hooks that stand in for a child. Everything else
+    /// uses [`Names::get`], where the compiler ties the name to the message type.
     pub fn lookup<M: Message>(&self, child: ChildName) -> Option<ActorRef<M>> {
         ActorRef::<M>::where_is(self.of(child))
     }

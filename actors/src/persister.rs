@@ -20,16 +20,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, Severity};
+use crate::client;
 use crate::metrics::Metrics;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 use crate::protocol::Internal;
 pub use crate::protocol::persister::{
     BACKUP_ALERT_KEY, CommitReply, FlushReport, PersisterMsg, PersisterStatus,
 };
 use crate::store::{
-    Change, Committed, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir,
-    backup_count, prune_backups,
+    Change, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir, backup_count,
+    prune_backups,
 };
 
 /// `[store]`.
@@ -373,12 +374,8 @@ impl PersisterState {
                 info!(actor = "state-persister", backup = %file.display(), kept, "store backed up");
                 self.last_backup_at = Some(outcome.at);
                 self.backups = Some(kept);
-                if self.last_backup_error.take().is_some()
-                    && let Some(alert) = self.names.lookup::<AlertMsg>(ChildName::Alert)
-                {
-                    let _ = alert.send_message(AlertMsg::Resolve {
-                        key: BACKUP_ALERT_KEY.into(),
-                    });
+                if self.last_backup_error.take().is_some() {
+                    client::resolve(&self.names, BACKUP_ALERT_KEY);
                 }
             }
             Err(e) => {
@@ -401,17 +398,7 @@ impl PersisterState {
                         "last_backup_at": self.last_backup_at,
                     }),
                 };
-                match self.names.lookup::<AlertMsg>(ChildName::Alert) {
-                    Some(a) => {
-                        if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
-                            warn!(actor = "state-persister", error = %e, "could not raise the backup alert");
-                        }
-                    }
-                    None => warn!(
-                        actor = "state-persister",
-                        "alert actor not running; backup failure only logged"
-                    ),
-                }
+                client::raise(&self.names, alert);
             }
         }
     }
@@ -447,58 +434,6 @@ impl PersisterState {
                 Job::Backup(None) => {}
             }
         }
-    }
-}
-
-/// Client side: one `Load` from the persister found by name, bounded by `timeout`. What actors
-/// re-read when they start; the error says why nothing came back.
-pub async fn load_state(
-    names: &Names,
-    timeout: Duration,
-) -> Result<BTreeMap<String, Value>, String> {
-    let persister = names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .ok_or("the state-persister is not running")?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    persister
-        .send_message(PersisterMsg::Load(tx.into()))
-        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(Ok(state))) => Ok(state),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the state-persister dropped the load".into()),
-        Err(_) => Err(format!(
-            "the state-persister did not answer within {} ms",
-            timeout.as_millis()
-        )),
-    }
-}
-
-/// Client side: one durable commit through the persister found by name; returns once the change
-/// is durable, or an error after `timeout` (the commit may still land).
-pub async fn commit_change(
-    names: &Names,
-    change: Change,
-    timeout: Duration,
-) -> Result<Committed, String> {
-    let persister = names
-        .lookup::<PersisterMsg>(ChildName::StatePersister)
-        .ok_or("the state-persister is not running")?;
-    let (tx, rx) = ractor::concurrency::oneshot();
-    persister
-        .send_message(PersisterMsg::Commit {
-            change,
-            reply: Some(tx.into()),
-        })
-        .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(Ok(committed))) => Ok(committed),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
-        Err(_) => Err(format!(
-            "the state-persister did not confirm within {} ms",
-            timeout.as_millis()
-        )),
     }
 }
 

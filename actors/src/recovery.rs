@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, Severity};
 use crate::broker::{BrokerMsg, LinkState};
+use crate::client;
 use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 pub use crate::model::{ExOrder, ExPosition, RECOVERY_KEY};
-use crate::names::{ChildName, Names};
-use crate::persister;
+use crate::names::Names;
 use crate::strategy::StrategyRecord;
 
 /// The alert key recovery raises.
@@ -476,7 +476,7 @@ async fn gather(names: &Names, config: &RecoveryConfig, currencies: &[String], p
 async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
     let mut last = String::new();
     for attempt in 1..=LOAD_ATTEMPTS {
-        let result = persister::load_state(names, LOAD_TIMEOUT).await;
+        let result = client::load_state(names, LOAD_TIMEOUT).await;
         match result {
             Ok(state) => return Ok(state),
             // Expected for the first few ms of a start: the persister is not registered yet.
@@ -496,7 +496,7 @@ async fn load(names: &Names) -> Result<BTreeMap<String, Value>, String> {
 
 async fn wait_connected(names: &Names) {
     loop {
-        if let Some(broker) = names.lookup::<BrokerMsg>(ChildName::BrokerConnection)
+        if let Some(broker) = names.get::<BrokerMsg>()
             && let Ok(ractor::rpc::CallResult::Success(s)) =
                 broker.call(BrokerMsg::Status, Some(ASK_TIMEOUT)).await
             && s.state == LinkState::Connected
@@ -512,7 +512,7 @@ async fn request<T: serde::de::DeserializeOwned>(
     method: &str,
     params: Value,
 ) -> Result<T, String> {
-    let value = crate::broker::request(names, method, params)
+    let value = client::request(names, method, params)
         .await
         .map_err(|e| format!("{method}: {e}"))?;
     serde_json::from_value(value).map_err(|e| format!("{method}: unexpected answer: {e}"))
@@ -522,7 +522,7 @@ async fn request<T: serde::de::DeserializeOwned>(
 /// `deadline`).
 async fn fail_safe_mode(names: &Names, deadline: Instant) -> Option<TradingMode> {
     loop {
-        if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
+        if let Some(fs) = names.get::<FailSafeMsg>()
             && let Ok(ractor::rpc::CallResult::Success(s)) =
                 fs.call(FailSafeMsg::Status, Some(ASK_TIMEOUT)).await
             && s.loaded
@@ -545,7 +545,7 @@ async fn observe_only(names: &Names, deadline: Instant) -> Result<(), String> {
         match fail_safe_mode(names, deadline).await {
             Some(TradingMode::Shutdown | TradingMode::ObserveOnly) => return Ok(()),
             Some(TradingMode::Aggressive) => {
-                if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+                if let Some(fs) = names.get::<FailSafeMsg>() {
                     match fs
                         .call(
                             |reply| FailSafeMsg::Restrict {
@@ -614,14 +614,7 @@ fn raise_alert(names: &Names, p: &Progress) {
             "errors": p.errors,
         }),
     };
-    match names.lookup::<AlertMsg>(ChildName::Alert) {
-        Some(a) => {
-            if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
-                warn!(error = %e, "recovery alert not delivered");
-            }
-        }
-        None => warn!("recovery alert not delivered: the alert actor is not running"),
-    }
+    client::raise(names, alert);
 }
 
 #[cfg(test)]

@@ -25,13 +25,13 @@ use serde_json::{Value, json};
 use signal::Strategy as _;
 use tracing::{debug, error, info, warn};
 
+use crate::client;
 use crate::metrics::Metrics;
 pub use crate::model::{
     Decision, Intent, Lifecycle, PositionData, RECORD_KEY_PREFIX, Side, StrategyRecord, Ticker,
     TransitionData, record_key,
 };
 use crate::names::Names;
-use crate::persister;
 use crate::protocol::Internal;
 pub use crate::protocol::strategy::{StrategyInstanceStatus, StrategyMsg, StrategyStatus};
 use crate::store::Change;
@@ -469,7 +469,7 @@ impl StrategyState {
                 if entries.load(std::sync::atomic::Ordering::Relaxed) != started {
                     return;
                 }
-                if let Err(e) = crate::broker::set_cancel_on_disconnect(&names, flat).await {
+                if let Err(e) = client::set_cancel_on_disconnect(&names, flat).await {
                     debug!(actor = "strategy", armed = flat, error = %e, "cancel-on-disconnect not changed; the next check tries again");
                 }
             },
@@ -573,7 +573,7 @@ impl StrategyState {
     async fn load(&mut self) {
         let mut last_error = String::new();
         for attempt in 1..=LOAD_ATTEMPTS {
-            match persister::load_state(&self.names, LOAD_TIMEOUT).await {
+            match client::load_state(&self.names, LOAD_TIMEOUT).await {
                 Ok(state) => {
                     let restored = self.restore(&state);
                     self.records_loaded = true;
@@ -677,7 +677,7 @@ impl StrategyState {
             payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
         }
         let change = Change::event("lifecycle.transition", payload).set(record_key(id), value);
-        persister::commit_change(&self.names, change, COMMIT_TIMEOUT)
+        client::commit_change(&self.names, change, COMMIT_TIMEOUT)
             .await
             .map_err(|e| {
             warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
@@ -799,9 +799,7 @@ impl Actor for StrategyActor {
         state.load().await;
         // A restart of this actor alone finds the broker connected already: no Connected comes.
         if state.execution.enabled
-            && let Some(broker) = state
-                .names
-                .lookup::<crate::broker::BrokerMsg>(crate::names::ChildName::BrokerConnection)
+            && let Some(broker) = state.names.get::<crate::broker::BrokerMsg>()
             && let Ok(ractor::rpc::CallResult::Success(s)) = broker
                 .call(
                     crate::broker::BrokerMsg::Status,

@@ -15,7 +15,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::error;
 
 use crate::failsafe::FailSafeMsg;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 
 /// Owns a spawned task and aborts it when dropped, so a task never outlives the actor state
 /// (or the attempt) it was spawned for.
@@ -111,7 +111,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// stored within `timeout`; every outcome is logged.
 pub async fn unrecoverable_error(names: &Names, reason: &str, timeout: Duration) -> bool {
     error!(reason, "unrecoverable error: latching trading to SHUTDOWN");
-    let Some(fail_safe) = names.lookup::<FailSafeMsg>(ChildName::FailSafe) else {
+    let Some(fail_safe) = names.get::<FailSafeMsg>() else {
         error!("fail-safe not running; SHUTDOWN not latched (entries stay refused: fail closed)");
         return false;
     };

@@ -187,7 +187,7 @@ async fn escalate(names: &Names, e: Escalation) {
         e.within.as_secs(),
         e.reason
     );
-    match names.lookup::<AlertMsg>(ChildName::Alert) {
+    match names.get::<AlertMsg>() {
         Some(alert) => {
             let _ = alert.send_message(AlertMsg::Raise(Alert {
                 key: format!("escalation:{child}"),
@@ -211,7 +211,7 @@ async fn escalate(names: &Names, e: Escalation) {
             "escalation: alert actor not running; alert only logged"
         ),
     }
-    match names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+    match names.get::<FailSafeMsg>() {
         Some(fail_safe) => {
             let outcome = fail_safe
                 .call(
@@ -238,7 +238,7 @@ async fn escalate(names: &Names, e: Escalation) {
             "escalation: fail-safe not running; entries stay blocked (fail closed)"
         ),
     }
-    match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
+    match names.get::<PersisterMsg>() {
         Some(persister) => {
             match persister
                 .call(PersisterMsg::Flush, Some(ESCALATION_STEP_TIMEOUT))

@@ -5,10 +5,11 @@ use serde_json::json;
 use tradebaas_actors::alert::AlertMsg;
 use tradebaas_actors::broker::BrokerStatus;
 use tradebaas_actors::checks::{self, ChecksArgs, ChecksReport};
+use tradebaas_actors::client::{Reply, ask};
 use tradebaas_actors::failsafe::{FailSafeMsg, FailSafeStatus};
-use tradebaas_actors::health::{self, Reply};
+use tradebaas_actors::health;
 use tradebaas_actors::mode::TradingMode;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::Names;
 use tradebaas_actors::persister::PersisterStatus;
 
 use super::*;
@@ -22,18 +23,8 @@ pub(super) async fn handle(context: &AdminContext, request: &Request, peer_uid: 
 }
 
 async fn status(names: &Names) -> Response {
-    let fail_safe = health::ask(
-        names.lookup::<FailSafeMsg>(ChildName::FailSafe),
-        FailSafeMsg::Status,
-        ASK_TIMEOUT,
-    )
-    .await;
-    let alerts = health::ask(
-        names.lookup::<AlertMsg>(ChildName::Alert),
-        AlertMsg::Status,
-        ASK_TIMEOUT,
-    )
-    .await;
+    let fail_safe = ask(names, FailSafeMsg::Status, ASK_TIMEOUT).await;
+    let alerts = ask(names, AlertMsg::Status, ASK_TIMEOUT).await;
     let Reply::Answered(f) = fail_safe else {
         return Response::refused(
             Refusal::Unavailable,
@@ -82,12 +73,7 @@ async fn set_mode(
     let to = mode.trading_mode();
     // From SHUTDOWN the fail-safe refuses AGGRESSIVE outright: give the operator that answer
     // rather than the pre-flight results.
-    let current = health::ask(
-        context.names.lookup::<FailSafeMsg>(ChildName::FailSafe),
-        FailSafeMsg::GetMode,
-        ASK_TIMEOUT,
-    )
-    .await;
+    let current = ask(&context.names, FailSafeMsg::GetMode, ASK_TIMEOUT).await;
     if to == TradingMode::Aggressive
         && current != Reply::Answered(TradingMode::Shutdown)
         && let Err(problems) = aggressive_preflight(&context.names, &context.checks).await
@@ -103,8 +89,8 @@ async fn set_mode(
         r.problems = problems;
         return r;
     }
-    let answer = health::ask(
-        context.names.lookup::<FailSafeMsg>(ChildName::FailSafe),
+    let answer = ask(
+        &context.names,
         |reply| FailSafeMsg::SetMode {
             mode: to,
             reason: format!("operator (uid {peer_uid}): {}", reason.trim()),
@@ -127,8 +113,8 @@ async fn set_mode(
 
 async fn acknowledge(names: &Names, alert_id: &str) -> Response {
     let id = alert_id.to_owned();
-    let answer = health::ask(
-        names.lookup::<AlertMsg>(ChildName::Alert),
+    let answer = ask(
+        names,
         |reply| AlertMsg::Acknowledge {
             alert_id: id,
             reply,

@@ -12,8 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 use tradebaas_actors::checks::ChecksArgs;
+use tradebaas_actors::client::commit_change;
 use tradebaas_actors::names::Names;
-use tradebaas_actors::persister::commit_change;
 use tradebaas_actors::store::Change;
 
 use super::actions::handle;

@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use tradebaas_actors::checks::{self, ChecksArgs, ChecksReport};
+use tradebaas_actors::client::Reply;
 use tradebaas_actors::failsafe::FailSafeStatus;
-use tradebaas_actors::health::Reply;
 use tradebaas_actors::names::Names;
 
 use super::*;

@@ -16,9 +16,10 @@ use tradebaas::config::Config;
 use tradebaas::http::{Api, HttpServer};
 use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
 use tradebaas_actors::broker::Credentials;
-use tradebaas_actors::health::{self, Reply};
+use tradebaas_actors::client::{self, Reply};
+use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::Names;
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::strategy::StrategyMsg;
 use tradebaas_actors::tree::start_tree;
@@ -33,8 +34,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn ticks(names: &Names) -> u64 {
-    let strategy = names.lookup::<StrategyMsg>(ChildName::Strategy);
-    match health::ask(strategy, StrategyMsg::Status, Duration::from_secs(2)).await {
+    match client::ask(names, StrategyMsg::Status, Duration::from_secs(2)).await {
         Reply::Answered(s) => s.ticks_received,
         _ => 0,
     }

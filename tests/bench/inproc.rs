@@ -19,10 +19,11 @@ use tradebaas::config::Config;
 use tradebaas::http::{Api, HttpServer};
 use tradebaas::paper_exchange::{PaperConfig, PaperExchange};
 use tradebaas_actors::broker::Credentials;
+use tradebaas_actors::client::{self, Reply};
 use tradebaas_actors::failsafe::FailSafeMsg;
-use tradebaas_actors::health::{self, Reply};
+use tradebaas_actors::health;
 use tradebaas_actors::metrics::Metrics;
-use tradebaas_actors::names::{ChildName, Names};
+use tradebaas_actors::names::Names;
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::strategy::{StrategyMsg, StrategyStatus};
 use tradebaas_actors::supervisor::SupervisorMsg;
@@ -143,7 +144,7 @@ impl Daemon {
         .await;
         assert!(report.success, "recovery failed: {report:?}");
         names
-            .lookup::<FailSafeMsg>(ChildName::FailSafe)
+            .get::<FailSafeMsg>()
             .unwrap()
             .send_message(FailSafeMsg::RecoveryFinished)
             .unwrap();
@@ -160,8 +161,7 @@ impl Daemon {
 
     /// The strategy actor's status (None if it did not answer within 5 s).
     pub async fn strategy(&self) -> Option<StrategyStatus> {
-        let strategy = self.names.lookup::<StrategyMsg>(ChildName::Strategy);
-        match health::ask(strategy, StrategyMsg::Status, Duration::from_secs(5)).await {
+        match client::ask(&self.names, StrategyMsg::Status, Duration::from_secs(5)).await {
             Reply::Answered(s) => Some(s),
             _ => None,
         }

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 use super::book::{AlertBook, Effect, Event, Note};
 use super::sink::{Delivery, Sink};
 
-use crate::names::ChildName;
+use crate::client;
 use crate::persister::PersisterMsg;
 use crate::secret::Secret;
 use crate::store::Change;
@@ -187,11 +187,7 @@ impl AlertState {
     /// persister runs (it starts after this actor) the book keeps the change until the load
     /// finds it. Never waits: a task reports the outcome as `Stored`.
     pub(super) fn store(&mut self, myself: &ActorRef<AlertMsg>, change: Change) {
-        let Some(persister) = self
-            .args
-            .names
-            .lookup::<PersisterMsg>(ChildName::StatePersister)
-        else {
+        let Some(persister) = self.args.names.get::<PersisterMsg>() else {
             if self.book.hold_until_loaded(change) {
                 return;
             }
@@ -236,7 +232,7 @@ impl AlertState {
         let names = self.args.names.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = crate::persister::load_state(&names, LOAD_TIMEOUT)
+            let result = client::load_state(&names, LOAD_TIMEOUT)
                 .await
                 .map(|mut state| state.remove(ALERTS_STATE_KEY));
             let _ = me.send_message(InternalMsg::Loaded { attempt, result }.into());

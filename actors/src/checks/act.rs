@@ -3,44 +3,23 @@
 //! `capital_inconsistent` trigger.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::rpc::CallResult;
 use serde_json::{Value, json};
 use tracing::{error, warn};
 
 use super::{
     CAPITAL, CAPITAL_TRIGGER, Check, ChecksReport, STARTUP_ALERT_KEY, integrity_alert_key,
 };
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, Severity};
 use crate::failsafe::FailSafeMsg;
-use crate::mode::TradingMode;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 
-/// How long a restriction to OBSERVE_ONLY keeps trying while the fail-safe loads.
-const RESTRICT_ATTEMPTS: u32 = 50;
-
-pub(super) fn raise(names: &Names, alert: Alert) {
-    match names.lookup::<AlertMsg>(ChildName::Alert) {
-        Some(a) => {
-            if let Err(e) = a.send_message(AlertMsg::Raise(alert)) {
-                warn!(error = %e, "could not raise the checks alert");
-            }
-        }
-        None => error!(alert = ?alert, "alert actor not running; checks alert only logged"),
-    }
-}
-
-pub(super) fn resolve(names: &Names, key: String) {
-    if let Some(a) = names.lookup::<AlertMsg>(ChildName::Alert) {
-        let _ = a.send_message(AlertMsg::Resolve { key });
-    }
-}
+pub(super) use crate::client::{raise, resolve};
 
 /// Hands the report to the fail-safe, which shows it in `/health` and `/ready`.
 pub(super) fn report_to_failsafe(names: &Names, report: &ChecksReport) {
-    match names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+    match names.get::<FailSafeMsg>() {
         Some(f) => {
             let _ = f.send_message(FailSafeMsg::ChecksReported(report.clone()));
         }
@@ -48,29 +27,7 @@ pub(super) fn report_to_failsafe(names: &Names, report: &ChecksReport) {
     }
 }
 
-/// Restricts trading to OBSERVE_ONLY (a SHUTDOWN stays), retrying while the fail-safe loads.
-/// Whether the restriction was confirmed.
-pub async fn restrict(names: &Names, reason: &str) -> bool {
-    for _ in 0..RESTRICT_ATTEMPTS {
-        if let Some(fs) = names.lookup::<FailSafeMsg>(ChildName::FailSafe)
-            && let Ok(CallResult::Success(Ok(()))) = fs
-                .call(
-                    |reply| FailSafeMsg::Restrict {
-                        mode: TradingMode::ObserveOnly,
-                        reason: reason.to_owned(),
-                        reply,
-                    },
-                    Some(Duration::from_secs(2)),
-                )
-                .await
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    error!(reason, "could not restrict trading to OBSERVE_ONLY");
-    false
-}
+pub use crate::client::restrict;
 
 pub(super) fn failed_details(report: &ChecksReport) -> Value {
     Value::Object(
@@ -144,7 +101,7 @@ pub async fn act_on_periodic(names: &Names, report: &ChecksReport) {
         }
         error!(check = %check.name, detail = %check.detail, "data integrity check failed");
         if check.name == CAPITAL {
-            match names.lookup::<FailSafeMsg>(ChildName::FailSafe) {
+            match names.get::<FailSafeMsg>() {
                 Some(f) => {
                     let _ = f.send_message(FailSafeMsg::Trigger {
                         trigger: CAPITAL_TRIGGER.into(),
@@ -160,7 +117,7 @@ pub async fn act_on_periodic(names: &Names, report: &ChecksReport) {
         }
     }
     if report.passed {
-        resolve(names, STARTUP_ALERT_KEY.into());
+        resolve(names, STARTUP_ALERT_KEY);
     }
     if !restrict_for.is_empty() {
         let names_list = restrict_for.into_iter().collect::<Vec<_>>().join(", ");

@@ -16,7 +16,8 @@ use super::{
     exchange, local_capital, newest_with_capital, unreadable_store,
 };
 use crate::broker::session::RequestError;
-use crate::names::{ChildName, Names};
+use crate::client;
+use crate::names::Names;
 use crate::store::{
     CHECKPOINT_KEY, Change, Checkpoint, IntegrityFacts, Scope, read_integrity_facts, verify_slice,
 };
@@ -57,7 +58,7 @@ pub struct ChecksArgs {
 async fn ask_exchange(names: &Names, method: &str, params: Value) -> Result<Value, String> {
     // A check that runs during a reconnect waits for the next session (a second or so) rather
     // than fail, and restrict trading, for that.
-    match crate::broker::request_when_connected(names, method, params, EXCHANGE_TIMEOUT).await {
+    match client::request_when_connected(names, method, params, EXCHANGE_TIMEOUT).await {
         Some(Ok(v)) => Ok(v),
         Some(Err(RequestError::NotConnected)) => Err(format!(
             "not connected to the exchange for {} s",
@@ -147,7 +148,7 @@ pub async fn startup(
     report_to_failsafe(names, &report);
     if report.passed {
         info!(took_ms = report.took_ms, "startup checks passed");
-        resolve(names, STARTUP_ALERT_KEY.into());
+        resolve(names, STARTUP_ALERT_KEY);
     } else {
         let failed = report.failed();
         error!(failed = ?failed, details = %failed_details(&report), "startup checks failed: trading is OBSERVE_ONLY");
@@ -237,7 +238,7 @@ fn advance_checkpoint(names: &Names, seq: u64, hash: String) {
         json!({ "seq": cp.seq, "hash": cp.hash }),
     )
     .set(CHECKPOINT_KEY, cp.to_value());
-    match names.lookup::<PersisterMsg>(ChildName::StatePersister) {
+    match names.get::<PersisterMsg>() {
         Some(p) => {
             if p.send_message(PersisterMsg::Commit {
                 change,

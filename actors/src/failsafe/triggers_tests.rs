@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::health::Reply;
+use crate::client::Reply;
 use crate::health::tests::healthy_replies;
 
 const MIN: Duration = Duration::from_secs(60);

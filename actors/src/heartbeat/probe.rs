@@ -6,20 +6,20 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, Message, RpcReplyPort};
+use ractor::{ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 
 use super::round::PingOutcome;
 use super::sampler::{Sampler, SystemStats};
-use crate::alert::AlertMsg;
-use crate::broker::BrokerMsg;
-use crate::failsafe::FailSafeMsg;
+use crate::client::{self, NoAnswer};
 use crate::mode::TradingMode;
-use crate::names::{ChildName, Names};
-use crate::persister::PersisterMsg;
-use crate::strategy::StrategyMsg;
-use crate::supervisor::{ChildState, SupervisorMsg};
+use crate::names::{Child, ChildName, Names};
+use crate::protocol::alert::AlertMsg;
+use crate::protocol::broker::BrokerMsg;
+use crate::protocol::failsafe::FailSafeMsg;
+use crate::protocol::persister::PersisterMsg;
+use crate::protocol::strategy::StrategyMsg;
+use crate::protocol::supervisor::{ChildState, SupervisorMsg};
 
 /// The outcome of one round (internal; sent from the round's task).
 pub struct BeatReport {
@@ -32,22 +32,27 @@ pub struct BeatReport {
     pub(super) sampler: Option<Sampler>,
 }
 
-async fn ping<M: Message>(
+/// What a [`client::call`] that got no answer means for a ping.
+fn outcome(failure: NoAnswer) -> PingOutcome {
+    match failure {
+        NoAnswer::NotRunning => PingOutcome::Absent,
+        NoAnswer::TimedOut => PingOutcome::TimedOut,
+        NoAnswer::NotDelivered => PingOutcome::Failed,
+    }
+}
+
+async fn ping<C: Child>(
     names: &Names,
-    child: ChildName,
-    make: fn(RpcReplyPort<()>) -> M,
+    make: fn(RpcReplyPort<()>) -> C,
     timeout: Duration,
 ) -> (ChildName, PingOutcome) {
-    let Some(actor) = names.lookup::<M>(child) else {
-        return (child, PingOutcome::Absent);
-    };
     let started = Instant::now();
-    let outcome = match actor.call(make, Some(timeout)).await {
-        Ok(CallResult::Success(())) => PingOutcome::Answered(started.elapsed()),
-        Ok(CallResult::Timeout) => PingOutcome::TimedOut,
-        Ok(CallResult::SenderError) | Err(_) => PingOutcome::Failed,
+    let answer = client::call(names.get::<C>(), make, timeout).await;
+    let outcome = match answer {
+        Ok(()) => PingOutcome::Answered(started.elapsed()),
+        Err(failure) => outcome(failure),
     };
-    (child, outcome)
+    (C::NAME, outcome)
 }
 
 /// The fail-safe's ping: `GetMode`, so the round also learns the mode for the status line.
@@ -55,28 +60,23 @@ async fn ping_fail_safe(
     names: &Names,
     timeout: Duration,
 ) -> ((ChildName, PingOutcome), Option<TradingMode>) {
-    let child = ChildName::FailSafe;
-    let Some(actor) = names.lookup::<FailSafeMsg>(child) else {
-        return ((child, PingOutcome::Absent), None);
-    };
     let started = Instant::now();
-    match actor.call(FailSafeMsg::GetMode, Some(timeout)).await {
-        Ok(CallResult::Success(mode)) => (
+    let answer = client::call(names.get::<FailSafeMsg>(), FailSafeMsg::GetMode, timeout).await;
+    let child = FailSafeMsg::NAME;
+    match answer {
+        Ok(mode) => (
             (child, PingOutcome::Answered(started.elapsed())),
             Some(mode),
         ),
-        Ok(CallResult::Timeout) => ((child, PingOutcome::TimedOut), None),
-        Ok(CallResult::SenderError) | Err(_) => ((child, PingOutcome::Failed), None),
+        Err(failure) => ((child, outcome(failure)), None),
     }
 }
 
 /// The children the supervisor reports escalated; empty when it does not answer in `timeout`.
 async fn escalated_children(names: &Names, timeout: Duration) -> BTreeSet<ChildName> {
-    let Some(supervisor) = ActorRef::<SupervisorMsg>::where_is(names.supervisor()) else {
-        return BTreeSet::new();
-    };
-    match supervisor.call(SupervisorMsg::Status, Some(timeout)).await {
-        Ok(CallResult::Success(status)) => status
+    let supervisor = ActorRef::<SupervisorMsg>::where_is(names.supervisor());
+    match client::call(supervisor, SupervisorMsg::Status, timeout).await {
+        Ok(status) => status
             .children
             .iter()
             .filter(|c| c.state == ChildState::Escalated)
@@ -94,21 +94,11 @@ pub(super) async fn round(
     mut sampler: Option<Sampler>,
 ) -> BeatReport {
     let (a, p, (f, mode), b, s, escalated) = tokio::join!(
-        ping(&names, ChildName::Alert, AlertMsg::Ping, timeout),
-        ping(
-            &names,
-            ChildName::StatePersister,
-            PersisterMsg::Ping,
-            timeout
-        ),
+        ping(&names, AlertMsg::Ping, timeout),
+        ping(&names, PersisterMsg::Ping, timeout),
         ping_fail_safe(&names, timeout),
-        ping(
-            &names,
-            ChildName::BrokerConnection,
-            BrokerMsg::Ping,
-            timeout
-        ),
-        ping(&names, ChildName::Strategy, StrategyMsg::Ping, timeout),
+        ping(&names, BrokerMsg::Ping, timeout),
+        ping(&names, StrategyMsg::Ping, timeout),
         escalated_children(&names, timeout),
     );
     let system = sampler

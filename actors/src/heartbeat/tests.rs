@@ -1,7 +1,7 @@
 //! Tests of the heartbeat: its pure rules and the actor among real siblings.
 
 use super::*;
-use crate::alert::AlertStatus;
+use crate::alert::{AlertMsg, AlertStatus};
 use crate::broker::BrokerMsg;
 use crate::failsafe::{FailSafeConfig, InitialMode};
 use crate::hooks::TestHook;

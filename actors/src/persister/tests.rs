@@ -1,5 +1,7 @@
 use super::*;
-use crate::alert::{AlertActor, AlertArgs, AlertConfig};
+use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertMsg};
+use crate::names::ChildName;
+use crate::store::Committed;
 use crate::store::{list_backups, open_verified};
 use ractor::call_t;
 

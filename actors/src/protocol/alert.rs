@@ -33,6 +33,10 @@ pub enum AlertMsg {
     #[cfg(any(test, feature = "test-hooks"))]
     Hook(crate::hooks::TestHook),
 }
+
+impl crate::names::Child for AlertMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::Alert;
+}
 /// How urgent an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -53,6 +53,10 @@ pub enum BrokerMsg {
     Hook(crate::hooks::TestHook),
 }
 
+impl crate::names::Child for BrokerMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::BrokerConnection;
+}
+
 /// The connection as the broker reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -57,6 +57,10 @@ pub enum FailSafeMsg {
     Hook(crate::hooks::TestHook),
 }
 
+impl crate::names::Child for FailSafeMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::FailSafe;
+}
+
 /// The fail-safe's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailSafeStatus {

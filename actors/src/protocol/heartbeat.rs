@@ -22,6 +22,10 @@ pub enum HeartbeatMsg {
     Hook(crate::hooks::TestHook),
 }
 
+impl crate::names::Child for HeartbeatMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::Heartbeat;
+}
+
 /// The heartbeat's answer to `Status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeartbeatStatus {

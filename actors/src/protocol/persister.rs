@@ -50,6 +50,10 @@ pub enum PersisterMsg {
     Hook(crate::hooks::TestHook),
 }
 
+impl crate::names::Child for PersisterMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::StatePersister;
+}
+
 /// What a flush did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlushReport {

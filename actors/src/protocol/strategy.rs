@@ -52,6 +52,10 @@ pub enum StrategyMsg {
     Hook(crate::hooks::TestHook),
 }
 
+impl crate::names::Child for StrategyMsg {
+    const NAME: crate::names::ChildName = crate::names::ChildName::Strategy;
+}
+
 /// One instance in [`StrategyStatus`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StrategyInstanceStatus {

@@ -42,17 +42,17 @@ use tracing::{debug, error, info, warn};
 
 use super::guards::{self, InstrumentSpec, Refusal, RiskConfig};
 use super::{Intent, Lifecycle, PositionData, Side, StrategyMsg, StrategyRecord, TransitionData};
-use crate::alert::{Alert, AlertMsg, Severity};
+use crate::alert::{Alert, Severity};
 use crate::backoff::Backoff;
+use crate::broker::BrokerMsg;
 use crate::broker::session::RequestError;
-use crate::broker::{self, BrokerMsg};
+use crate::client;
+use crate::client::Reply;
 use crate::failsafe::FailSafeMsg;
-use crate::health::{Reply, ask};
 use crate::metrics::Metrics;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 use crate::orders::errors::{ErrorClass, RetryPolicy, classify_request_error};
 use crate::orders::labels::{Leg, leg_label};
-use crate::persister;
 use crate::recovery::ExOrder;
 use crate::store::Change;
 
@@ -158,7 +158,7 @@ pub struct EquityReading {
 
 /// Asks the exchange for the equity of `currency`.
 pub(crate) async fn fetch_equity(names: &Names, currency: &str) -> Result<EquityReading, String> {
-    let v = broker::request(
+    let v = client::request(
         names,
         "private/get_account_summary",
         json!({ "currency": currency }),
@@ -317,9 +317,9 @@ impl Exec {
         loop {
             attempt += 1;
             let sent = if armed {
-                broker::request_armed(&self.names, method, params.clone()).await
+                client::request_armed(&self.names, method, params.clone()).await
             } else {
-                broker::request(&self.names, method, params.clone()).await
+                client::request(&self.names, method, params.clone()).await
             };
             let err = match sent {
                 Ok(v) => return Ok(v),
@@ -350,8 +350,13 @@ impl Exec {
     }
 
     async fn reauthenticate(&self) -> Result<(), String> {
-        let broker = self.names.lookup::<BrokerMsg>(ChildName::BrokerConnection);
-        match ask(broker, BrokerMsg::Reauthenticate, Duration::from_secs(10)).await {
+        match client::ask(
+            &self.names,
+            BrokerMsg::Reauthenticate,
+            Duration::from_secs(10),
+        )
+        .await
+        {
             Reply::Answered(r) => r,
             other => Err(format!("the broker-connection is {}", other.describe())),
         }
@@ -416,13 +421,11 @@ impl Exec {
     }
 
     fn alert(&self, alert: Alert) {
-        if let Some(a) = self.names.lookup::<AlertMsg>(ChildName::Alert) {
-            let _ = a.send_message(AlertMsg::Raise(alert));
-        }
+        client::raise(&self.names, alert);
     }
 
     async fn event(&self, kind: &str, payload: Value) {
-        if let Err(e) = persister::commit_change(
+        if let Err(e) = client::commit_change(
             &self.names,
             Change::event(kind, payload),
             Duration::from_secs(5),
@@ -573,8 +576,7 @@ async fn refuse(ex: &Exec, snap: &Snapshot, reason: &str) {
 }
 
 async fn allow_entry(ex: &Exec) -> Result<(), String> {
-    let fs = ex.names.lookup::<FailSafeMsg>(ChildName::FailSafe);
-    match ask(fs, FailSafeMsg::AllowEntry, Duration::from_secs(2)).await {
+    match client::ask(&ex.names, FailSafeMsg::AllowEntry, Duration::from_secs(2)).await {
         Reply::Answered(r) => r,
         other => Err(format!(
             "fail-safe {}: entries are refused",
@@ -607,7 +609,7 @@ async fn equity_usd(ex: &Exec, snap: &Snapshot, mark: f64) -> Result<f64, String
 
 /// Arms cancel-on-disconnect on the current session (no request when it is armed already).
 async fn arm(ex: &Exec) -> Result<(), RequestError> {
-    broker::set_cancel_on_disconnect(&ex.names, true).await
+    client::set_cancel_on_disconnect(&ex.names, true).await
 }
 
 async fn enter(
@@ -779,7 +781,7 @@ async fn disarm(ex: &Exec) {
     if !ex.config.cancel_on_disconnect {
         return;
     }
-    if let Err(e) = broker::set_cancel_on_disconnect(&ex.names, false).await {
+    if let Err(e) = client::set_cancel_on_disconnect(&ex.names, false).await {
         // A new connection starts with it disabled; on this one protective legs are re-checked
         // after any disconnect anyway.
         warn!(actor = "strategy", error = %e, "cancel-on-disconnect could not be disarmed");

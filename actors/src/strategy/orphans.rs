@@ -15,10 +15,9 @@ use tracing::{info, warn};
 
 use super::StrategyMsg;
 use super::guards::InstrumentSpec;
-use crate::broker;
+use crate::client;
 use crate::names::Names;
 use crate::orders::labels::parse_label;
-use crate::persister;
 use crate::recovery::ExOrder;
 use crate::store::Change;
 
@@ -30,7 +29,7 @@ pub(super) async fn fetch_specs(
 ) -> HashMap<String, InstrumentSpec> {
     let mut specs = HashMap::new();
     for currency in currencies {
-        let answer = broker::request(
+        let answer = client::request(
             names,
             "public/get_instruments",
             json!({ "currency": currency, "kind": "future" }),
@@ -88,7 +87,7 @@ pub(super) async fn sweep(
 ) -> u64 {
     let mut ours = Vec::new();
     for currency in currencies {
-        match broker::request(
+        match client::request(
             names,
             "private/get_open_orders_by_currency",
             json!({ "currency": currency }),
@@ -123,7 +122,7 @@ pub(super) async fn sweep(
         if owned.contains(&(parsed.strategy_id.clone(), parsed.intent_seq)) {
             continue;
         }
-        match broker::request(
+        match client::request(
             names,
             "private/cancel",
             json!({ "order_id": order.order_id }),
@@ -148,9 +147,7 @@ pub(super) async fn sweep(
                         "instrument": order.instrument_name,
                     }),
                 );
-                if let Err(e) =
-                    persister::commit_change(names, change, Duration::from_secs(5)).await
-                {
+                if let Err(e) = client::commit_change(names, change, Duration::from_secs(5)).await {
                     warn!(actor = "strategy", error = %e, "orphan cancel event not stored");
                 }
             }

@@ -41,7 +41,7 @@ use crate::names::Names;
 #[cfg(test)]
 use crate::names::ChildName;
 #[cfg(test)]
-use crate::persister::PersisterMsg;
+use crate::protocol::persister::PersisterMsg;
 #[cfg(test)]
 use crate::secret::Secret;
 #[cfg(test)]

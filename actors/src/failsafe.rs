@@ -20,16 +20,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::alert::{Alert, AlertMsg};
+use crate::protocol::alert::Alert;
+
 use crate::checks::ChecksReport;
 use crate::client;
 use crate::health::{HealthConfig, Replies};
 use crate::mode::TradingMode;
 pub use crate::model::{MODE_KEY, StoredMode};
 use crate::names::Names;
-use crate::persister::PersisterMsg;
 use crate::protocol::Internal;
+use crate::protocol::alert::AlertMsg;
 pub use crate::protocol::failsafe::{ChangeReply, FailSafeMsg, FailSafeStatus};
+use crate::protocol::persister::PersisterMsg;
 use crate::store::{Change, Committed, StoreError};
 
 pub mod machine;
@@ -366,7 +368,7 @@ impl FailSafeState {
                 return;
             };
             for record in status.open_alerts.iter().cloned() {
-                if crate::alert::alert_kind(&record.key) == Some("failsafe") {
+                if crate::protocol::alert::alert_kind(&record.key) == Some("failsafe") {
                     info!(actor = "fail-safe", key = %record.key, "SHUTDOWN cleared by the operator: resolving its alert");
                     let _ = alert.send_message(AlertMsg::Resolve { key: record.key });
                 }

@@ -22,11 +22,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::broker::LinkState;
-use crate::heartbeat::SystemStats;
 use crate::names::ChildName;
-use crate::strategy::StrategyStatus;
-use crate::supervisor::{ChildState, SupervisorStatus};
+use crate::protocol::broker::LinkState;
+use crate::protocol::heartbeat::SystemStats;
+use crate::protocol::strategy::StrategyStatus;
+use crate::protocol::supervisor::ChildState;
+use crate::protocol::supervisor::SupervisorStatus;
 
 mod config;
 mod gather;
@@ -583,7 +584,7 @@ pub fn assess(replies: &Replies, config: &HealthConfig, ctx: &Context) -> Health
             format!(
                 "memory at {p:.1}% of {} (threshold {:.1}%)",
                 match system.memory_limit_source {
-                    Some(crate::heartbeat::LimitSource::Cgroup) => "the cgroup limit",
+                    Some(crate::protocol::heartbeat::LimitSource::Cgroup) => "the cgroup limit",
                     _ => "the machine's memory",
                 },
                 config.memory_degraded_percent

@@ -36,14 +36,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::alert::{Alert, Severity};
+use crate::protocol::alert::Alert;
+
 use crate::client::{self, commit_change};
-use crate::failsafe::FailSafeMsg;
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
 use crate::names::{ChildName, Names};
 use crate::notify::SdNotifier;
 use crate::protocol::Internal;
+use crate::protocol::alert::Severity;
+use crate::protocol::failsafe::FailSafeMsg;
 pub use crate::protocol::heartbeat::{HeartbeatMsg, HeartbeatStatus};
 use crate::store::Change;
 

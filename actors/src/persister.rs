@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use crate::alert::{Alert, Severity};
+use crate::protocol::alert::Alert;
+
 use crate::client;
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::protocol::Internal;
+use crate::protocol::alert::Severity;
 pub use crate::protocol::persister::{
     BACKUP_ALERT_KEY, CommitReply, FlushReport, PersisterMsg, PersisterStatus,
 };

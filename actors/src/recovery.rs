@@ -17,15 +17,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use crate::alert::{Alert, Severity};
-use crate::broker::{BrokerMsg, LinkState};
+use crate::protocol::alert::Alert;
+
 use crate::client;
-use crate::failsafe::{FailSafeMsg, MODE_KEY, StoredMode};
 use crate::metrics::Metrics;
 use crate::mode::TradingMode;
+use crate::model::mode::MODE_KEY;
+use crate::model::mode::StoredMode;
+use crate::model::strategy::StrategyRecord;
 pub use crate::model::{ExOrder, ExPosition, RECOVERY_KEY};
 use crate::names::Names;
-use crate::strategy::StrategyRecord;
+use crate::protocol::alert::Severity;
+use crate::protocol::broker::BrokerMsg;
+use crate::protocol::broker::LinkState;
+use crate::protocol::failsafe::FailSafeMsg;
 
 /// The alert key recovery raises.
 pub const ALERT_KEY: &str = "capital:recovery_differences";

@@ -799,14 +799,14 @@ impl Actor for StrategyActor {
         state.load().await;
         // A restart of this actor alone finds the broker connected already: no Connected comes.
         if state.execution.enabled
-            && let Some(broker) = state.names.get::<crate::broker::BrokerMsg>()
+            && let Some(broker) = state.names.get::<crate::protocol::broker::BrokerMsg>()
             && let Ok(ractor::rpc::CallResult::Success(s)) = broker
                 .call(
-                    crate::broker::BrokerMsg::Status,
+                    crate::protocol::broker::BrokerMsg::Status,
                     Some(Duration::from_millis(500)),
                 )
                 .await
-            && s.state == crate::broker::LinkState::Connected
+            && s.state == crate::protocol::broker::LinkState::Connected
         {
             state.on_connected(&myself, 0);
         }

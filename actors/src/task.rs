@@ -14,8 +14,8 @@ use ractor::rpc::CallResult;
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::error;
 
-use crate::failsafe::FailSafeMsg;
 use crate::names::Names;
+use crate::protocol::failsafe::FailSafeMsg;
 
 /// Owns a spawned task and aborts it when dropped, so a task never outlives the actor state
 /// (or the attempt) it was spawned for.

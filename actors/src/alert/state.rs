@@ -11,7 +11,7 @@ use super::book::{AlertBook, Effect, Event, Note};
 use super::sink::{Delivery, Sink};
 
 use crate::client;
-use crate::persister::PersisterMsg;
+use crate::protocol::persister::PersisterMsg;
 use crate::secret::Secret;
 use crate::store::Change;
 

@@ -11,9 +11,10 @@ use tracing::{error, warn};
 use super::{
     CAPITAL, CAPITAL_TRIGGER, Check, ChecksReport, STARTUP_ALERT_KEY, integrity_alert_key,
 };
-use crate::alert::{Alert, Severity};
-use crate::failsafe::FailSafeMsg;
 use crate::names::Names;
+use crate::protocol::alert::Alert;
+use crate::protocol::alert::Severity;
+use crate::protocol::failsafe::FailSafeMsg;
 
 pub(super) use crate::client::{raise, resolve};
 

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::{Check, MODE, STRATEGY_STATES};
-use crate::failsafe::{MODE_KEY, StoredMode};
-use crate::strategy::{Lifecycle, RECORD_KEY_PREFIX, StrategyRecord};
+use crate::model::mode::MODE_KEY;
+use crate::model::mode::StoredMode;
+use crate::model::strategy::Lifecycle;
+use crate::model::strategy::RECORD_KEY_PREFIX;
+use crate::model::strategy::StrategyRecord;
 
 /// What is wrong with one strategy record (empty: valid). IDLE, ANALYZING, SIGNAL_DETECTED and
 /// ENTERING_POSITION hold no position (a position appears only with POSITION_OPEN), IDLE also no

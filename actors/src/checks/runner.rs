@@ -15,9 +15,9 @@ use super::{
     Check, ChecksConfig, ChecksReport, EVENT_LOG, RunKind, STARTUP_ALERT_KEY, evaluate_store,
     exchange, local_capital, newest_with_capital, unreadable_store,
 };
-use crate::broker::session::RequestError;
 use crate::client;
 use crate::names::Names;
+use crate::protocol::broker::RequestError;
 use crate::store::{
     CHECKPOINT_KEY, Change, Checkpoint, IntegrityFacts, Scope, read_integrity_facts, verify_slice,
 };
@@ -72,7 +72,7 @@ async fn ask_exchange(names: &Names, method: &str, params: Value) -> Result<Valu
 /// Every check, online: the store checks plus `exchange`, with the newest snapshot's equity
 /// compared to a fresh `private/get_account_summary` per currency (through the broker). Never
 /// blocks an actor: the store is read on a blocking thread, the exchange asked through
-/// [`crate::broker::request`]. This is the function to call before allowing AGGRESSIVE: allow it
+/// [`crate::client::request`]. This is the function to call before allowing AGGRESSIVE: allow it
 /// only when the report's `passed` is true.
 pub async fn run_online(names: &Names, args: &ChecksArgs, kind: RunKind) -> ChecksReport {
     let started = Instant::now();
@@ -231,7 +231,7 @@ pub(super) fn fail_event_log(report: &mut ChecksReport, detail: &str) {
 /// Stores `seq`/`hash` as the verified checkpoint (with a `chain.checkpoint` event), through
 /// the persister like every other write.
 fn advance_checkpoint(names: &Names, seq: u64, hash: String) {
-    use crate::persister::PersisterMsg;
+    use crate::protocol::persister::PersisterMsg;
     let cp = Checkpoint::now(seq, hash);
     let change = Change::event(
         "chain.checkpoint",

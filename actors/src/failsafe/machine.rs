@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 use super::triggers::{self, Action, Finding};
 use super::{DISK_ALERT_KEY, InitialMode, MODE_KEY, StoredMode};
-use crate::alert::{Alert, Severity};
 use crate::mode::TradingMode;
+use crate::protocol::alert::Alert;
+use crate::protocol::alert::Severity;
 use crate::store::Change;
 
 /// What happened, as the fail-safe's decisions see it.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
-use crate::broker::session::RequestError;
+use crate::protocol::broker::RequestError;
 
 /// How a failed request should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

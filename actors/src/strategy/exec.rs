@@ -42,17 +42,18 @@ use tracing::{debug, error, info, warn};
 
 use super::guards::{self, InstrumentSpec, Refusal, RiskConfig};
 use super::{Intent, Lifecycle, PositionData, Side, StrategyMsg, StrategyRecord, TransitionData};
-use crate::alert::{Alert, Severity};
 use crate::backoff::Backoff;
-use crate::broker::BrokerMsg;
-use crate::broker::session::RequestError;
 use crate::client;
 use crate::client::Reply;
-use crate::failsafe::FailSafeMsg;
 use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::orders::errors::{ErrorClass, RetryPolicy, classify_request_error};
 use crate::orders::labels::{Leg, leg_label};
+use crate::protocol::alert::Alert;
+use crate::protocol::alert::Severity;
+use crate::protocol::broker::BrokerMsg;
+use crate::protocol::broker::RequestError;
+use crate::protocol::failsafe::FailSafeMsg;
 use crate::recovery::ExOrder;
 use crate::store::Change;
 

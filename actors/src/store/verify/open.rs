@@ -34,8 +34,9 @@ impl OpenReport {
 
     /// The alert to raise for this open: CRITICAL `store:recovered` when [`Self::degraded`],
     /// WARNING `store:unclean_stop` when only the previous run crashed, else none.
-    pub fn alert(&self) -> Option<crate::alert::Alert> {
-        use crate::alert::{Alert, Severity};
+    pub fn alert(&self) -> Option<crate::protocol::alert::Alert> {
+        use crate::protocol::alert::Alert;
+        use crate::protocol::alert::Severity;
         let metadata = serde_json::to_value(self).unwrap_or_default();
         if self.degraded() {
             let what = match &self.restored_from {

@@ -14,6 +14,8 @@
 //!
 //! Credentials live in a [`Secret`] and are never logged or reported.
 
+mod config;
+mod establish;
 pub mod protocol;
 pub mod reconnect;
 pub mod session;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{debug, error, info, warn};
 
@@ -36,8 +38,10 @@ use crate::protocol::strategy::StrategyMsg;
 use crate::secret::Secret;
 use crate::task::AbortOnDrop;
 
+pub use config::{BrokerConfig, Credentials, PAPER_CONTROL_PREFIX, PAPER_URL};
+use establish::{AuthResult, AuthTokens, Established, authenticate, establish};
 use protocol::redact_url;
-use reconnect::{Breaker, Next, ReconnectPolicy, Reconnector};
+use reconnect::{Breaker, Next, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
 
 /// What the Broker sends itself, wrapped in [`BrokerMsg::Internal`].
@@ -71,123 +75,6 @@ impl From<InternalMsg> for BrokerMsg {
     }
 }
 
-/// The `broker.url` that makes the daemon start its embedded paper exchange and trade on it.
-pub const PAPER_URL: &str = "paper";
-
-/// The namespace of the paper exchange's control methods (fault injection, price and account
-/// seeding). They exist only on a paper exchange.
-pub const PAPER_CONTROL_PREFIX: &str = "paper/";
-
-/// `[broker]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    /// `paper` (start the embedded paper exchange and connect to it) or a `ws://`/`wss://` URL.
-    pub url: String,
-    /// Channels to subscribe to after every (re)connect.
-    pub channels: Vec<String>,
-    /// `public/set_heartbeat` interval; silence for twice this long is a dead connection.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    /// TCP + TLS + WebSocket handshake limit.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Per-request answer limit.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Larger incoming messages close the session.
-    pub max_message_bytes: usize,
-    /// Refuse to start without credentials in the environment (testnet, production).
-    pub require_credentials: bool,
-    /// Environment variable holding the client id.
-    pub client_id_env: String,
-    /// Environment variable holding the client secret.
-    pub client_secret_env: String,
-    /// Backoff and circuit breaker.
-    pub reconnect: ReconnectPolicy,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            url: PAPER_URL.into(),
-            channels: vec!["ticker.BTC-PERPETUAL.100ms".into()],
-            heartbeat_interval: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-            max_message_bytes: 16 << 20,
-            require_credentials: false,
-            client_id_env: "DERIBIT_CLIENT_ID".into(),
-            client_secret_env: "DERIBIT_CLIENT_SECRET".into(),
-            reconnect: ReconnectPolicy::default(),
-        }
-    }
-}
-
-impl BrokerConfig {
-    /// Checks the values; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.url != PAPER_URL
-            && !(self.url.starts_with("ws://") || self.url.starts_with("wss://"))
-        {
-            return Err(format!(
-                "url must be \"paper\" or a ws:// or wss:// URL, not {:?}",
-                redact_url(&self.url)
-            ));
-        }
-        if self.channels.is_empty() {
-            return Err("channels must name at least one channel".into());
-        }
-        if self.heartbeat_interval < Duration::from_millis(100) {
-            return Err("heartbeat_interval must be at least 100ms (Deribit accepts ≥ 10s)".into());
-        }
-        for (name, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(format!("{name} must be greater than 0"));
-            }
-        }
-        if self.max_message_bytes < 1024 {
-            return Err("max_message_bytes must be at least 1024".into());
-        }
-        self.reconnect
-            .validate()
-            .map_err(|e| format!("reconnect.{e}"))
-    }
-}
-
-impl BrokerConfig {
-    /// Whether the exchange is the embedded paper exchange (`url = "paper"`); any other URL is
-    /// treated as a real exchange, whatever answers there.
-    pub fn is_embedded_paper(&self) -> bool {
-        self.url == PAPER_URL
-    }
-
-    /// Whether `method` may be sent on this exchange: a `paper/*` control method only to the
-    /// embedded paper exchange, so that nothing in the daemon sends fault injection or seeding
-    /// to a real exchange. Everything else is the exchange's business.
-    pub fn may_send(&self, method: &str) -> Result<(), RequestError> {
-        if method.starts_with(PAPER_CONTROL_PREFIX) && !self.is_embedded_paper() {
-            return Err(RequestError::Refused {
-                method: method.to_owned(),
-                reason: "paper/* control methods are sent only to the embedded paper exchange \
-                         (broker.url = \"paper\")"
-                    .into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// API credentials (`client_credentials` grant).
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    pub client_id: String,
-    pub client_secret: Secret,
-}
-
 /// What the broker actor is spawned with.
 #[derive(Clone)]
 pub struct BrokerArgs {
@@ -197,39 +84,6 @@ pub struct BrokerArgs {
     pub url: String,
     pub credentials: Option<Credentials>,
     pub metrics: Metrics,
-}
-
-/// A session that finished its handshake.
-pub struct Established {
-    session: Session,
-    auth: Option<AuthTokens>,
-    subscribed: Vec<String>,
-    missing: Vec<String>,
-    took: Duration,
-}
-
-impl std::fmt::Debug for Established {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Established")
-            .field("session", &self.session.id())
-            .field("subscribed", &self.subscribed)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct AuthTokens {
-    refresh_token: Secret,
-    expires_in: Duration,
-}
-
-#[derive(Deserialize)]
-struct AuthResult {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
 }
 
 /// The broker actor.
@@ -304,104 +158,6 @@ fn ms(d: Duration) -> u64 {
 fn wall(at: Instant) -> DateTime<Utc> {
     let ago = chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
     crate::clock::now() - ago
-}
-
-/// The `interval` param of `public/set_heartbeat`: whole seconds when possible.
-fn heartbeat_param(d: Duration) -> Value {
-    if d.subsec_nanos() == 0 {
-        json!(d.as_secs())
-    } else {
-        json!(d.as_secs_f64())
-    }
-}
-
-/// `public/auth` with the `client_credentials` grant on session `h`.
-async fn authenticate(
-    h: &session::SessionHandle,
-    c: &Credentials,
-) -> Result<AuthTokens, RequestError> {
-    let result: AuthResult = h
-        .call(
-            "public/auth",
-            json!({
-                "grant_type": "client_credentials",
-                "client_id": c.client_id,
-                "client_secret": c.client_secret.expose(),
-            }),
-        )
-        .await?;
-    if result.access_token.is_empty() {
-        return Err(RequestError::Unexpected {
-            method: "public/auth".into(),
-            reason: "empty access token".into(),
-        });
-    }
-    Ok(AuthTokens {
-        refresh_token: Secret::new(result.refresh_token.unwrap_or_default()),
-        expires_in: Duration::from_secs(result.expires_in.unwrap_or(0)),
-    })
-}
-
-async fn establish(
-    conn: u64,
-    url: String,
-    config: BrokerConfig,
-    credentials: Option<Credentials>,
-    sink: EventSink,
-) -> Result<Established, ConnectError> {
-    let started = Instant::now();
-    let session_config = SessionConfig {
-        connect_timeout: config.connect_timeout,
-        request_timeout: config.request_timeout,
-        max_message_bytes: config.max_message_bytes,
-    };
-    let session = Session::connect(conn, &url, session_config, sink).await?;
-    let h = session.handle();
-    let auth = match &credentials {
-        Some(c) => Some(
-            authenticate(&h, c)
-                .await
-                .map_err(|source| ConnectError::Handshake {
-                    step: "public/auth",
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    h.call::<Value>(
-        "public/set_heartbeat",
-        json!({ "interval": heartbeat_param(config.heartbeat_interval) }),
-    )
-    .await
-    .map_err(|source| ConnectError::Handshake {
-        step: "public/set_heartbeat",
-        source,
-    })?;
-    let method = if auth.is_some() {
-        "private/subscribe"
-    } else {
-        "public/subscribe"
-    };
-    let subscribed: Vec<String> = h
-        .call(method, json!({ "channels": config.channels }))
-        .await
-        .map_err(|source| ConnectError::Handshake {
-            step: "subscribe",
-            source,
-        })?;
-    let missing = config
-        .channels
-        .iter()
-        .filter(|c| !subscribed.contains(c))
-        .cloned()
-        .collect();
-    Ok(Established {
-        session,
-        auth,
-        subscribed,
-        missing,
-        took: started.elapsed(),
-    })
 }
 
 impl BrokerState {

@@ -36,10 +36,13 @@ use crate::protocol::Internal;
 pub use crate::protocol::strategy::{StrategyInstanceStatus, StrategyMsg, StrategyStatus};
 use crate::store::Change;
 use crate::task::AbortOnDrop;
+use instance::Instance;
 
 pub mod exec;
 pub mod guards;
+mod instance;
 mod orphans;
+mod records;
 pub mod signal;
 
 /// What the Strategy sends itself, wrapped in [`StrategyMsg::Internal`].
@@ -114,87 +117,6 @@ impl StrategyArgs {
             metrics,
             execution: exec::ExecutionConfig::default(),
             label_prefix: crate::recovery::RecoveryConfig::default().label_prefix,
-        }
-    }
-}
-
-struct Instance {
-    entry: StrategyEntry,
-    record: StrategyRecord,
-    /// Whether a stored record exists (false: never transitioned, IDLE by default).
-    stored: bool,
-    restored: bool,
-    ticks: u64,
-    last_mark_price: Option<f64>,
-    /// The strategy's pure decision logic (None when its config is invalid; logged at start).
-    logic: Option<signal::MaCross>,
-    signals: u64,
-    last_decision: Option<signal::Decision>,
-    last_decision_at: Option<DateTime<Utc>>,
-    /// The job running for this instance, with when it started; aborted when the actor stops.
-    job: Option<(&'static str, DateTime<Utc>, AbortOnDrop)>,
-    last_refusal: Option<String>,
-    last_error: Option<String>,
-}
-
-impl Instance {
-    /// Feeds the tick to the logic; returns a non-hold decision.
-    fn on_tick(&mut self, ticker: &Ticker) -> Option<signal::Decision> {
-        self.ticks += 1;
-        self.last_mark_price = Some(ticker.mark_price);
-        let logic = self.logic.as_mut()?;
-        let decision = logic.on_tick(&signal::MarketTick::from(ticker));
-        if decision == signal::Decision::Hold {
-            return None;
-        }
-        self.signals += 1;
-        self.last_decision = Some(decision.clone());
-        self.last_decision_at = Some(crate::clock::now());
-        Some(decision)
-    }
-
-    /// The job a check should start for this instance, if any.
-    fn pending_job(&self) -> Option<exec::Job> {
-        match self.record.lifecycle {
-            Lifecycle::Idle if self.logic.is_some() => Some(exec::Job::StartAnalyzing),
-            Lifecycle::Idle | Lifecycle::Analyzing => None,
-            Lifecycle::SignalDetected => Some(exec::Job::DropSignal),
-            Lifecycle::EnteringPosition => Some(exec::Job::Resolve),
-            Lifecycle::PositionOpen => Some(exec::Job::Check),
-            Lifecycle::Closing => Some(exec::Job::Close {
-                reason: "finishing a close".into(),
-            }),
-        }
-    }
-
-    /// What a decision means in the current lifecycle.
-    fn job_for(&self, decision: signal::Decision) -> Option<exec::Job> {
-        match (decision, self.record.lifecycle) {
-            (signal::Decision::Hold, _) => None,
-            (
-                signal::Decision::Enter {
-                    side,
-                    stop_price,
-                    take_profit_price,
-                    reason,
-                },
-                Lifecycle::Analyzing,
-            ) => Some(exec::Job::Enter {
-                side,
-                stop_price,
-                take_profit_price,
-                reason,
-            }),
-            (signal::Decision::Enter { .. }, Lifecycle::PositionOpen | Lifecycle::Closing) => {
-                Some(exec::Job::Refuse {
-                    reason: guards::Refusal::PositionAlreadyOpen.to_string(),
-                })
-            }
-            (signal::Decision::Exit { reason }, Lifecycle::PositionOpen) => {
-                Some(exec::Job::Close { reason })
-            }
-            // IDLE (not analyzing yet), or an entry under way: nothing to do.
-            _ => None,
         }
     }
 }
@@ -531,173 +453,6 @@ impl StrategyState {
             }
         }
         owned
-    }
-
-    /// Applies the stored records; returns how many were restored.
-    fn restore(&mut self, state: &BTreeMap<String, Value>) -> usize {
-        let (records, bad) = StrategyRecord::all_from_state(state);
-        for (key, error) in bad {
-            warn!(
-                actor = "strategy",
-                key, error, "unreadable strategy record ignored; the instance starts IDLE"
-            );
-        }
-        let mut restored = 0;
-        for record in records {
-            match self.instances.iter_mut().find(|i| i.entry.id == record.id) {
-                Some(instance) => {
-                    info!(
-                        actor = "strategy",
-                        id = %record.id,
-                        lifecycle = record.lifecycle.as_str(),
-                        position = record.position.is_some(),
-                        intents_in_flight = record.intents_in_flight.len(),
-                        "strategy state restored"
-                    );
-                    instance.record = record;
-                    instance.stored = true;
-                    instance.restored = true;
-                    restored += 1;
-                }
-                None => warn!(
-                    actor = "strategy",
-                    id = %record.id,
-                    lifecycle = record.lifecycle.as_str(),
-                    "stored strategy is not configured; its record is ignored"
-                ),
-            }
-        }
-        restored
-    }
-
-    async fn load(&mut self) {
-        let mut last_error = String::new();
-        for attempt in 1..=LOAD_ATTEMPTS {
-            match client::load_state(&self.names, LOAD_TIMEOUT).await {
-                Ok(state) => {
-                    let restored = self.restore(&state);
-                    self.records_loaded = true;
-                    self.load_error = None;
-                    info!(
-                        actor = "strategy",
-                        restored,
-                        active = self.instances.len(),
-                        "strategy records loaded"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    warn!(actor = "strategy", attempt, attempts = LOAD_ATTEMPTS, error = %e, "could not load the strategy records");
-                    last_error = e;
-                }
-            }
-            if attempt < LOAD_ATTEMPTS {
-                tokio::time::sleep(LOAD_RETRY_DELAY).await;
-            }
-        }
-        warn!(actor = "strategy", error = %last_error, "giving up loading the strategy records; every instance starts IDLE");
-        self.load_error = Some(last_error);
-    }
-
-    async fn transition(
-        &mut self,
-        id: &str,
-        to: Lifecycle,
-        reason: String,
-        data: Option<TransitionData>,
-    ) -> Result<(), String> {
-        self.transition_path(id, vec![(to, reason)], data).await
-    }
-
-    /// Moves instance `id` through `steps` (each checked against `can_transition_to`) in one
-    /// commit: one `lifecycle.transition` event (from the first state to the last, the states
-    /// passed in `via`) and the record. `data` is applied as by the last step.
-    async fn transition_path(
-        &mut self,
-        id: &str,
-        steps: Vec<(Lifecycle, String)>,
-        data: Option<TransitionData>,
-    ) -> Result<(), String> {
-        let Some(&(to, _)) = steps.last() else {
-            return Err(format!("no transition given for {id:?}"));
-        };
-        let Some(instance) = self.instances.iter_mut().find(|i| i.entry.id == id) else {
-            warn!(
-                actor = "strategy",
-                id,
-                to = to.as_str(),
-                "transition refused: unknown strategy"
-            );
-            return Err(format!("unknown strategy {id:?}"));
-        };
-        let from = instance.record.lifecycle;
-        let mut at = from;
-        for (step, reason) in &steps {
-            if !at.can_transition_to(*step) {
-                warn!(
-                    actor = "strategy",
-                    id,
-                    from = at.as_str(),
-                    to = step.as_str(),
-                    reason,
-                    "illegal lifecycle transition refused"
-                );
-                return Err(format!(
-                    "illegal transition {} -> {} for {id:?}",
-                    at.as_str(),
-                    step.as_str()
-                ));
-            }
-            at = *step;
-        }
-        let mut next = instance.record.clone();
-        next.lifecycle = to;
-        next.updated_at = crate::clock::now();
-        if steps.iter().any(|(s, _)| *s == Lifecycle::EnteringPosition) {
-            next.next_intent_seq += 1;
-        }
-        match data {
-            Some(d) => {
-                next.position = d.position;
-                next.intents_in_flight = d.intents_in_flight;
-            }
-            None if to == Lifecycle::Idle => {
-                next.position = None;
-                next.intents_in_flight.clear();
-            }
-            None => {}
-        }
-        let value = serde_json::to_value(&next).map_err(|e| e.to_string())?;
-        let reason = steps.last().map(|(_, r)| r.as_str()).unwrap_or_default();
-        let mut payload = json!({ "id": id, "from": from, "to": to, "reason": reason });
-        if let [passed @ .., _] = steps.as_slice()
-            && !passed.is_empty()
-        {
-            payload["via"] = json!(passed.iter().map(|(s, _)| *s).collect::<Vec<_>>());
-            payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
-        }
-        let change = Change::event("lifecycle.transition", payload).set(record_key(id), value);
-        client::commit_change(&self.names, change, COMMIT_TIMEOUT)
-            .await
-            .map_err(|e| {
-            warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
-            format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
-        })?;
-        let mut at = from;
-        for (step, reason) in &steps {
-            info!(
-                actor = "strategy",
-                id,
-                from = at.as_str(),
-                to = step.as_str(),
-                reason,
-                "lifecycle transition"
-            );
-            at = *step;
-        }
-        instance.record = next;
-        instance.stored = true;
-        Ok(())
     }
 
     /// After a committed transition: a fill (POSITION_OPEN) or a finished trade (IDLE) changes

@@ -117,7 +117,11 @@ fn no_actor_module_imports_another() {
         if is_test_file(&rel) || ASSEMBLY.contains(&rel.as_str()) {
             continue;
         }
-        let own = rel.split('/').next().unwrap_or_default().trim_end_matches(".rs");
+        let own = rel
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(".rs");
         let code = production_code(&fs::read_to_string(path).expect("read source"));
         let foreign = foreign_actors(&code, own);
         if !foreign.is_empty() {
@@ -144,7 +148,10 @@ fn children_are_found_by_their_typed_name() {
     sources(&root().join("../src"), &mut files);
     let mut violations = Vec::new();
     for path in &files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name == "names.rs" || is_test_file(name) {
             continue;
         }
@@ -180,6 +187,8 @@ fn the_scan_sees_violations() {
         foreign_actors(&code, "failsafe"),
         ["alert", "broker", "persister"]
     );
-    assert!(untyped_lookups("let a = names.lookup::<AlertMsg>(ChildName::Alert);"));
+    assert!(untyped_lookups(
+        "let a = names.lookup::<AlertMsg>(ChildName::Alert);"
+    ));
     assert!(!untyped_lookups("let a = names.get::<AlertMsg>();"));
 }

@@ -1,0 +1,175 @@
+//! The strategy actor's stored records: restored at start (`restore`, `load`, retried), and
+//! every lifecycle change committed through the persister before memory follows
+//! (`transition`, `transition_path`: ANALYZING → SIGNAL_DETECTED → ENTERING_POSITION in one
+//! transaction).
+
+use super::*;
+
+impl StrategyState {
+    /// Applies the stored records; returns how many were restored.
+    pub(super) fn restore(&mut self, state: &BTreeMap<String, Value>) -> usize {
+        let (records, bad) = StrategyRecord::all_from_state(state);
+        for (key, error) in bad {
+            warn!(
+                actor = "strategy",
+                key, error, "unreadable strategy record ignored; the instance starts IDLE"
+            );
+        }
+        let mut restored = 0;
+        for record in records {
+            match self.instances.iter_mut().find(|i| i.entry.id == record.id) {
+                Some(instance) => {
+                    info!(
+                        actor = "strategy",
+                        id = %record.id,
+                        lifecycle = record.lifecycle.as_str(),
+                        position = record.position.is_some(),
+                        intents_in_flight = record.intents_in_flight.len(),
+                        "strategy state restored"
+                    );
+                    instance.record = record;
+                    instance.stored = true;
+                    instance.restored = true;
+                    restored += 1;
+                }
+                None => warn!(
+                    actor = "strategy",
+                    id = %record.id,
+                    lifecycle = record.lifecycle.as_str(),
+                    "stored strategy is not configured; its record is ignored"
+                ),
+            }
+        }
+        restored
+    }
+
+    pub(super) async fn load(&mut self) {
+        let mut last_error = String::new();
+        for attempt in 1..=LOAD_ATTEMPTS {
+            match client::load_state(&self.names, LOAD_TIMEOUT).await {
+                Ok(state) => {
+                    let restored = self.restore(&state);
+                    self.records_loaded = true;
+                    self.load_error = None;
+                    info!(
+                        actor = "strategy",
+                        restored,
+                        active = self.instances.len(),
+                        "strategy records loaded"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    warn!(actor = "strategy", attempt, attempts = LOAD_ATTEMPTS, error = %e, "could not load the strategy records");
+                    last_error = e;
+                }
+            }
+            if attempt < LOAD_ATTEMPTS {
+                tokio::time::sleep(LOAD_RETRY_DELAY).await;
+            }
+        }
+        warn!(actor = "strategy", error = %last_error, "giving up loading the strategy records; every instance starts IDLE");
+        self.load_error = Some(last_error);
+    }
+
+    pub(super) async fn transition(
+        &mut self,
+        id: &str,
+        to: Lifecycle,
+        reason: String,
+        data: Option<TransitionData>,
+    ) -> Result<(), String> {
+        self.transition_path(id, vec![(to, reason)], data).await
+    }
+
+    /// Moves instance `id` through `steps` (each checked against `can_transition_to`) in one
+    /// commit: one `lifecycle.transition` event (from the first state to the last, the states
+    /// passed in `via`) and the record. `data` is applied as by the last step.
+    pub(super) async fn transition_path(
+        &mut self,
+        id: &str,
+        steps: Vec<(Lifecycle, String)>,
+        data: Option<TransitionData>,
+    ) -> Result<(), String> {
+        let Some(&(to, _)) = steps.last() else {
+            return Err(format!("no transition given for {id:?}"));
+        };
+        let Some(instance) = self.instances.iter_mut().find(|i| i.entry.id == id) else {
+            warn!(
+                actor = "strategy",
+                id,
+                to = to.as_str(),
+                "transition refused: unknown strategy"
+            );
+            return Err(format!("unknown strategy {id:?}"));
+        };
+        let from = instance.record.lifecycle;
+        let mut at = from;
+        for (step, reason) in &steps {
+            if !at.can_transition_to(*step) {
+                warn!(
+                    actor = "strategy",
+                    id,
+                    from = at.as_str(),
+                    to = step.as_str(),
+                    reason,
+                    "illegal lifecycle transition refused"
+                );
+                return Err(format!(
+                    "illegal transition {} -> {} for {id:?}",
+                    at.as_str(),
+                    step.as_str()
+                ));
+            }
+            at = *step;
+        }
+        let mut next = instance.record.clone();
+        next.lifecycle = to;
+        next.updated_at = crate::clock::now();
+        if steps.iter().any(|(s, _)| *s == Lifecycle::EnteringPosition) {
+            next.next_intent_seq += 1;
+        }
+        match data {
+            Some(d) => {
+                next.position = d.position;
+                next.intents_in_flight = d.intents_in_flight;
+            }
+            None if to == Lifecycle::Idle => {
+                next.position = None;
+                next.intents_in_flight.clear();
+            }
+            None => {}
+        }
+        let value = serde_json::to_value(&next).map_err(|e| e.to_string())?;
+        let reason = steps.last().map(|(_, r)| r.as_str()).unwrap_or_default();
+        let mut payload = json!({ "id": id, "from": from, "to": to, "reason": reason });
+        if let [passed @ .., _] = steps.as_slice()
+            && !passed.is_empty()
+        {
+            payload["via"] = json!(passed.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+            payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
+        }
+        let change = Change::event("lifecycle.transition", payload).set(record_key(id), value);
+        client::commit_change(&self.names, change, COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| {
+            warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
+            format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
+        })?;
+        let mut at = from;
+        for (step, reason) in &steps {
+            info!(
+                actor = "strategy",
+                id,
+                from = at.as_str(),
+                to = step.as_str(),
+                reason,
+                "lifecycle transition"
+            );
+            at = *step;
+        }
+        instance.record = next;
+        instance.stored = true;
+        Ok(())
+    }
+}

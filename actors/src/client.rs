@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ractor::concurrency::OneshotReceiver;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, RpcReplyPort};
 use serde_json::Value;
@@ -29,7 +30,7 @@ use crate::protocol::alert::{Alert, AlertMsg};
 use crate::protocol::broker::{BrokerMsg, RequestError};
 use crate::protocol::failsafe::FailSafeMsg;
 use crate::protocol::persister::PersisterMsg;
-use crate::store::{Change, Committed};
+use crate::store::{Change, Committed, StoreError};
 
 /// One actor's answer to a question.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,13 +228,12 @@ pub async fn load_state(
     }
 }
 
-/// One durable commit through the persister; returns once the change is durable, or an error
-/// after `timeout` (the commit may still land).
-pub async fn commit_change(
-    names: &Names,
-    change: Change,
-    timeout: Duration,
-) -> Result<Committed, String> {
+/// What a commit handed to the persister answers on.
+pub type CommitReceiver = OneshotReceiver<Result<Committed, StoreError>>;
+
+/// Hands `change` to the persister now, in mailbox order (so a caller's commits land in the
+/// order it sent them), without waiting; [`committed`] waits for the answer.
+pub fn send_commit(names: &Names, change: Change) -> Result<CommitReceiver, String> {
     let persister = names
         .get::<PersisterMsg>()
         .ok_or("the state-persister is not running")?;
@@ -244,15 +244,31 @@ pub async fn commit_change(
             reply: Some(tx.into()),
         })
         .map_err(|e| format!("could not reach the state-persister: {e}"))?;
+    Ok(rx)
+}
+
+/// Waits at most `timeout` for a commit sent with [`send_commit`] to be durable (after the
+/// timeout the commit may still land).
+pub async fn committed(rx: CommitReceiver, timeout: Duration) -> Result<Committed, String> {
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(Ok(committed))) => Ok(committed),
         Ok(Ok(Err(e))) => Err(e.to_string()),
         Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
         Err(_) => Err(format!(
-            "the state-persister did not confirm within {} ms",
+            "the state-persister did not confirm the commit within {} ms",
             timeout.as_millis()
         )),
     }
+}
+
+/// One durable commit through the persister; returns once the change is durable, or an error
+/// after `timeout` (the commit may still land).
+pub async fn commit_change(
+    names: &Names,
+    change: Change,
+    timeout: Duration,
+) -> Result<Committed, String> {
+    committed(send_commit(names, change)?, timeout).await
 }
 
 /// Sends `method` through the `broker-connection` and waits for the answer. The wait is bounded

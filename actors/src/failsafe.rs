@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,8 +30,7 @@ use crate::names::Names;
 use crate::protocol::Internal;
 use crate::protocol::alert::AlertMsg;
 pub use crate::protocol::failsafe::{ChangeReply, FailSafeMsg, FailSafeStatus};
-use crate::protocol::persister::PersisterMsg;
-use crate::store::{Change, Committed, StoreError};
+use crate::store::Change;
 
 pub mod machine;
 pub mod triggers;
@@ -197,24 +195,6 @@ pub struct FailSafeState {
     checks: Option<ChecksReport>,
 }
 
-fn commit_outcome(
-    result: Result<
-        Result<Result<Committed, StoreError>, tokio::sync::oneshot::error::RecvError>,
-        tokio::time::error::Elapsed,
-    >,
-    timeout: Duration,
-) -> Result<(), String> {
-    match result {
-        Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Err("the state-persister dropped the commit".into()),
-        Err(_) => Err(format!(
-            "the state-persister did not confirm the commit within {} ms",
-            timeout.as_millis()
-        )),
-    }
-}
-
 impl FailSafeState {
     fn status(&self) -> FailSafeStatus {
         let m = &self.machine;
@@ -256,15 +236,12 @@ impl FailSafeState {
                     answer: a,
                 } => {
                     let reply = answer(a);
-                    match self.send_commit(change) {
+                    match client::send_commit(&self.args.names, change) {
                         Ok(rx) => {
                             let timeout = self.args.config.commit_timeout;
                             let me = myself.clone();
                             tokio::spawn(async move {
-                                let result = commit_outcome(
-                                    tokio::time::timeout(timeout, rx).await,
-                                    timeout,
-                                );
+                                let result = client::committed(rx, timeout).await.map(|_| ());
                                 let loosened = InternalMsg::Loosened {
                                     change: pending,
                                     result,
@@ -305,33 +282,13 @@ impl FailSafeState {
         }
     }
 
-    /// Hands `change` to the persister in mailbox order; the receiver yields the commit result.
-    fn send_commit(
-        &self,
-        change: Change,
-    ) -> Result<OneshotReceiver<Result<Committed, StoreError>>, String> {
-        let persister = self
-            .args
-            .names
-            .get::<PersisterMsg>()
-            .ok_or_else(|| "the state-persister is not running".to_string())?;
-        let (tx, rx) = ractor::concurrency::oneshot();
-        persister
-            .send_message(PersisterMsg::Commit {
-                change,
-                reply: Some(tx.into()),
-            })
-            .map_err(|e| format!("could not reach the state-persister: {e}"))?;
-        Ok(rx)
-    }
-
     /// Commits `change` and reports the outcome to `reply` (and the log on failure).
     fn store(&self, change: Change, reply: Option<ChangeReply>) {
         let timeout = self.args.config.commit_timeout;
-        match self.send_commit(change) {
+        match client::send_commit(&self.args.names, change) {
             Ok(rx) => {
                 tokio::spawn(async move {
-                    let result = commit_outcome(tokio::time::timeout(timeout, rx).await, timeout);
+                    let result = client::committed(rx, timeout).await.map(|_| ());
                     if let Err(e) = &result {
                         error!(actor = "fail-safe", error = %e, "mode change not stored; it holds in memory only until a restart");
                     }

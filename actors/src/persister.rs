@@ -31,8 +31,8 @@ pub use crate::protocol::persister::{
     BACKUP_ALERT_KEY, CommitReply, FlushReport, PersisterMsg, PersisterStatus,
 };
 use crate::store::{
-    Change, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir, backup_count,
-    prune_backups,
+    Change, Committed, RetentionConfig, SnapshotKind, Store, StoreError, archives_dir,
+    backup_count, prune_backups,
 };
 
 /// `[store]`.
@@ -304,6 +304,24 @@ async fn run_db_worker(
     }
 }
 
+/// A finished write: its outcome to the actor (status, metrics, health), its result to the
+/// caller that waits for it.
+fn written(
+    actor: &ActorRef<PersisterMsg>,
+    started: Instant,
+    result: Result<Committed, StoreError>,
+    reply: Option<CommitReply>,
+) {
+    let outcome = WriteOutcome {
+        result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
+        took: started.elapsed(),
+    };
+    let _ = actor.send_message(InternalMsg::Written(outcome).into());
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
+}
+
 /// One job, on the blocking pool.
 fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &BackupPlan) {
     match job {
@@ -335,26 +353,12 @@ fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &B
                 let capital = crate::checks::capital_missing(&payload).is_none();
                 let _ = actor.send_message(InternalMsg::SnapshotTaken { at: c.at, capital }.into());
             }
-            let outcome = WriteOutcome {
-                result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
-                took: started.elapsed(),
-            };
-            let _ = actor.send_message(InternalMsg::Written(outcome).into());
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
+            written(actor, started, result, reply);
         }
         Job::Commit(change, reply) => {
             let started = Instant::now();
             let result = store.commit(&change);
-            let outcome = WriteOutcome {
-                result: result.as_ref().map(|c| c.seq).map_err(ToString::to_string),
-                took: started.elapsed(),
-            };
-            let _ = actor.send_message(InternalMsg::Written(outcome).into());
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
+            written(actor, started, result, reply);
         }
         Job::Load(reply) => {
             let _ = reply.send(store.state());

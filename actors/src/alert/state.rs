@@ -301,42 +301,26 @@ fn log(note: Note) {
 
 pub(super) fn log_raised(r: &AlertRecord) {
     let severity = r.severity.as_str();
+    // tracing's level is part of the call site, so one call per level, with one field list.
+    macro_rules! raised {
+        ($level:ident) => {
+            $level!(
+                actor = "alert",
+                alert = true,
+                alert_id = %r.alert_id,
+                key = %r.key,
+                severity,
+                title = %r.title,
+                root_cause = %r.root_cause,
+                recommended_action = %r.recommended_action,
+                "{}",
+                r.message
+            )
+        };
+    }
     match r.severity {
-        Severity::Critical => error!(
-            actor = "alert",
-            alert = true,
-            alert_id = %r.alert_id,
-            key = %r.key,
-            severity,
-            title = %r.title,
-            root_cause = %r.root_cause,
-            recommended_action = %r.recommended_action,
-            "{}",
-            r.message
-        ),
-        Severity::Warning => warn!(
-            actor = "alert",
-            alert = true,
-            alert_id = %r.alert_id,
-            key = %r.key,
-            severity,
-            title = %r.title,
-            root_cause = %r.root_cause,
-            recommended_action = %r.recommended_action,
-            "{}",
-            r.message
-        ),
-        Severity::Info => info!(
-            actor = "alert",
-            alert = true,
-            alert_id = %r.alert_id,
-            key = %r.key,
-            severity,
-            title = %r.title,
-            root_cause = %r.root_cause,
-            recommended_action = %r.recommended_action,
-            "{}",
-            r.message
-        ),
+        Severity::Critical => raised!(error),
+        Severity::Warning => raised!(warn),
+        Severity::Info => raised!(info),
     }
 }

@@ -536,23 +536,7 @@ impl Store {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
-        let err = sqlite_err(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, taken_at, kind, payload, event_seq FROM snapshots ORDER BY id")
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(SnapshotRow {
-                    id: r.get(0)?,
-                    taken_at: r.get(1)?,
-                    kind: r.get(2)?,
-                    payload: r.get(3)?,
-                    event_seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or_default(),
-                })
-            })
-            .map_err(&err)?;
-        rows.collect::<Result<_, _>>().map_err(&err)
+        read_snapshots(&self.conn).map_err(sqlite_err(&self.path))
     }
 
     /// Records the start of a run: state key `run` = `{"clean": false, "started_at", "pid"}` with
@@ -735,6 +719,22 @@ impl Store {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(sqlite_err(&self.path))
     }
+}
+
+/// Every snapshot row, oldest first, on any connection or transaction to a v2+ store.
+pub(crate) fn read_snapshots(conn: &Connection) -> rusqlite::Result<Vec<SnapshotRow>> {
+    let mut stmt =
+        conn.prepare("SELECT id, taken_at, kind, payload, event_seq FROM snapshots ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SnapshotRow {
+            id: r.get(0)?,
+            taken_at: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            event_seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
 }
 
 #[cfg(test)]

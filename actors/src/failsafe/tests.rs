@@ -1,8 +1,8 @@
 //! Tests of the fail-safe actor (spawned with a real persister and alert actor).
 
 use super::*;
-use crate::protocol::persister::PersisterMsg;
 use crate::alert::Severity;
+use crate::protocol::persister::PersisterMsg;
 use crate::testkit::{
     commit, eventually, spawn_alert, spawn_fail_safe, spawn_persister, wait_until,
 };

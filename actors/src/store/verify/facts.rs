@@ -163,26 +163,11 @@ pub fn read_integrity_facts(path: &Path, scope: Scope) -> Result<IntegrityFacts,
     for p in problems {
         chain.problem(p);
     }
-    let mut snapshots = Vec::new();
-    if version >= 2 {
-        let mut stmt = tx
-            .prepare("SELECT id, taken_at, kind, payload, event_seq FROM snapshots ORDER BY id")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(SnapshotRow {
-                    id: r.get(0)?,
-                    taken_at: r.get(1)?,
-                    kind: r.get(2)?,
-                    payload: r.get(3)?,
-                    event_seq: u64::try_from(r.get::<_, i64>(4)?).unwrap_or_default(),
-                })
-            })
-            .map_err(err)?;
-        for row in rows {
-            snapshots.push(row.map_err(err)?);
-        }
-    }
+    let snapshots = if version >= 2 {
+        crate::store::read_snapshots(&tx).map_err(err)?
+    } else {
+        Vec::new()
+    };
     let mut state = BTreeMap::new();
     {
         let mut stmt = tx

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tracing::error;
 
 use crate::names::Names;
+use crate::protocol::dispatch;
 // Used by the test modules (`tests`, `sink_tests`) through `use super::*`.
 #[cfg(test)]
 use crate::names::ChildName;
@@ -155,30 +156,25 @@ impl Actor for AlertActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            AlertMsg::Internal(m) => match m.open::<InternalMsg>() {
-                Ok(m) => return handle_internal(myself, m, state).await,
-                Err(e) => error!(actor = "alert", "{e}"),
-            },
-            AlertMsg::Raise(alert) => {
-                // The id is made here (it reads the clock), used only if the raise is new.
-                let alert_id = uuid::Uuid::now_v7().to_string();
-                state.on(&myself, Event::Raise { alert, alert_id }, None);
+        dispatch!(
+            AlertMsg,
+            "alert",
+            myself,
+            |m: InternalMsg| handle_internal(myself, m, state).await,
+            state.status(),
+            match msg {
+                AlertMsg::Raise(alert) => {
+                    // The id is made here (it reads the clock), used only if the raise is new.
+                    let alert_id = uuid::Uuid::now_v7().to_string();
+                    state.on(&myself, Event::Raise { alert, alert_id }, None);
+                }
+                AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
+                AlertMsg::Acknowledge { alert_id, reply } => {
+                    state.on(&myself, Event::Acknowledge { alert_id }, Some(reply));
+                }
+                AlertMsg::Resend => state.resend_open(),
             }
-            AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
-            AlertMsg::Acknowledge { alert_id, reply } => {
-                state.on(&myself, Event::Acknowledge { alert_id }, Some(reply));
-            }
-            AlertMsg::Resend => state.resend_open(),
-            AlertMsg::Status(reply) => {
-                let _ = reply.send(state.status());
-            }
-            AlertMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            #[cfg(any(test, feature = "test-hooks"))]
-            AlertMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
-        }
+        );
         Ok(())
     }
 }

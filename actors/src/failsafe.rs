@@ -20,6 +20,7 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 
 use crate::protocol::alert::Alert;
+use crate::protocol::dispatch;
 
 use crate::checks::ChecksReport;
 use crate::client;
@@ -425,43 +426,38 @@ impl Actor for FailSafeActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            FailSafeMsg::Internal(m) => match m.open::<InternalMsg>() {
-                Ok(m) => return handle_internal(myself, m, state).await,
-                Err(e) => error!(actor = "fail-safe", "{e}"),
-            },
-            FailSafeMsg::RecoveryFinished => state.on(&myself, Event::RecoveryFinished, None),
-            FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
-            FailSafeMsg::AllowEntry(reply) => {
-                let _ = reply.send(state.machine.allow_entry());
+        dispatch!(
+            FailSafeMsg,
+            "fail-safe",
+            myself,
+            |m: InternalMsg| handle_internal(myself, m, state).await,
+            state.status(),
+            match msg {
+                FailSafeMsg::RecoveryFinished => state.on(&myself, Event::RecoveryFinished, None),
+                FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
+                FailSafeMsg::AllowEntry(reply) => {
+                    let _ = reply.send(state.machine.allow_entry());
+                }
+                FailSafeMsg::GetMode(reply) => {
+                    let _ = reply.send(state.machine.mode());
+                }
+                FailSafeMsg::Trigger {
+                    trigger,
+                    reason,
+                    reply,
+                } => state.on(&myself, Event::Trigger { trigger, reason }, reply),
+                FailSafeMsg::SetMode {
+                    mode,
+                    reason,
+                    reply,
+                } => state.on(&myself, Event::SetMode { mode, reason }, Some(reply)),
+                FailSafeMsg::Restrict {
+                    mode,
+                    reason,
+                    reply,
+                } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
             }
-            FailSafeMsg::GetMode(reply) => {
-                let _ = reply.send(state.machine.mode());
-            }
-            FailSafeMsg::Trigger {
-                trigger,
-                reason,
-                reply,
-            } => state.on(&myself, Event::Trigger { trigger, reason }, reply),
-            FailSafeMsg::SetMode {
-                mode,
-                reason,
-                reply,
-            } => state.on(&myself, Event::SetMode { mode, reason }, Some(reply)),
-            FailSafeMsg::Restrict {
-                mode,
-                reason,
-                reply,
-            } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
-            FailSafeMsg::Status(reply) => {
-                let _ = reply.send(state.status());
-            }
-            FailSafeMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            #[cfg(any(test, feature = "test-hooks"))]
-            FailSafeMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
-        }
+        );
         Ok(())
     }
 }

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::protocol::alert::Alert;
+use crate::protocol::dispatch;
 
 use crate::client::{self, commit_change};
 use crate::metrics::Metrics;
@@ -437,20 +438,14 @@ impl Actor for HeartbeatActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            HeartbeatMsg::Internal(m) => match m.open::<InternalMsg>() {
-                Ok(m) => return handle_internal(myself, m, state).await,
-                Err(e) => error!(actor = "heartbeat", "{e}"),
-            },
-            HeartbeatMsg::Status(reply) => {
-                let _ = reply.send(state.status());
-            }
-            HeartbeatMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            #[cfg(any(test, feature = "test-hooks"))]
-            HeartbeatMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
-        }
+        dispatch!(
+            HeartbeatMsg,
+            "heartbeat",
+            myself,
+            |m: InternalMsg| handle_internal(myself, m, state).await,
+            state.status(),
+            match msg {}
+        );
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::protocol::alert::Alert;
+use crate::protocol::dispatch;
 
 use crate::client;
 use crate::metrics::Metrics;
@@ -374,6 +375,33 @@ fn run_job(store: &mut Store, job: Job, actor: &ActorRef<PersisterMsg>, plan: &B
 }
 
 impl PersisterState {
+    /// What `/health` shows of the store (answer to `Status`).
+    fn status(&self) -> PersisterStatus {
+        PersisterStatus {
+            path: self.path.display().to_string(),
+            schema_version: self.schema_version,
+            last_seq: self.last_seq,
+            writes_ok: self.writes_ok,
+            writes_failed: self.writes_failed,
+            last_write_at: self.last_write_at,
+            last_write_ms: self
+                .last_write
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            failing_since: self.failing_since,
+            last_error: self.last_error.clone(),
+            queue_depth: self.queued.saturating_sub(self.done),
+            backups_dir: self.backups_dir.display().to_string(),
+            last_backup_at: self.last_backup_at,
+            last_backup_error: self.last_backup_error.clone(),
+            backups: self.backups,
+            recovery: self.recovery.clone(),
+            last_snapshot_at: self.last_snapshot_at,
+            last_capital_snapshot_at: self.last_capital_snapshot_at,
+            disk_free_bytes: disk_free_bytes(&self.path),
+            disk_free_floor_bytes: self.disk_free_floor,
+        }
+    }
+
     fn backed_up(&mut self, outcome: BackupOutcome) {
         match outcome.result {
             Ok((file, kept)) => {
@@ -528,62 +556,35 @@ impl Actor for PersisterActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PersisterMsg::Internal(m) => match m.open::<InternalMsg>() {
-                Ok(m) => return handle_internal(m, state).await,
-                Err(e) => error!(actor = "state-persister", "{e}"),
-            },
-            PersisterMsg::Commit { change, reply } => {
-                if let Some(v) = change
-                    .state
-                    .iter()
-                    .find(|w| w.key == crate::recovery::RECOVERY_KEY)
-                    .and_then(|w| w.value.clone())
-                {
-                    state.recovery = Some(v);
+        dispatch!(
+            PersisterMsg,
+            "state-persister",
+            _myself,
+            |m: InternalMsg| handle_internal(m, state).await,
+            state.status(),
+            match msg {
+                PersisterMsg::Commit { change, reply } => {
+                    if let Some(v) = change
+                        .state
+                        .iter()
+                        .find(|w| w.key == crate::recovery::RECOVERY_KEY)
+                        .and_then(|w| w.value.clone())
+                    {
+                        state.recovery = Some(v);
+                    }
+                    state.submit(Job::Commit(change, reply))
                 }
-                state.submit(Job::Commit(change, reply))
+                PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
+                PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
+                PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
+                PersisterMsg::Snapshot {
+                    kind,
+                    payload,
+                    reply,
+                } => state.submit(Job::Snapshot(kind, payload, reply)),
+                PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
             }
-            PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
-            PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
-            PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
-            PersisterMsg::Snapshot {
-                kind,
-                payload,
-                reply,
-            } => state.submit(Job::Snapshot(kind, payload, reply)),
-            PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
-            PersisterMsg::Status(reply) => {
-                let _ = reply.send(PersisterStatus {
-                    path: state.path.display().to_string(),
-                    schema_version: state.schema_version,
-                    last_seq: state.last_seq,
-                    writes_ok: state.writes_ok,
-                    writes_failed: state.writes_failed,
-                    last_write_at: state.last_write_at,
-                    last_write_ms: state
-                        .last_write
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    failing_since: state.failing_since,
-                    last_error: state.last_error.clone(),
-                    queue_depth: state.queued.saturating_sub(state.done),
-                    backups_dir: state.backups_dir.display().to_string(),
-                    last_backup_at: state.last_backup_at,
-                    last_backup_error: state.last_backup_error.clone(),
-                    backups: state.backups,
-                    recovery: state.recovery.clone(),
-                    last_snapshot_at: state.last_snapshot_at,
-                    last_capital_snapshot_at: state.last_capital_snapshot_at,
-                    disk_free_bytes: disk_free_bytes(&state.path),
-                    disk_free_floor_bytes: state.disk_free_floor,
-                });
-            }
-            PersisterMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            #[cfg(any(test, feature = "test-hooks"))]
-            PersisterMsg::Hook(hook) => hook.act(&_myself.get_cell()).await?,
-        }
+        );
         Ok(())
     }
 }

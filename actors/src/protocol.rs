@@ -54,6 +54,65 @@ pub struct ForeignInternal {
     pub expected: &'static str,
 }
 
+/// The `match` of every actor's `handle`, with the arms every actor answers alike written once:
+/// `Internal` opened as the actor's private message type and handed to its internal handler
+/// (a foreign one is logged and dropped, see [`ForeignInternal`]), `Status` answered with the
+/// actor's status, `Ping` answered at once (the heartbeat's liveness probe), and, in tests,
+/// `Hook` acted on this actor's cell (the supervisor, named `"supervisor"`, has no `Hook`).
+/// The actor's own arms are the `match` written last; the compiler still checks that the
+/// whole match is exhaustive, and every argument is an expression, so rustfmt formats the
+/// arms as usual. See ADR 0006.
+///
+/// ```ignore
+/// dispatch!(
+///     AlertMsg,
+///     "alert",
+///     myself,
+///     |m: InternalMsg| handle_internal(myself, m, state).await,
+///     state.status(),
+///     match msg {
+///         AlertMsg::Raise(alert) => state.raise(alert),
+///     }
+/// );
+/// ```
+macro_rules! dispatch {
+    ($Msg:ident, "supervisor", $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
+        $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
+        match $msg {
+            $Msg::Internal(internal) => match internal.open::<$Internal>() {
+                Ok($m) => return $internal,
+                Err(e) => ::tracing::error!(actor = "supervisor", "{e}"),
+            },
+            $Msg::Status(reply) => {
+                let _ = reply.send($status);
+            }
+            $Msg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            $($arms)*
+        }
+    };
+    ($Msg:ident, $name:literal, $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
+        $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
+        match $msg {
+            $Msg::Internal(internal) => match internal.open::<$Internal>() {
+                Ok($m) => return $internal,
+                Err(e) => ::tracing::error!(actor = $name, "{e}"),
+            },
+            $Msg::Status(reply) => {
+                let _ = reply.send($status);
+            }
+            $Msg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(any(test, feature = "test-hooks"))]
+            $Msg::Hook(hook) => hook.act(&$myself.get_cell()).await?,
+            $($arms)*
+        }
+    };
+}
+pub(crate) use dispatch;
+
 #[cfg(test)]
 mod tests {
     use super::*;

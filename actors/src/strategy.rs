@@ -33,6 +33,7 @@ pub use crate::model::{
 };
 use crate::names::Names;
 use crate::protocol::Internal;
+use crate::protocol::dispatch;
 pub use crate::protocol::strategy::{StrategyInstanceStatus, StrategyMsg, StrategyStatus};
 use crate::store::Change;
 use crate::task::AbortOnDrop;
@@ -574,56 +575,51 @@ impl Actor for StrategyActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            StrategyMsg::Internal(m) => match m.open::<InternalMsg>() {
-                Ok(m) => return handle_internal(myself, m, state).await,
-                Err(e) => error!(actor = "strategy", "{e}"),
-            },
-            StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
-            StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
-            StrategyMsg::Owned(reply) => {
-                let _ = reply.send(state.owned());
-            }
-            StrategyMsg::Status(reply) => {
-                let _ = reply.send(state.status());
-            }
-            StrategyMsg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            StrategyMsg::Transition {
-                id,
-                to,
-                reason,
-                data,
-                reply,
-            } => {
-                let result = state.transition(&id, to, reason, data).await;
-                if result.is_ok() {
-                    state.after_transition(&myself, to);
+        dispatch!(
+            StrategyMsg,
+            "strategy",
+            myself,
+            |m: InternalMsg| handle_internal(myself, m, state).await,
+            state.status(),
+            match msg {
+                StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
+                StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
+                StrategyMsg::Owned(reply) => {
+                    let _ = reply.send(state.owned());
                 }
-                let _ = reply.send(result);
+                StrategyMsg::Transition {
+                    id,
+                    to,
+                    reason,
+                    data,
+                    reply,
+                } => {
+                    let result = state.transition(&id, to, reason, data).await;
+                    if result.is_ok() {
+                        state.after_transition(&myself, to);
+                    }
+                    let _ = reply.send(result);
+                }
+                StrategyMsg::CommitEntry {
+                    id,
+                    signal,
+                    reason,
+                    intent,
+                    reply,
+                } => {
+                    let steps = vec![
+                        (Lifecycle::SignalDetected, signal),
+                        (Lifecycle::EnteringPosition, reason),
+                    ];
+                    let data = TransitionData {
+                        position: None,
+                        intents_in_flight: vec![intent],
+                    };
+                    let result = state.transition_path(&id, steps, Some(data)).await;
+                    let _ = reply.send(result);
+                }
             }
-            StrategyMsg::CommitEntry {
-                id,
-                signal,
-                reason,
-                intent,
-                reply,
-            } => {
-                let steps = vec![
-                    (Lifecycle::SignalDetected, signal),
-                    (Lifecycle::EnteringPosition, reason),
-                ];
-                let data = TransitionData {
-                    position: None,
-                    intents_in_flight: vec![intent],
-                };
-                let result = state.transition_path(&id, steps, Some(data)).await;
-                let _ = reply.send(result);
-            }
-            #[cfg(any(test, feature = "test-hooks"))]
-            StrategyMsg::Hook(hook) => hook.act(&myself.get_cell()).await?,
-        }
+        );
         Ok(())
     }
 }

@@ -104,9 +104,17 @@ impl StrategyState {
             return Err(format!("unknown strategy {id:?}"));
         };
         let from = instance.record.lifecycle;
-        let mut at = from;
-        for (step, reason) in &steps {
-            if !at.can_transition_to(*step) {
+        let planned = plan_transition(id, &instance.record, &steps, data, crate::clock::now());
+        let Planned {
+            record: next,
+            payload,
+        } = match planned {
+            Ok(p) => p,
+            Err(Illegal {
+                from: at,
+                to: step,
+                reason,
+            }) => {
                 warn!(
                     actor = "strategy",
                     id,
@@ -121,34 +129,8 @@ impl StrategyState {
                     step.as_str()
                 ));
             }
-            at = *step;
-        }
-        let mut next = instance.record.clone();
-        next.lifecycle = to;
-        next.updated_at = crate::clock::now();
-        if steps.iter().any(|(s, _)| *s == Lifecycle::EnteringPosition) {
-            next.next_intent_seq += 1;
-        }
-        match data {
-            Some(d) => {
-                next.position = d.position;
-                next.intents_in_flight = d.intents_in_flight;
-            }
-            None if to == Lifecycle::Idle => {
-                next.position = None;
-                next.intents_in_flight.clear();
-            }
-            None => {}
-        }
+        };
         let value = serde_json::to_value(&next).map_err(|e| e.to_string())?;
-        let reason = steps.last().map(|(_, r)| r.as_str()).unwrap_or_default();
-        let mut payload = json!({ "id": id, "from": from, "to": to, "reason": reason });
-        if let [passed @ .., _] = steps.as_slice()
-            && !passed.is_empty()
-        {
-            payload["via"] = json!(passed.iter().map(|(s, _)| *s).collect::<Vec<_>>());
-            payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
-        }
         let change = Change::event("lifecycle.transition", payload).set(record_key(id), value);
         client::commit_change(&self.names, change, COMMIT_TIMEOUT)
             .await
@@ -156,8 +138,7 @@ impl StrategyState {
             warn!(actor = "strategy", id, from = from.as_str(), to = to.as_str(), error = %e, "lifecycle transition not stored; state unchanged");
             format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
         })?;
-        let mut at = from;
-        for (step, reason) in &steps {
+        for (at, step, reason) in hops(from, &steps) {
             info!(
                 actor = "strategy",
                 id,
@@ -166,10 +147,92 @@ impl StrategyState {
                 reason,
                 "lifecycle transition"
             );
-            at = *step;
         }
         instance.record = next;
         instance.stored = true;
         Ok(())
     }
 }
+
+/// A checked lifecycle move: the record as it is to be stored, and the `lifecycle.transition`
+/// event payload that says so.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Planned {
+    pub record: StrategyRecord,
+    pub payload: Value,
+}
+
+/// The first step of a path that its state may not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Illegal<'a> {
+    pub from: Lifecycle,
+    pub to: Lifecycle,
+    pub reason: &'a str,
+}
+
+/// Each step of `steps` with the state it leaves: `(from, to, reason)`.
+fn hops(
+    from: Lifecycle,
+    steps: &[(Lifecycle, String)],
+) -> impl Iterator<Item = (Lifecycle, Lifecycle, &str)> {
+    steps.iter().scan(from, |at, (step, reason)| {
+        let hop = (*at, *step, reason.as_str());
+        *at = *step;
+        Some(hop)
+    })
+}
+
+/// The strategy's record update, pure (no store, no clock: `now` is given). Every step is
+/// checked against `can_transition_to` from the state before it; the next record takes the
+/// last step's lifecycle and `now`, advances `next_intent_seq` when the path enters a position
+/// (so a label is never reused), and takes position and intents from `data`, or clears them
+/// on a return to IDLE without data. The payload names the first and last state, and the
+/// states passed on the way (`via`, `via_reasons`) when there are several steps.
+pub(super) fn plan_transition<'a>(
+    id: &str,
+    record: &StrategyRecord,
+    steps: &'a [(Lifecycle, String)],
+    data: Option<TransitionData>,
+    now: DateTime<Utc>,
+) -> Result<Planned, Illegal<'a>> {
+    let from = record.lifecycle;
+    if let Some((from, to, reason)) =
+        hops(from, steps).find(|(at, step, _)| !at.can_transition_to(*step))
+    {
+        return Err(Illegal { from, to, reason });
+    }
+    let to = steps.last().map_or(from, |(to, _)| *to);
+    let mut next = record.clone();
+    next.lifecycle = to;
+    next.updated_at = now;
+    if steps.iter().any(|(s, _)| *s == Lifecycle::EnteringPosition) {
+        next.next_intent_seq += 1;
+    }
+    match data {
+        Some(d) => {
+            next.position = d.position;
+            next.intents_in_flight = d.intents_in_flight;
+        }
+        None if to == Lifecycle::Idle => {
+            next.position = None;
+            next.intents_in_flight.clear();
+        }
+        None => {}
+    }
+    let reason = steps.last().map(|(_, r)| r.as_str()).unwrap_or_default();
+    let mut payload = json!({ "id": id, "from": from, "to": to, "reason": reason });
+    if let [passed @ .., _] = steps
+        && !passed.is_empty()
+    {
+        payload["via"] = json!(passed.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        payload["via_reasons"] = json!(passed.iter().map(|(_, r)| r).collect::<Vec<_>>());
+    }
+    Ok(Planned {
+        record: next,
+        payload,
+    })
+}
+
+#[cfg(test)]
+#[path = "records_tests.rs"]
+mod tests;

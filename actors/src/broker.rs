@@ -45,18 +45,39 @@ use protocol::redact_url;
 use reconnect::{Breaker, Next, Reconnector};
 use session::{ConnectError, EventSink, RequestError, Session, SessionConfig, SessionEvent};
 
+/// The exchange's answer to change `change` of cancel-on-disconnect on session `conn`.
+pub(crate) struct CodChanged {
+    conn: u64,
+    change: u64,
+    armed: bool,
+    result: Result<(), RequestError>,
+    reply: RpcReplyPort<Result<(), RequestError>>,
+}
+
+impl CodChanged {
+    /// Records the switch if it is still this session's newest change, and answers the caller:
+    /// a session that is gone took its switch with it (a new one starts off), so the caller
+    /// hears `NotConnected` even if the exchange said yes.
+    fn settle(self, link: &mut Link) {
+        let result = match link {
+            Link::Connected { session, cod, .. } if session.id() == self.conn => {
+                if self.result.is_ok() && cod.change == self.change {
+                    cod.state = if self.armed { Cod::Armed } else { Cod::Off };
+                }
+                self.result
+            }
+            _ => self.result.and(Err(RequestError::NotConnected)),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
 /// What the Broker sends itself, wrapped in [`BrokerMsg::Internal`].
 pub(crate) enum InternalMsg {
     /// A helper task panicked ([`crate::task::spawn_helper`]): fail, to be restarted.
     TaskPanicked(String),
-    /// The exchange answered change `change` of cancel-on-disconnect on session `conn`.
-    CodChanged {
-        conn: u64,
-        change: u64,
-        armed: bool,
-        result: Result<(), RequestError>,
-        reply: RpcReplyPort<Result<(), RequestError>>,
-    },
+    /// The exchange answered a change of cancel-on-disconnect.
+    CodChanged(CodChanged),
     /// Time for connection attempt `generation`.
     Connect { generation: u64 },
     /// The outcome of connection attempt `conn`.
@@ -495,16 +516,14 @@ impl Actor for BrokerActor {
                             .request(method, json!({ "scope": "connection" }))
                             .await
                             .map(|_| ());
-                        let _ = me.send_message(
-                            InternalMsg::CodChanged {
-                                conn,
-                                change,
-                                armed,
-                                result,
-                                reply,
-                            }
-                            .into(),
-                        );
+                        let done = CodChanged {
+                            conn,
+                            change,
+                            armed,
+                            result,
+                            reply,
+                        };
+                        let _ = me.send_message(InternalMsg::CodChanged(done).into());
                     });
                 }
                 BrokerMsg::Reauthenticate(reply) => {
@@ -705,25 +724,7 @@ async fn handle_internal(
                 }
             });
         }
-        InternalMsg::CodChanged {
-            conn,
-            change,
-            armed,
-            result,
-            reply,
-        } => {
-            let result = match &mut state.link {
-                Link::Connected { session, cod, .. } if session.id() == conn => {
-                    if result.is_ok() && cod.change == change {
-                        cod.state = if armed { Cod::Armed } else { Cod::Off };
-                    }
-                    result
-                }
-                // The session is gone, and its switch with it: a new one starts off.
-                _ => result.and(Err(RequestError::NotConnected)),
-            };
-            let _ = reply.send(result);
-        }
+        InternalMsg::CodChanged(done) => done.settle(&mut state.link),
     }
     Ok(())
 }

@@ -137,6 +137,22 @@ fn secs(d: Duration) -> String {
     humantime_serde::re::humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// A condition that has lasted `lasted` against its `limit`: held once it is over the limit,
+/// with the reason `describe` writes from both (formatted as whole seconds).
+fn over(
+    trigger: &'static str,
+    action: Action,
+    lasted: Duration,
+    limit: Duration,
+    describe: impl FnOnce(String, String) -> String,
+) -> Option<Finding> {
+    (lasted > limit).then(|| Finding {
+        trigger,
+        reason: describe(secs(lasted), secs(limit)),
+        action,
+    })
+}
+
 impl Watch {
     pub fn new(config: TriggerConfig, health: HealthConfig, since: DateTime<Utc>) -> Self {
         Self {
@@ -180,58 +196,51 @@ impl Watch {
         if let Some(b) = replies.broker.answered()
             && !b.subscriptions.is_empty()
         {
-            let stalled = from(b.last_market_data_at);
-            if stalled > c.market_data_stalled {
-                holding.push(Finding {
-                    trigger: "market_data_stalled",
-                    reason: format!(
-                        "no market data for {} (threshold {})",
-                        secs(stalled),
-                        secs(c.market_data_stalled)
-                    ),
-                    action: Action::Shutdown,
-                });
-            }
+            holding.extend(over(
+                "market_data_stalled",
+                Action::Shutdown,
+                from(b.last_market_data_at),
+                c.market_data_stalled,
+                |lasted, limit| format!("no market data for {lasted} (threshold {limit})"),
+            ));
         }
         if let Some(p) = replies.persister.answered() {
             if let Some(failing) = p.failing_since {
-                let failing_for = age(now, failing);
-                if failing_for > c.event_log_failing {
-                    holding.push(Finding {
-                        trigger: "event_log_failing",
-                        reason: format!(
-                            "event-log writes failing for {} (threshold {}): {}",
-                            secs(failing_for),
-                            secs(c.event_log_failing),
+                holding.extend(over(
+                    "event_log_failing",
+                    Action::Shutdown,
+                    age(now, failing),
+                    c.event_log_failing,
+                    |lasted, limit| {
+                        format!(
+                            "event-log writes failing for {lasted} (threshold {limit}): {}",
                             p.last_error.as_deref().unwrap_or("unknown error")
-                        ),
-                        action: Action::Shutdown,
-                    });
-                }
+                        )
+                    },
+                ));
             }
             // A snapshot without capital is a failed snapshot: only one with capital resets it.
-            let without = from(p.last_capital_snapshot_at);
-            if without > c.snapshot_failing {
-                let failed = match p.last_snapshot_at {
-                    Some(at) if p.last_capital_snapshot_at.is_none_or(|good| at > good) => {
-                        format!(
-                            "; the newest snapshot ({}) holds no capital (the exchange did not \
-                             answer)",
-                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )
-                    }
-                    _ => String::new(),
-                };
-                holding.push(Finding {
-                    trigger: "snapshot_failing",
-                    reason: format!(
-                        "no snapshot with capital written for {} (threshold {}){failed}",
-                        secs(without),
-                        secs(c.snapshot_failing)
-                    ),
-                    action: Action::Shutdown,
-                });
-            }
+            holding.extend(over(
+                "snapshot_failing",
+                Action::Shutdown,
+                from(p.last_capital_snapshot_at),
+                c.snapshot_failing,
+                |lasted, limit| {
+                    let failed = match p.last_snapshot_at {
+                        Some(at) if p.last_capital_snapshot_at.is_none_or(|good| at > good) => {
+                            format!(
+                                "; the newest snapshot ({}) holds no capital (the exchange did \
+                                 not answer)",
+                                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    format!(
+                        "no snapshot with capital written for {lasted} (threshold {limit}){failed}"
+                    )
+                },
+            ));
         }
         if let Some(p) = replies.persister.answered()
             && let Some(free) = p.disk_free_bytes
@@ -278,19 +287,18 @@ impl Watch {
         if last_beat.is_some() {
             self.heartbeat_silent_since = None;
         }
-        let silent_for = from(silent);
-        if silent_for > c.heartbeat_missing {
-            holding.push(Finding {
-                trigger: "heartbeat_missing",
-                reason: format!(
-                    "no heartbeat for {} (threshold {}; heartbeat {})",
-                    secs(silent_for),
-                    secs(c.heartbeat_missing),
+        holding.extend(over(
+            "heartbeat_missing",
+            Action::ObserveOnly,
+            from(silent),
+            c.heartbeat_missing,
+            |lasted, limit| {
+                format!(
+                    "no heartbeat for {lasted} (threshold {limit}; heartbeat {})",
                     replies.heartbeat.describe()
-                ),
-                action: Action::ObserveOnly,
-            });
-        }
+                )
+            },
+        ));
 
         let ctx = health::Context {
             now,
@@ -300,19 +308,18 @@ impl Watch {
         let report = health::assess(replies, &self.health, &ctx);
         if report.status == Verdict::Unhealthy {
             let since = *self.unhealthy_since.get_or_insert(now);
-            let unhealthy_for = age(now, since);
-            if unhealthy_for > c.unhealthy_grace {
-                holding.push(Finding {
-                    trigger: "unhealthy",
-                    reason: format!(
-                        "health unhealthy for {} (grace {}): {}",
-                        secs(unhealthy_for),
-                        secs(c.unhealthy_grace),
+            holding.extend(over(
+                "unhealthy",
+                Action::Shutdown,
+                age(now, since),
+                c.unhealthy_grace,
+                |lasted, grace| {
+                    format!(
+                        "health unhealthy for {lasted} (grace {grace}): {}",
                         report.reasons.join("; ")
-                    ),
-                    action: Action::Shutdown,
-                });
-            }
+                    )
+                },
+            ));
         } else {
             self.unhealthy_since = None;
         }

@@ -5,6 +5,7 @@ use super::enter::seq_of;
 use super::*;
 
 /// The state of one protective leg.
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum LegState {
     Resting,
     Filled(ExOrder),
@@ -15,7 +16,15 @@ pub(super) enum LegState {
 }
 
 pub(super) async fn leg_state(ex: &Exec, currency: &str, label: &str) -> Result<LegState, String> {
-    Ok(match ex.find(currency, label).await? {
+    Ok(classify_leg(label, ex.find(currency, label).await?))
+}
+
+/// Leg classification, pure: what the exchange's answer for a protective label means.
+/// Resting is fine; any fill counts as filled (a partly filled leg closed part of the position);
+/// cancelled by a disconnect or never found means place it again; anything else (rejected,
+/// cancelled by hand) means the position is not protected.
+pub(super) fn classify_leg(label: &str, found: Found) -> LegState {
+    match found {
         Found::NotFound => LegState::Replace,
         Found::Order(o) if is_resting(&o.order_state) => LegState::Resting,
         Found::Order(o) if o.order_state == "filled" || o.filled_amount > 0.0 => {
@@ -32,7 +41,86 @@ pub(super) async fn leg_state(ex: &Exec, currency: &str, label: &str) -> Result<
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         )),
+    }
+}
+
+/// After both legs are classified: did one of them close the position?
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum AfterLegs<'a> {
+    /// Leg `filled` closed it: cancel `other`, finish the trade at `exit`.
+    Filled {
+        other: &'a str,
+        exit: f64,
+        reason: String,
+    },
+    /// Neither filled: ask the exchange whether the position is still there.
+    AskPosition,
+}
+
+/// The first step of the position check, pure: the stop-loss is looked at first; the exit
+/// price is the leg's average fill, or the entry price when the exchange gave none.
+pub(super) fn after_legs<'a>(
+    position: &PositionData,
+    [sl, tp]: [&'a str; 2],
+    [sl_state, tp_state]: [&LegState; 2],
+) -> AfterLegs<'a> {
+    for (state, other, what) in [(sl_state, tp, "stop-loss"), (tp_state, sl, "take-profit")] {
+        if let LegState::Filled(o) = state {
+            let exit = if o.average_price > 0.0 {
+                o.average_price
+            } else {
+                position.entry_price
+            };
+            return AfterLegs::Filled {
+                other,
+                exit,
+                reason: format!("{what} {} filled at {exit}", o.label),
+            };
+        }
+    }
+    AfterLegs::AskPosition
+}
+
+/// What to do once the exchange's position size is known and no leg filled.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Repair<'a> {
+    /// The position is gone (closed outside TradeBaas): cancel both legs, finish at entry.
+    ClosedElsewhere,
+    /// What each leg that is not in place needs, stop-loss first. Closing is the answer if
+    /// any is broken (or if placing one again fails).
+    Legs(Vec<Fix<'a>>),
+}
+
+/// One leg's repair.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Fix<'a> {
+    /// Place the leg `label` again (reduce-only).
+    Replace(&'a str, Leg),
+    /// It cannot be had, for this reason.
+    Broken(String),
+}
+
+/// The second step of the position check, pure.
+pub(super) fn repair<'a>(
+    exchange_size: f64,
+    [sl, tp]: [&'a str; 2],
+    [sl_state, tp_state]: [&LegState; 2],
+) -> Repair<'a> {
+    if exchange_size.abs() < 1e-9 {
+        return Repair::ClosedElsewhere;
+    }
+    let fixes = [
+        (sl_state, sl, Leg::StopLoss),
+        (tp_state, tp, Leg::TakeProfit),
+    ]
+    .into_iter()
+    .filter_map(|(state, label, leg)| match state {
+        LegState::Resting | LegState::Filled(_) => None,
+        LegState::Broken(why) => Some(Fix::Broken(why.clone())),
+        LegState::Replace => Some(Fix::Replace(label, leg)),
     })
+    .collect();
+    Repair::Legs(fixes)
 }
 
 /// POSITION_OPEN: has a leg closed the position, was it closed elsewhere, are both legs in
@@ -62,65 +150,53 @@ pub(super) async fn check(ex: &Exec, snap: &Snapshot) -> Result<(), String> {
     }
 
     let currency = snap.currency();
-    let sl_state = leg_state(ex, currency, &sl).await?;
-    let tp_state = leg_state(ex, currency, &tp).await?;
-    for (filled, other, what) in [
-        (&sl_state, &tp, "stop-loss"),
-        (&tp_state, &sl, "take-profit"),
-    ] {
-        if let LegState::Filled(o) = filled {
-            let _ = ex
-                .call(
-                    "private/cancel_by_label",
-                    json!({ "label": other, "currency": currency }),
-                )
-                .await;
-            let exit = if o.average_price > 0.0 {
-                o.average_price
-            } else {
-                position.entry_price
-            };
+    let states = [
+        &leg_state(ex, currency, &sl).await?,
+        &leg_state(ex, currency, &tp).await?,
+    ];
+    let labels = [sl.as_str(), tp.as_str()];
+    if let AfterLegs::Filled {
+        other,
+        exit,
+        reason,
+    } = after_legs(&position, labels, states)
+    {
+        let _ = ex
+            .call(
+                "private/cancel_by_label",
+                json!({ "label": other, "currency": currency }),
+            )
+            .await;
+        return finish(ex, snap, &position, exit, &reason).await;
+    }
+
+    let exchange_size = position_size(ex, &position.instrument).await?;
+    let fixes = match repair(exchange_size, labels, states) {
+        Repair::ClosedElsewhere => {
+            for label in labels {
+                let _ = ex
+                    .call(
+                        "private/cancel_by_label",
+                        json!({ "label": label, "currency": currency }),
+                    )
+                    .await;
+            }
             return finish(
                 ex,
                 snap,
                 &position,
-                exit,
-                &format!("{what} {} filled at {exit}", o.label),
+                position.entry_price,
+                "position closed outside TradeBaas; its protective orders were cancelled",
             )
             .await;
         }
-    }
-
-    // No leg filled: is the position still there?
-    let exchange_size = position_size(ex, &position.instrument).await?;
-    if exchange_size.abs() < 1e-9 {
-        for label in [&sl, &tp] {
-            let _ = ex
-                .call(
-                    "private/cancel_by_label",
-                    json!({ "label": label, "currency": currency }),
-                )
-                .await;
-        }
-        return finish(
-            ex,
-            snap,
-            &position,
-            position.entry_price,
-            "position closed outside TradeBaas; its protective orders were cancelled",
-        )
-        .await;
-    }
-
+        Repair::Legs(fixes) => fixes,
+    };
     let mut broken = Vec::new();
-    for (state, label, leg) in [
-        (&sl_state, &sl, Leg::StopLoss),
-        (&tp_state, &tp, Leg::TakeProfit),
-    ] {
-        match state {
-            LegState::Resting | LegState::Filled(_) => {}
-            LegState::Broken(why) => broken.push(why.clone()),
-            LegState::Replace => {
+    for fix in fixes {
+        match fix {
+            Fix::Broken(why) => broken.push(why),
+            Fix::Replace(label, leg) => {
                 if let Err(e) = replace_leg(ex, &position, label, leg).await {
                     broken.push(format!("{label} could not be placed again: {e}"));
                 }
@@ -299,3 +375,7 @@ pub(super) async fn close(ex: &Exec, snap: &Snapshot, reason: &str) -> Result<()
     }
     finish(ex, &snap, &position, order.average_price, reason).await
 }
+
+#[cfg(test)]
+#[path = "protect_tests.rs"]
+mod tests;

@@ -282,6 +282,51 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Recovery's decision once the facts are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Trading continues as before (AGGRESSIVE).
+    Resume,
+    /// Would resume, but the fail-safe is already in SHUTDOWN: nothing is restricted, trading
+    /// stays stopped.
+    StaysShutdown,
+    /// Restrict to OBSERVE_ONLY, with the CRITICAL alert when the state or the exchange
+    /// disagreed (`alert`), and a warning saying why a clean start did not resume.
+    Restrict {
+        alert: bool,
+        warning: Option<String>,
+    },
+}
+
+/// The resume-or-restrict decision, pure. Only a clean recovery (state restored, exchange
+/// reconciled, no difference) of a stored AGGRESSIVE mode resumes; on a first start (nothing
+/// stored, no records) the fail-safe's current, configured initial mode stands in for the
+/// stored one. Everything else is OBSERVE_ONLY; an unclean one also alerts.
+pub fn resume_decision(
+    clean: bool,
+    stored_mode: Option<TradingMode>,
+    has_records: bool,
+    current: Option<TradingMode>,
+) -> Resume {
+    let mode_to_resume = stored_mode.or(if has_records { None } else { current });
+    if clean && mode_to_resume == Some(TradingMode::Aggressive) {
+        return if current == Some(TradingMode::Shutdown) {
+            Resume::StaysShutdown
+        } else {
+            Resume::Resume
+        };
+    }
+    let warning = clean.then(|| {
+        let stored =
+            stored_mode.map_or("no stored mode".to_string(), |m| format!("stored mode {m}"));
+        format!("{stored}: trading is not resumed automatically")
+    });
+    Resume::Restrict {
+        alert: !clean,
+        warning,
+    }
+}
+
 /// Runs the recovery: load, wait for the broker, query the exchange for `currencies` (the
 /// daemon passes `config.currencies`), reconcile, decide. Never takes longer than
 /// `config.timeout` (plus a few milliseconds); never panics on what the exchange or the store
@@ -311,32 +356,22 @@ pub async fn recover(
     }
 
     let clean = p.state_restored && p.broker_reconciled && p.differences.is_empty();
-    let mut strategy_resumed = false;
     let current = fail_safe_mode(names, deadline).await;
-    // Nothing stored yet (a first start): the fail-safe runs on its configured initial mode.
-    let mode_to_resume = p
-        .stored_mode
-        .or(if p.records.is_empty() { current } else { None });
-    if clean && mode_to_resume == Some(TradingMode::Aggressive) {
-        if current == Some(TradingMode::Shutdown) {
-            p.warnings
-                .push("the fail-safe is in SHUTDOWN; trading stays stopped".into());
-        } else {
-            strategy_resumed = true;
-        }
-    } else {
-        if clean {
-            let stored = p
-                .stored_mode
-                .map_or("no stored mode".to_string(), |m| format!("stored mode {m}"));
-            p.warnings
-                .push(format!("{stored}: trading is not resumed automatically"));
-        }
-        if let Err(e) = observe_only(names, deadline).await {
-            p.errors.push(e);
-        }
-        if !clean {
-            raise_alert(names, &p);
+    let decision = resume_decision(clean, p.stored_mode, !p.records.is_empty(), current);
+    let strategy_resumed = decision == Resume::Resume;
+    match decision {
+        Resume::Resume => {}
+        Resume::StaysShutdown => p
+            .warnings
+            .push("the fail-safe is in SHUTDOWN; trading stays stopped".into()),
+        Resume::Restrict { alert, warning } => {
+            p.warnings.extend(warning);
+            if let Err(e) = observe_only(names, deadline).await {
+                p.errors.push(e);
+            }
+            if alert {
+                raise_alert(names, &p);
+            }
         }
     }
 

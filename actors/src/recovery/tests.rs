@@ -273,3 +273,63 @@ fn config_defaults_and_validation() {
         assert!(e.starts_with(field), "{e}");
     }
 }
+
+#[test]
+fn only_a_clean_recovery_of_a_stored_aggressive_mode_resumes() {
+    use TradingMode::*;
+    assert_eq!(
+        resume_decision(true, Some(Aggressive), true, Some(ObserveOnly)),
+        Resume::Resume
+    );
+    // Already in SHUTDOWN: nothing to restrict, trading stays stopped.
+    assert_eq!(
+        resume_decision(true, Some(Aggressive), true, Some(Shutdown)),
+        Resume::StaysShutdown
+    );
+    // Clean, but not stored as AGGRESSIVE: restricted, no alert, a warning saying why.
+    assert_eq!(
+        resume_decision(true, Some(ObserveOnly), true, Some(ObserveOnly)),
+        Resume::Restrict {
+            alert: false,
+            warning: Some("stored mode OBSERVE_ONLY: trading is not resumed automatically".into()),
+        }
+    );
+    // Unclean: restricted and alerted, whatever was stored.
+    assert_eq!(
+        resume_decision(false, Some(Aggressive), true, Some(Aggressive)),
+        Resume::Restrict {
+            alert: true,
+            warning: None,
+        }
+    );
+}
+
+#[test]
+fn a_first_start_resumes_on_the_configured_mode_but_not_with_records_and_no_mode() {
+    use TradingMode::*;
+    // Nothing stored at all: the fail-safe's initial mode stands in.
+    assert_eq!(
+        resume_decision(true, None, false, Some(Aggressive)),
+        Resume::Resume
+    );
+    assert_eq!(
+        resume_decision(true, None, false, Some(ObserveOnly)),
+        Resume::Restrict {
+            alert: false,
+            warning: Some("no stored mode: trading is not resumed automatically".into()),
+        }
+    );
+    // Records but no stored mode: the mode was lost, so no resume on the configured one.
+    assert_eq!(
+        resume_decision(true, None, true, Some(Aggressive)),
+        Resume::Restrict {
+            alert: false,
+            warning: Some("no stored mode: trading is not resumed automatically".into()),
+        }
+    );
+    // The fail-safe did not answer: nothing to stand in.
+    assert!(matches!(
+        resume_decision(true, None, false, None),
+        Resume::Restrict { alert: false, .. }
+    ));
+}

@@ -65,6 +65,25 @@ pub struct ExOrder {
     pub cancel_reason: Option<String>,
 }
 
+#[cfg(test)]
+impl ExOrder {
+    /// A test order on BTC-PERPETUAL: a 10-contract sell, nothing filled.
+    pub(crate) fn sample(order_id: &str, label: &str, state: &str) -> Self {
+        Self {
+            order_id: order_id.into(),
+            label: label.into(),
+            instrument_name: "BTC-PERPETUAL".into(),
+            order_state: state.into(),
+            direction: "sell".into(),
+            amount: 10.0,
+            last_update_timestamp: 0,
+            filled_amount: 0.0,
+            average_price: 0.0,
+            cancel_reason: None,
+        }
+    }
+}
+
 /// A JSON-RPC error object from the exchange.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("exchange error {code}: {message}")]

@@ -58,18 +58,7 @@ fn pos(instrument: &str, size: f64) -> ExPosition {
 }
 
 fn order(id: &str, label: &str, state: &str) -> ExOrder {
-    ExOrder {
-        order_id: id.into(),
-        label: label.into(),
-        instrument_name: "BTC-PERPETUAL".into(),
-        order_state: state.into(),
-        direction: "sell".into(),
-        amount: 10.0,
-        last_update_timestamp: 0,
-        filled_amount: 0.0,
-        average_price: 0.0,
-        cancel_reason: None,
-    }
+    ExOrder::sample(id, label, state)
 }
 
 struct Case {

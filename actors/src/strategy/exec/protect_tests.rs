@@ -6,18 +6,7 @@ const SL: &str = "tb-a-3-sl";
 const TP: &str = "tb-a-3-tp";
 
 fn order(label: &str, state: &str) -> ExOrder {
-    ExOrder {
-        order_id: format!("id-{label}"),
-        label: label.into(),
-        instrument_name: "BTC-PERPETUAL".into(),
-        order_state: state.into(),
-        direction: "sell".into(),
-        amount: 10.0,
-        last_update_timestamp: 0,
-        filled_amount: 0.0,
-        average_price: 0.0,
-        cancel_reason: None,
-    }
+    ExOrder::sample(&format!("id-{label}"), label, state)
 }
 
 fn cancelled(label: &str, why: &str) -> ExOrder {

@@ -78,22 +78,19 @@ pub struct ForeignInternal {
 macro_rules! dispatch {
     ($Msg:ident, "supervisor", $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
         $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
-        match $msg {
-            $Msg::Internal(internal) => match internal.open::<$Internal>() {
-                Ok($m) => return $internal,
-                Err(e) => ::tracing::error!(actor = "supervisor", "{e}"),
-            },
-            $Msg::Status(reply) => {
-                let _ = reply.send($status);
-            }
-            $Msg::Ping(reply) => {
-                let _ = reply.send(());
-            }
-            $($arms)*
-        }
+        $crate::protocol::dispatch!(@common $Msg, "supervisor", $m, $Internal, $internal, $status,
+            $msg, { $($arms)* })
     };
     ($Msg:ident, $name:literal, $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
         $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
+        $crate::protocol::dispatch!(@common $Msg, $name, $m, $Internal, $internal, $status, $msg, {
+            #[cfg(any(test, feature = "test-hooks"))]
+            $Msg::Hook(hook) => hook.act(&$myself.get_cell()).await?,
+            $($arms)*
+        })
+    };
+    (@common $Msg:ident, $name:literal, $m:ident, $Internal:ty, $internal:expr, $status:expr,
+        $msg:ident, { $($arms:tt)* }) => {
         match $msg {
             $Msg::Internal(internal) => match internal.open::<$Internal>() {
                 Ok($m) => return $internal,
@@ -105,8 +102,6 @@ macro_rules! dispatch {
             $Msg::Ping(reply) => {
                 let _ = reply.send(());
             }
-            #[cfg(any(test, feature = "test-hooks"))]
-            $Msg::Hook(hook) => hook.act(&$myself.get_cell()).await?,
             $($arms)*
         }
     };

@@ -650,6 +650,11 @@ pub fn run_one(rng: &mut fastrand::Rng, fx: &Fixture, n: u64, tally: &mut Tally)
     let outcome = match verdict {
         Ok(o) => o,
         Err(why) => {
+            // TRADEBAAS_FUZZ_KEEP=<dir> keeps each failing file (before the open) to study.
+            if let Some(dir) = std::env::var_os("TRADEBAAS_FUZZ_KEEP") {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(Path::new(&dir).join(format!("file-{n}.db")), &mutated);
+            }
             if tally.failures.len() < 20 {
                 tally
                     .failures

@@ -348,7 +348,25 @@ fn check_events(
             problems.append(&mut archived.problems);
         } else {
             chain.archived = archived_ranges(conn)?;
-            for_each_event_after(conn, checkpoint.unwrap_or(0), |row| chain.push(&row))?;
+            // No quick_check here, so the B-tree's order is checked where the next writes go:
+            // every tail row must be found again by its key. A damaged interior page (a flipped
+            // divider key) still lets the range scan read every row, but a seek takes the wrong
+            // branch, and the daemon's next insert would land out of order.
+            let mut seek = conn.prepare("SELECT 1 FROM events WHERE seq = ?1")?;
+            for_each_event_after(conn, checkpoint.unwrap_or(0), |row| {
+                chain.push(&row);
+                match seek.exists([i64::try_from(row.seq).unwrap_or(i64::MAX)]) {
+                    Ok(true) => {}
+                    Ok(false) => chain.problem(format!(
+                        "event seq {}: read by the scan but not found by its key (damaged \
+                         B-tree page)",
+                        row.seq
+                    )),
+                    Err(e) => {
+                        chain.problem(format!("event seq {}: seek by key failed: {e}", row.seq))
+                    }
+                }
+            })?;
         }
         if report.scope == Scope::Full {
             duplicate_ids(conn, &mut problems)?;

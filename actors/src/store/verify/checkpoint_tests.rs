@@ -326,3 +326,72 @@ fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
     );
     assert!(verify(&path).ok);
 }
+
+/// A bit flip in a divider key of the events table's interior page: the range scan still reads
+/// every row in order, but a seek for a row past the flipped key takes the wrong branch, and the
+/// next insert would land out of order (found by the store fuzz, seed 11587154055646684578,
+/// file 179). The tail check seeks every tail row by its key, so the open moves it aside.
+#[test]
+fn a_flipped_divider_key_in_the_events_tree_fails_the_tail_check() {
+    let (_dir, path, backups) = store_with(300);
+    let (store, _) = open_verified(&path, &backups).unwrap();
+    drop(store);
+    let mut store = Store::open(&path).unwrap();
+    for i in 0..60 {
+        store
+            .commit(&Change::event("heartbeat", json!({ "after": i })))
+            .unwrap();
+    }
+    let backup = store.backup_to(&backups).unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let root: i64 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert!(!tests_companions(&path)[0].exists());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = usize::try_from((root - 1) * page_size).unwrap();
+    let header = if root == 1 { page + 100 } else { page };
+    assert_eq!(
+        bytes[header], 0x05,
+        "the events root is an interior table page"
+    );
+    let cells = usize::from(u16::from_be_bytes([bytes[header + 3], bytes[header + 4]]));
+    let pointer = header + 12 + 2 * (cells - 1);
+    let last = page + usize::from(u16::from_be_bytes([bytes[pointer], bytes[pointer + 1]]));
+    // The cell: a 4-byte left child, then the divider key as a varint (two bytes for 128..16383).
+    let (hi, lo) = (bytes[last + 4], bytes[last + 5]);
+    assert!(hi & 0x80 != 0 && lo & 0x80 == 0, "a two-byte divider key");
+    let key = (u64::from(hi & 0x7f) << 7) | u64::from(lo);
+    assert!(
+        (300..361).contains(&key),
+        "the last divider {key} is in the tail"
+    );
+    bytes[last + 4] = hi | 0x10; // key + 2048: past every row
+    std::fs::write(&path, &bytes).unwrap();
+
+    let report = verify_tail(&path);
+    assert!(!report.ok, "{report:?}");
+    assert!(
+        report.summary().contains("not found by its key"),
+        "{}",
+        report.summary()
+    );
+    assert!(!verify(&path).ok, "quick_check sees it too");
+    let (store, report) = open_verified(&path, &backups).expect("recovered, not refused");
+    drop(store);
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert_eq!(
+        report.restored_from.as_deref(),
+        Some(backup.display().to_string().as_str())
+    );
+    assert!(verify(&path).ok);
+}

@@ -280,16 +280,13 @@ fn a_damaged_schema_text_fails_verification() {
 /// zeroed page of the `event_id` index, failed `begin_run` with "database disk image is
 /// malformed" and the daemon refused to start; now the full verification confirms the
 /// damage and the store is moved aside and the backup restored.
-#[test]
-fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
-    let (_dir, path, backups) = store_with(5);
-    let (store, _) = open_verified(&path, &backups).unwrap();
-    let backup = store.backup_to(&backups).unwrap();
-    drop(store);
-    let conn = Connection::open(&path).unwrap();
+/// The store file's bytes (no WAL beside it) and the byte range of the root page of the schema
+/// object matching `filter` (an `sqlite_master` condition).
+fn root_page(path: &Path, filter: &str) -> (Vec<u8>, std::ops::Range<usize>) {
+    let conn = Connection::open(path).unwrap();
     let root: i64 = conn
         .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+            &format!("SELECT rootpage FROM sqlite_master WHERE {filter}"),
             [],
             |r| r.get(0),
         )
@@ -298,11 +295,20 @@ fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .unwrap();
     drop(conn);
-    assert!(!tests_companions(&path)[0].exists());
-    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(!tests_companions(path)[0].exists());
     let start = usize::try_from((root - 1) * page_size).unwrap();
     let end = start + usize::try_from(page_size).unwrap();
-    bytes[start..end].fill(0);
+    (std::fs::read(path).unwrap(), start..end)
+}
+
+#[test]
+fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
+    let (_dir, path, backups) = store_with(5);
+    let (store, _) = open_verified(&path, &backups).unwrap();
+    let backup = store.backup_to(&backups).unwrap();
+    drop(store);
+    let (mut bytes, page) = root_page(&path, "type = 'index' AND tbl_name = 'events'");
+    bytes[page].fill(0);
     std::fs::write(&path, &bytes).unwrap();
     assert!(
         verify_tail(&path).ok,
@@ -344,22 +350,9 @@ fn a_flipped_divider_key_in_the_events_tree_fails_the_tail_check() {
     }
     let backup = store.backup_to(&backups).unwrap();
     drop(store);
-    let conn = Connection::open(&path).unwrap();
-    let root: i64 = conn
-        .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let page_size: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .unwrap();
-    drop(conn);
-    assert!(!tests_companions(&path)[0].exists());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let page = usize::try_from((root - 1) * page_size).unwrap();
-    let header = if root == 1 { page + 100 } else { page };
+    let (mut bytes, page) = root_page(&path, "type = 'table' AND name = 'events'");
+    let page = page.start;
+    let header = if page == 0 { 100 } else { page };
     assert_eq!(
         bytes[header], 0x05,
         "the events root is an interior table page"

@@ -40,7 +40,6 @@ use crate::names::Names;
 use crate::protocol::dispatch;
 // Used by the test modules (`tests`, `sink_tests`) through `use super::*`.
 #[cfg(test)]
-use crate::names::ChildName;
 #[cfg(test)]
 use crate::protocol::persister::PersisterMsg;
 #[cfg(test)]

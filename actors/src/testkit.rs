@@ -46,9 +46,14 @@ pub async fn commit(persister: &ActorRef<PersisterMsg>, change: Change) -> Commi
 
 /// An alert actor with the default configuration (no sinks), registered under `names`.
 pub async fn spawn_alert(names: &Names) -> ActorRef<AlertMsg> {
+    spawn_alert_with(names, AlertConfig::default()).await
+}
+
+/// An alert actor with `config`, registered under `names`.
+pub async fn spawn_alert_with(names: &Names, config: AlertConfig) -> ActorRef<AlertMsg> {
     let args = AlertArgs {
         names: names.clone(),
-        config: AlertConfig::default(),
+        config,
     };
     let (alert, _) = Actor::spawn(Some(names.of(ChildName::Alert)), AlertActor, args)
         .await

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef, call_t};
+use ractor::{ActorRef, call_t};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use super::sink::{DeliveryConfig, SinkKind};
 use super::*;
 use crate::backoff::Backoff;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -137,18 +137,51 @@ fn alert(key: &str) -> Alert {
 }
 
 async fn spawn(prefix: &str, config: AlertConfig) -> ActorRef<AlertMsg> {
-    let names = Names::with_prefix(prefix);
-    let (actor, _) = Actor::spawn(
-        Some(names.of(ChildName::Alert)),
-        AlertActor,
-        AlertArgs {
-            names: names.clone(),
-            config,
-        },
+    crate::testkit::spawn_alert_with(&Names::with_prefix(prefix), config).await
+}
+
+fn raise(actor: &ActorRef<AlertMsg>, key: &str) {
+    actor.send_message(AlertMsg::Raise(alert(key))).unwrap();
+}
+
+/// The default config with only the webhook sink on, to `url`.
+fn webhook_to(url: &str, delivery: DeliveryConfig) -> AlertConfig {
+    let mut config = AlertConfig {
+        delivery,
+        ..AlertConfig::default()
+    };
+    config.webhook.enabled = true;
+    config.webhook.url = url.to_owned();
+    config
+}
+
+/// A webhook to `url` that gives a delivery up after `max_attempts`, failing after
+/// `failing_after`: the actor and the sink's status once one raise was given up.
+async fn given_up(
+    url: &str,
+    prefix: &str,
+    max_attempts: u32,
+    failing_after: u32,
+) -> (ActorRef<AlertMsg>, SinkStatus) {
+    let delivery = DeliveryConfig {
+        max_attempts,
+        failing_after,
+        ..fast_delivery()
+    };
+    let actor = spawn(prefix, webhook_to(url, delivery)).await;
+    raise(&actor, "failsafe:k");
+    let s = abandoned(&actor).await;
+    (actor, s)
+}
+
+/// The webhook sink's status once it gave its first delivery up.
+async fn abandoned(actor: &ActorRef<AlertMsg>) -> SinkStatus {
+    crate::testkit::eventually(
+        "the delivery given up after max_attempts",
+        Duration::from_secs(5),
+        async || Some(sink_status(actor, SinkKind::Webhook).await).filter(|s| s.abandoned == 1),
     )
     .await
-    .unwrap();
-    actor
 }
 
 async fn status(actor: &ActorRef<AlertMsg>) -> AlertStatus {
@@ -176,23 +209,19 @@ async fn alertmanager_gets_the_documented_alert_and_endsat_on_resolve() {
     config.alertmanager.generator_url = Some("http://127.0.0.1:3000/health".into());
     let actor = spawn("alert-am-", config).await;
 
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:heartbeat")))
-        .unwrap();
+    raise(&actor, "failsafe:heartbeat");
     let seen = rx.wait_for(1).await;
     assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].path, "/api/v2/alerts");
     let alerts = seen[0].body.as_array().expect("a JSON array");
     assert_eq!(alerts.len(), 1);
     let a = &alerts[0];
+    // Exactly the documented alert of the open record (its fields: `payload`'s tests).
+    let record = status(&actor).await.recent.remove(0);
+    let documented =
+        super::payload::alertmanager_alert(&record, Some("http://127.0.0.1:3000/health"));
+    assert_eq!(a, &documented);
     assert_eq!(a["labels"]["alertname"], "failsafe:heartbeat");
-    assert_eq!(a["labels"]["severity"], "critical");
-    assert_eq!(a["labels"]["key"], "failsafe:heartbeat");
-    assert_eq!(a["annotations"]["summary"], "Trading stopped");
-    assert_eq!(
-        a["annotations"]["description"],
-        "fail-safe entered SHUTDOWN"
-    );
     assert_eq!(a["annotations"]["root_cause"], "heartbeat lost for 3m");
     assert!(
         a["annotations"]["recommended_action"]
@@ -243,12 +272,8 @@ async fn alertmanager_re_sends_open_alerts_and_stops_after_the_resolve() {
     config.alertmanager.url = rx.url.clone();
     config.alertmanager.resend_interval = Duration::from_millis(30);
     let actor = spawn("alert-am-resend-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:a")))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:b")))
-        .unwrap();
+    raise(&actor, "failsafe:a");
+    raise(&actor, "failsafe:b");
     // The raises, then at least two re-sends carrying both open alerts.
     let seen = rx.wait_for(4).await;
     assert!(
@@ -286,19 +311,12 @@ async fn alertmanager_re_sends_open_alerts_and_stops_after_the_resolve() {
 #[tokio::test]
 async fn webhook_retries_after_a_500_and_delivers_the_v4_payload() {
     let rx = Receiver::start(|n| Some(if n == 0 { 500 } else { 200 })).await;
-    let mut config = AlertConfig {
-        delivery: fast_delivery(),
-        ..AlertConfig::default()
-    };
-    config.webhook.enabled = true;
-    config.webhook.url = format!("{}/hooks/alerts", rx.url);
+    let mut config = webhook_to(&format!("{}/hooks/alerts", rx.url), fast_delivery());
     config.webhook.receiver = "ops-chat".into();
     config.webhook.external_url = "http://127.0.0.1:3000".into();
     let actor = spawn("alert-webhook-", config).await;
 
-    actor
-        .send_message(AlertMsg::Raise(alert("store:backup")))
-        .unwrap();
+    raise(&actor, "store:backup");
     let seen = rx.wait_for(2).await;
     assert_eq!(seen[0].body, seen[1].body, "the retry sends the same body");
     assert_eq!(seen[1].path, "/hooks/alerts");
@@ -347,17 +365,10 @@ async fn webhook_retries_after_a_500_and_delivers_the_v4_payload() {
 #[tokio::test]
 async fn a_thousand_repeats_reach_the_webhook_once() {
     let rx = Receiver::start(|_| Some(200)).await;
-    let mut config = AlertConfig {
-        delivery: fast_delivery(),
-        ..AlertConfig::default()
-    };
-    config.webhook.enabled = true;
-    config.webhook.url = rx.url.clone();
+    let config = webhook_to(&rx.url, fast_delivery());
     let actor = spawn("alert-webhook-dedup-", config).await;
     for _ in 0..1000 {
-        actor
-            .send_message(AlertMsg::Raise(alert("failsafe:heartbeat")))
-            .unwrap();
+        raise(&actor, "failsafe:heartbeat");
     }
     let s = status(&actor).await;
     assert_eq!((s.open, s.recent[0].count), (1, 1000));
@@ -370,30 +381,7 @@ async fn a_thousand_repeats_reach_the_webhook_once() {
 #[tokio::test]
 async fn a_permanently_failing_sink_is_reported_failing() {
     let rx = Receiver::start(|_| Some(503)).await;
-    let mut config = AlertConfig {
-        delivery: DeliveryConfig {
-            max_attempts: 3,
-            failing_after: 2,
-            ..fast_delivery()
-        },
-        ..AlertConfig::default()
-    };
-    config.webhook.enabled = true;
-    config.webhook.url = rx.url.clone();
-    let actor = spawn("alert-failing-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k")))
-        .unwrap();
-    let mut last = None;
-    for _ in 0..1000 {
-        let s = sink_status(&actor, SinkKind::Webhook).await;
-        if s.abandoned == 1 {
-            last = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let s = last.expect("the delivery is given up after max_attempts");
+    let (actor, s) = given_up(&rx.url, "alert-failing-", 3, 2).await;
     assert!(s.failing);
     assert_eq!(s.delivered, 0);
     assert_eq!(s.failed_attempts, 3);
@@ -411,25 +399,19 @@ async fn a_permanently_failing_sink_is_reported_failing() {
 #[tokio::test]
 async fn a_hanging_receiver_never_blocks_the_actor_and_a_full_queue_drops_the_oldest() {
     let rx = Receiver::start(|_| None).await;
-    let mut config = AlertConfig {
-        delivery: DeliveryConfig {
+    let config = webhook_to(
+        &rx.url,
+        DeliveryConfig {
             queue_capacity: 2,
             timeout: Duration::from_secs(30),
             ..fast_delivery()
         },
-        ..AlertConfig::default()
-    };
-    config.webhook.enabled = true;
-    config.webhook.url = rx.url.clone();
+    );
     let actor = spawn("alert-hang-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k0")))
-        .unwrap();
+    raise(&actor, "failsafe:k0");
     rx.wait_for(1).await; // k0 is in flight and will never be answered
     for i in 1..=5 {
-        actor
-            .send_message(AlertMsg::Raise(alert(&format!("failsafe:k{i}"))))
-            .unwrap();
+        raise(&actor, &format!("failsafe:k{i}"));
     }
     let started = std::time::Instant::now();
     let s = sink_status(&actor, SinkKind::Webhook).await;
@@ -460,9 +442,7 @@ async fn telegram_posts_to_the_bot_path_and_never_shows_the_token() {
             .contains("TOPSECRET")
     );
     let actor = spawn("alert-telegram-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:heartbeat")))
-        .unwrap();
+    raise(&actor, "failsafe:heartbeat");
     let seen = rx.wait_for(2).await;
     assert_eq!(seen[1].path, format!("/bot{TOKEN}/sendMessage"));
     assert_eq!(seen[1].body["chat_id"], "-1001234");
@@ -487,9 +467,7 @@ async fn telegram_without_a_token_is_failing_and_names_the_variable() {
     config.telegram.chat_id = "1".into();
     config.telegram.token_env = "TRADEBAAS_TEST_TOKEN_THAT_IS_NEVER_SET".into();
     let actor = spawn("alert-telegram-notoken-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k")))
-        .unwrap();
+    raise(&actor, "failsafe:k");
     let s = sink_status(&actor, SinkKind::Telegram).await;
     assert!(s.failing);
     assert!(
@@ -515,28 +493,7 @@ async fn an_https_sink_speaks_tls_and_reports_a_failed_handshake() {
             let _ = conn.shutdown().await;
         }
     });
-    let mut config = AlertConfig {
-        delivery: DeliveryConfig {
-            max_attempts: 1,
-            failing_after: 1,
-            ..fast_delivery()
-        },
-        ..AlertConfig::default()
-    };
-    config.webhook.enabled = true;
-    config.webhook.url = url;
-    let actor = spawn("alert-tls-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k")))
-        .unwrap();
-    let mut s = sink_status(&actor, SinkKind::Webhook).await;
-    for _ in 0..1000 {
-        if s.abandoned == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        s = sink_status(&actor, SinkKind::Webhook).await;
-    }
+    let (actor, s) = given_up(&url, "alert-tls-", 1, 1).await;
     assert!(s.failing);
     assert!(s.last_error_at.is_some());
     let error = s.last_error.unwrap();

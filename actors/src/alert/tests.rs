@@ -1,8 +1,6 @@
 //! Tests of the alert actor (spawned, with a real persister where the store matters).
 
 use super::*;
-use crate::metrics::Metrics;
-use crate::persister::{PersisterActor, PersisterArgs};
 use ractor::call_t;
 use serde_json::json;
 
@@ -18,18 +16,22 @@ fn alert(key: &str, severity: Severity) -> Alert {
     }
 }
 
+/// Sends `alert(key, severity)` to be raised.
+fn raise(actor: &ActorRef<AlertMsg>, key: &str, severity: Severity) {
+    actor
+        .send_message(AlertMsg::Raise(alert(key, severity)))
+        .unwrap();
+}
+
+fn resolve(actor: &ActorRef<AlertMsg>, key: &str) {
+    actor
+        .send_message(AlertMsg::Resolve { key: key.into() })
+        .unwrap();
+}
+
 async fn spawn(prefix: &str, config: AlertConfig) -> (Names, ActorRef<AlertMsg>) {
     let names = Names::with_prefix(prefix);
-    let (actor, _) = Actor::spawn(
-        Some(names.of(ChildName::Alert)),
-        AlertActor,
-        AlertArgs {
-            names: names.clone(),
-            config,
-        },
-    )
-    .await
-    .unwrap();
+    let actor = crate::testkit::spawn_alert_with(&names, config).await;
     (names, actor)
 }
 
@@ -46,25 +48,26 @@ fn default_config_is_valid_and_zero_recent_is_not() {
     assert!(serde_json::from_value::<AlertConfig>(json!({"bogus": 1})).is_err());
 }
 
+/// 3 repeats, and a thousand (a flapping check): one open alert, counted.
 #[tokio::test]
 async fn repeat_inside_the_window_only_bumps_the_count() {
     tokio::time::pause();
-    let (_, actor) = spawn("alert-dedup-", AlertConfig::default()).await;
-    for _ in 0..3 {
-        actor
-            .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-            .unwrap();
+    for n in [3u64, 1000] {
+        let (_, actor) = spawn(&format!("alert-dedup-{n}-"), AlertConfig::default()).await;
+        for _ in 0..n {
+            raise(&actor, "failsafe:k", Severity::Critical);
+        }
+        let s = call_t!(actor, AlertMsg::Status, 5000).unwrap();
+        assert_eq!(s.open, 1);
+        assert_eq!(s.open_critical, 1);
+        assert_eq!(s.raised_total, 1);
+        assert_eq!(s.deduplicated_total, n - 1);
+        assert_eq!(s.recent.len(), 1);
+        assert_eq!(s.recent[0].count, n);
+        assert_eq!(s.recent[0].severity, Severity::Critical);
+        assert!(uuid::Uuid::parse_str(&s.recent[0].alert_id).is_ok());
+        actor.stop_and_wait(None, None).await.unwrap();
     }
-    let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
-    assert_eq!(s.open, 1);
-    assert_eq!(s.open_critical, 1);
-    assert_eq!(s.raised_total, 1);
-    assert_eq!(s.deduplicated_total, 2);
-    assert_eq!(s.recent.len(), 1);
-    assert_eq!(s.recent[0].count, 3);
-    assert_eq!(s.recent[0].severity, Severity::Critical);
-    assert!(uuid::Uuid::parse_str(&s.recent[0].alert_id).is_ok());
-    actor.stop_and_wait(None, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -76,14 +79,10 @@ async fn repeat_after_the_window_is_a_new_record() {
         ..AlertConfig::default()
     };
     let (_, actor) = spawn("alert-window-", config).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Warning);
     call_t!(actor, AlertMsg::Ping, 1000).unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Warning);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.raised_total, 2);
     assert_eq!(s.deduplicated_total, 0);
@@ -96,25 +95,13 @@ async fn repeat_after_the_window_is_a_new_record() {
 #[tokio::test]
 async fn resolve_closes_and_a_new_raise_opens_again() {
     let (_, actor) = spawn("alert-resolve-", AlertConfig::default()).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Resolve {
-            key: "failsafe:k".into(),
-        })
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Resolve {
-            key: "unknown".into(),
-        })
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
+    resolve(&actor, "failsafe:k");
+    resolve(&actor, "unknown");
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.open, 0);
     assert!(s.recent[0].resolved_at.is_some());
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.open, 1);
     assert_eq!(s.raised_total, 2);
@@ -129,12 +116,7 @@ async fn keeps_at_most_max_recent_records() {
     };
     let (_, actor) = spawn("alert-cap-", config).await;
     for i in 0..10 {
-        actor
-            .send_message(AlertMsg::Raise(alert(
-                &format!("failsafe:k{i}"),
-                Severity::Info,
-            )))
-            .unwrap();
+        raise(&actor, &format!("failsafe:k{i}"), Severity::Info);
     }
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.raised_total, 10);
@@ -149,49 +131,10 @@ async fn raised_and_resolved_alerts_reach_the_store() {
     let path = dir.path().join("state.db");
     // Loaded first: a load finishing mid-test would add its own event.
     let (actor, persister) = spawn_stored("alert-store-", &path).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Resolve {
-            key: "failsafe:k".into(),
-        })
-        .unwrap();
-    call_t!(actor, AlertMsg::Ping, 1000).unwrap();
-    call_t!(persister, PersisterMsg::Flush, 5000)
-        .unwrap()
-        .unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
-    let store = crate::store::Store::open(&path).unwrap();
-    let kinds: Vec<String> = store
-        .events(0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, ["alert_raised", "alert_resolved"]);
-    actor.stop_and_wait(None, None).await.unwrap();
-}
-
-#[tokio::test]
-async fn a_thousand_repeats_are_one_open_alert_counted_a_thousand_times() {
-    tokio::time::pause();
-    let (_, actor) = spawn("alert-thousand-", AlertConfig::default()).await;
-    for _ in 0..1000 {
-        actor
-            .send_message(AlertMsg::Raise(alert(
-                "failsafe:heartbeat",
-                Severity::Critical,
-            )))
-            .unwrap();
-    }
-    let s = call_t!(actor, AlertMsg::Status, 5000).unwrap();
-    assert_eq!(s.open, 1);
-    assert_eq!(s.raised_total, 1);
-    assert_eq!(s.deduplicated_total, 999);
-    assert_eq!(s.recent.len(), 1);
-    assert_eq!(s.recent[0].count, 1000);
-    actor.stop_and_wait(None, None).await.unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
+    resolve(&actor, "failsafe:k");
+    stop_stored(actor, persister).await;
+    assert_eq!(stored_kinds(&path), ["alert_raised", "alert_resolved"]);
 }
 
 #[tokio::test]
@@ -200,34 +143,15 @@ async fn acknowledge_marks_the_record_and_is_stored() {
     let path = dir.path().join("state.db");
     // Loaded first: a load finishing mid-test would add its own event.
     let (actor, persister) = spawn_stored("alert-ack-", &path).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Warning);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     let id = s.recent[0].alert_id.clone();
     assert!(!s.recent[0].acknowledged);
 
-    let acked = call_t!(
-        actor,
-        |reply| AlertMsg::Acknowledge {
-            alert_id: id.clone(),
-            reply
-        },
-        1000
-    )
-    .unwrap()
-    .unwrap();
+    let acked = acknowledge(&actor, id.clone()).await.unwrap();
     assert!(acked.acknowledged);
     assert_eq!(acked.alert_id, id);
-    let unknown = call_t!(
-        actor,
-        |reply| AlertMsg::Acknowledge {
-            alert_id: "nope".into(),
-            reply
-        },
-        1000
-    )
-    .unwrap();
+    let unknown = acknowledge(&actor, "nope").await;
     assert_eq!(
         unknown,
         Err(AlertError::UnknownAlert {
@@ -237,22 +161,13 @@ async fn acknowledge_marks_the_record_and_is_stored() {
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert!(s.recent[0].acknowledged);
     // A repeat keeps the acknowledgement (it is the same open alert).
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Warning)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Warning);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert!(s.recent[0].acknowledged);
     assert_eq!(s.recent[0].count, 2);
 
-    call_t!(persister, PersisterMsg::Flush, 5000)
-        .unwrap()
-        .unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
-    let store = crate::store::Store::open(&path).unwrap();
-    let events = store.events(0, 10).unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["alert_raised", "alert_acknowledged"]);
-    actor.stop_and_wait(None, None).await.unwrap();
+    stop_stored(actor, persister).await;
+    assert_eq!(stored_kinds(&path), ["alert_raised", "alert_acknowledged"]);
 }
 
 #[test]
@@ -297,24 +212,9 @@ fn only_the_allowed_kinds_are_alert_keys() {
 #[tokio::test]
 async fn a_routine_event_is_refused_and_counted() {
     let (_, actor) = spawn("alert-refuse-", AlertConfig::default()).await;
-    actor
-        .send_message(AlertMsg::Raise(alert(
-            "broker:reconnect",
-            Severity::Warning,
-        )))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Raise(alert(
-            "strategy:s1:entry_blocked",
-            Severity::Info,
-        )))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Raise(alert(
-            "strategy:s1:unprotected",
-            Severity::Critical,
-        )))
-        .unwrap();
+    raise(&actor, "broker:reconnect", Severity::Warning);
+    raise(&actor, "strategy:s1:entry_blocked", Severity::Info);
+    raise(&actor, "strategy:s1:unprotected", Severity::Critical);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.refused_total, 2);
     assert_eq!(s.raised_total, 1);
@@ -330,23 +230,51 @@ async fn spawn_stored(
     path: &std::path::Path,
 ) -> (ActorRef<AlertMsg>, ActorRef<PersisterMsg>) {
     let (names, actor) = spawn(prefix, AlertConfig::default()).await;
-    let (persister, _) = Actor::spawn(
-        Some(names.of(ChildName::StatePersister)),
-        PersisterActor,
-        PersisterArgs::new(names.clone(), path.to_path_buf(), Metrics::new().unwrap()),
+    let persister = persister_loaded(&names, &actor, path).await;
+    (actor, persister)
+}
+
+/// A persister on `path` under `names`, once `actor` has loaded its history from it.
+async fn persister_loaded(
+    names: &Names,
+    actor: &ActorRef<AlertMsg>,
+    path: &std::path::Path,
+) -> ActorRef<PersisterMsg> {
+    let persister = crate::testkit::spawn_persister(names, path).await;
+    crate::testkit::wait_until(
+        "the alert history loaded",
+        Duration::from_secs(5),
+        async || {
+            call_t!(actor, AlertMsg::Status, 1000)
+                .unwrap()
+                .history_loaded
+        },
     )
-    .await
-    .unwrap();
-    for _ in 0..200 {
-        if call_t!(actor, AlertMsg::Status, 1000)
-            .unwrap()
-            .history_loaded
-        {
-            return (actor, persister);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the alert history was never loaded");
+    .await;
+    persister
+}
+
+/// The kinds of the first 100 events stored at `path`.
+fn stored_kinds(path: &std::path::Path) -> Vec<String> {
+    let store = crate::store::Store::open(path).unwrap();
+    let events = store.events(0, 100).unwrap();
+    events.into_iter().map(|e| e.kind).collect()
+}
+
+async fn acknowledge(
+    actor: &ActorRef<AlertMsg>,
+    id: impl Into<String>,
+) -> Result<AlertRecord, AlertError> {
+    let alert_id = id.into();
+    call_t!(
+        actor,
+        |reply| AlertMsg::Acknowledge {
+            alert_id: alert_id.clone(),
+            reply
+        },
+        1000
+    )
+    .unwrap()
 }
 
 async fn stop_stored(actor: ActorRef<AlertMsg>, persister: ActorRef<PersisterMsg>) {
@@ -363,29 +291,12 @@ async fn an_acknowledged_alert_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let (actor, persister) = spawn_stored("alert-restart-a-", &path).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Raise(alert("store:backup", Severity::Warning)))
-        .unwrap();
-    actor
-        .send_message(AlertMsg::Resolve {
-            key: "store:backup".into(),
-        })
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
+    raise(&actor, "store:backup", Severity::Warning);
+    resolve(&actor, "store:backup");
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     let id = s.recent[0].alert_id.clone();
-    call_t!(
-        actor,
-        |reply| AlertMsg::Acknowledge {
-            alert_id: id.clone(),
-            reply
-        },
-        1000
-    )
-    .unwrap()
-    .unwrap();
+    acknowledge(&actor, id.clone()).await.unwrap();
     stop_stored(actor, persister).await;
 
     let (actor, persister) = spawn_stored("alert-restart-b-", &path).await;
@@ -405,19 +316,13 @@ async fn an_acknowledged_alert_survives_a_restart() {
     assert_eq!(r.metadata, json!({ "n": 1 }));
     assert!(s.recent[1].resolved_at.is_some(), "{:?}", s.recent);
     // The open alert is the same one: a repeat inside the window bumps its count.
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.open_alerts[0].alert_id, id);
     assert_eq!(s.open_alerts[0].count, 2);
     assert!(s.open_alerts[0].acknowledged);
     // Resolving it after the restart closes it for good.
-    actor
-        .send_message(AlertMsg::Resolve {
-            key: "failsafe:k".into(),
-        })
-        .unwrap();
+    resolve(&actor, "failsafe:k");
     stop_stored(actor, persister).await;
     let (actor, persister) = spawn_stored("alert-restart-c-", &path).await;
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
@@ -433,9 +338,7 @@ async fn a_storm_of_repeats_is_stored_as_one_count_update() {
     let path = dir.path().join("state.db");
     let (actor, persister) = spawn_stored("alert-storm-", &path).await;
     for _ in 0..1000 {
-        actor
-            .send_message(AlertMsg::Raise(alert("heartbeat:lost", Severity::Critical)))
-            .unwrap();
+        raise(&actor, "heartbeat:lost", Severity::Critical);
     }
     call_t!(actor, AlertMsg::Ping, 5000).unwrap();
     // The counts are written once, one interval after the first repeat.
@@ -456,51 +359,22 @@ async fn an_alert_raised_before_the_persister_starts_is_stored_once_it_does() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let (names, actor) = spawn("alert-early-", AlertConfig::default()).await;
-    actor
-        .send_message(AlertMsg::Raise(alert(
-            "store:recovered",
-            Severity::Critical,
-        )))
-        .unwrap();
+    raise(&actor, "store:recovered", Severity::Critical);
     call_t!(actor, AlertMsg::Ping, 1000).unwrap();
-    let (persister, _) = Actor::spawn(
-        Some(names.of(ChildName::StatePersister)),
-        PersisterActor,
-        PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap()),
-    )
-    .await
-    .unwrap();
-    for _ in 0..200 {
-        if call_t!(actor, AlertMsg::Status, 1000)
-            .unwrap()
-            .history_loaded
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let persister = persister_loaded(&names, &actor, &path).await;
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert!(s.history_loaded);
     assert_eq!(s.store_failures, 0, "{:?}", s.last_store_error);
     stop_stored(actor, persister).await;
-    let store = crate::store::Store::open(&path).unwrap();
-    let kinds: Vec<String> = store
-        .events(0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, ["alert_raised"]);
-    let state = store.state().unwrap();
+    assert_eq!(stored_kinds(&path), ["alert_raised"]);
+    let state = crate::store::Store::open(&path).unwrap().state().unwrap();
     assert_eq!(state[ALERTS_STATE_KEY]["open"][0]["key"], "store:recovered");
 }
 
 #[tokio::test]
 async fn an_absent_persister_does_not_stop_alerts() {
     let (_, actor) = spawn("alert-nopersist-", AlertConfig::default()).await;
-    actor
-        .send_message(AlertMsg::Raise(alert("failsafe:k", Severity::Critical)))
-        .unwrap();
+    raise(&actor, "failsafe:k", Severity::Critical);
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.open, 1);
     actor.stop_and_wait(None, None).await.unwrap();

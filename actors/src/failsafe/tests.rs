@@ -58,6 +58,48 @@ async fn allow(actor: &ActorRef<FailSafeMsg>) -> Result<(), String> {
     call_t!(actor, FailSafeMsg::AllowEntry, 1000).unwrap()
 }
 
+/// A persister on a fresh store under names with `prefix` (keep the directory alive).
+async fn stored(prefix: impl Into<String>) -> (tempfile::TempDir, Names, ActorRef<PersisterMsg>) {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names::with_prefix(prefix);
+    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    (dir, names, persister)
+}
+
+async fn stop(fs: ActorRef<FailSafeMsg>, persister: ActorRef<PersisterMsg>) {
+    fs.stop_and_wait(None, None).await.unwrap();
+    persister.stop_and_wait(None, None).await.unwrap();
+}
+
+async fn mode_of(fs: &ActorRef<FailSafeMsg>) -> TradingMode {
+    call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap()
+}
+
+/// The mode in the store, once everything sent was written.
+async fn stored_mode(persister: &ActorRef<PersisterMsg>) -> TradingMode {
+    call_t!(persister, PersisterMsg::Flush, 5000)
+        .unwrap()
+        .unwrap();
+    let stored = call_t!(persister, PersisterMsg::Load, 5000)
+        .unwrap()
+        .unwrap();
+    let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
+    mode.mode
+}
+
+async fn restrict(fs: &ActorRef<FailSafeMsg>, mode: TradingMode) -> Result<(), String> {
+    call_t!(
+        fs,
+        |reply| FailSafeMsg::Restrict {
+            mode,
+            reason: "store restored".into(),
+            reply
+        },
+        2000
+    )
+    .unwrap()
+}
+
 fn aggressive() -> FailSafeConfig {
     FailSafeConfig {
         initial_mode: Some(TradingMode::Aggressive),
@@ -88,9 +130,7 @@ fn config_defaults_fail_closed_and_validate_names_the_field() {
 
 #[tokio::test]
 async fn a_restarted_fail_safe_knows_this_runs_recovery_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-recovered-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-recovered-").await;
     let started = crate::clock::now();
     let change = Change::event("test", json!({}))
         .set(
@@ -121,15 +161,12 @@ async fn a_restarted_fail_safe_knows_this_runs_recovery_finished() {
     wait_for(&fs, TradingMode::Aggressive).await;
     let err = allow(&fs).await.unwrap_err();
     assert!(err.contains("recovery has not finished"), "{err}");
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
 async fn stored_shutdown_is_latched_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-latch-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-latch-").await;
 
     let fs = spawn(&names, aggressive()).await;
     wait_for(&fs, TradingMode::Aggressive).await;
@@ -143,20 +180,14 @@ async fn stored_shutdown_is_latched_across_a_restart() {
     let fs = spawn(&names, aggressive()).await;
     let s = wait_for(&fs, TradingMode::Shutdown).await;
     assert!(s.reason.contains("test trigger"), "{}", s.reason);
-    assert_eq!(
-        call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-        TradingMode::Shutdown
-    );
+    assert_eq!(mode_of(&fs).await, TradingMode::Shutdown);
     assert!(allow(&fs).await.is_err());
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
 async fn status_says_which_mode_the_run_started_in_and_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-initial-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-initial-").await;
 
     // Nothing stored: the resolved initial mode, with its reason.
     let fs = spawn(&names, aggressive()).await;
@@ -184,8 +215,7 @@ async fn status_says_which_mode_the_run_started_in_and_why() {
         "{}",
         s.initial_mode_reason
     );
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
@@ -214,123 +244,69 @@ async fn entries_are_allowed_only_in_a_loaded_aggressive_mode() {
     assert!(allow(&fs).await.unwrap_err().contains("SHUTDOWN"));
 
     // The initial mode and every change were stored.
-    call_t!(persister, PersisterMsg::Flush, 5000)
-        .unwrap()
-        .unwrap();
-    let stored = call_t!(persister, PersisterMsg::Load, 5000)
-        .unwrap()
-        .unwrap();
-    let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
-    assert_eq!(mode.mode, TradingMode::Shutdown);
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    assert_eq!(stored_mode(&persister).await, TradingMode::Shutdown);
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
 async fn shutdown_is_cleared_only_through_observe_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-clear-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-clear-").await;
     let fs = spawn(&names, FailSafeConfig::default()).await;
     wait_for(&fs, TradingMode::ObserveOnly).await;
     assert_eq!(trigger(&fs, "test").await, Ok(()));
     assert_eq!(trigger(&fs, "again").await, Ok(()));
     let err = set(&fs, TradingMode::Aggressive).await.unwrap_err();
     assert!(err.contains("OBSERVE_ONLY first"), "{err}");
-    assert_eq!(
-        call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-        TradingMode::Shutdown
-    );
+    assert_eq!(mode_of(&fs).await, TradingMode::Shutdown);
     assert_eq!(set(&fs, TradingMode::ObserveOnly).await, Ok(()));
     assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
     let s = call_t!(fs, FailSafeMsg::Status, 1000).unwrap();
     assert_eq!(s.mode, TradingMode::Aggressive);
     assert_eq!(s.triggers, 2);
     assert_eq!(s.last_trigger.as_deref(), Some("again"));
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
 async fn restrict_wins_over_an_initial_aggressive_still_being_stored() {
     for round in 0..10 {
-        let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix(format!("fs-race-{round}-"));
-        let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+        let (_dir, names, persister) = stored(format!("fs-race-{round}-")).await;
         let fs = spawn(&names, aggressive()).await;
         // Ask as early as possible, retrying while the stored mode is loading.
         loop {
-            let r = call_t!(
-                fs,
-                |reply| FailSafeMsg::Restrict {
-                    mode: TradingMode::ObserveOnly,
-                    reason: "store restored".into(),
-                    reply
-                },
-                2000
-            )
-            .unwrap();
-            if r.is_ok() {
+            if restrict(&fs, TradingMode::ObserveOnly).await.is_ok() {
                 break;
             }
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
+            mode_of(&fs).await,
             TradingMode::ObserveOnly,
             "round {round}"
         );
-        call_t!(persister, PersisterMsg::Flush, 5000)
-            .unwrap()
-            .unwrap();
-        let stored = call_t!(persister, PersisterMsg::Load, 5000)
-            .unwrap()
-            .unwrap();
-        let mode: StoredMode = serde_json::from_value(stored[MODE_KEY].clone()).unwrap();
-        assert_eq!(mode.mode, TradingMode::ObserveOnly, "round {round}: stored");
-        fs.stop_and_wait(None, None).await.unwrap();
-        persister.stop_and_wait(None, None).await.unwrap();
+        assert_eq!(
+            stored_mode(&persister).await,
+            TradingMode::ObserveOnly,
+            "round {round}: stored"
+        );
+        stop(fs, persister).await;
     }
 }
 
 #[tokio::test]
 async fn restrict_only_ever_tightens_the_mode() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-restrict-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-restrict-").await;
     let fs = spawn(&names, FailSafeConfig::default()).await;
     wait_for(&fs, TradingMode::ObserveOnly).await;
-    let restrict = |mode| {
-        let fs = fs.clone();
-        async move {
-            call_t!(
-                fs,
-                |reply| FailSafeMsg::Restrict {
-                    mode,
-                    reason: "test".into(),
-                    reply
-                },
-                2000
-            )
-            .unwrap()
-        }
-    };
     assert_eq!(set(&fs, TradingMode::Aggressive).await, Ok(()));
-    assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
-    assert_eq!(
-        call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-        TradingMode::ObserveOnly
-    );
+    assert_eq!(restrict(&fs, TradingMode::ObserveOnly).await, Ok(()));
+    assert_eq!(mode_of(&fs).await, TradingMode::ObserveOnly);
     assert_eq!(trigger(&fs, "test").await, Ok(()));
     // Unlike SetMode, Restrict never clears SHUTDOWN.
-    assert_eq!(restrict(TradingMode::ObserveOnly).await, Ok(()));
-    assert_eq!(
-        call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-        TradingMode::Shutdown
-    );
-    fs.stop_and_wait(None, None).await.unwrap();
-    persister.stop_and_wait(None, None).await.unwrap();
+    assert_eq!(restrict(&fs, TradingMode::ObserveOnly).await, Ok(()));
+    assert_eq!(mode_of(&fs).await, TradingMode::Shutdown);
+    stop(fs, persister).await;
 }
 
 #[tokio::test]
@@ -348,10 +324,7 @@ async fn a_missing_persister_leaves_observe_only_and_triggers_still_latch() {
     assert!(set(&fs, TradingMode::Aggressive).await.is_err());
     let err = trigger(&fs, "test").await.unwrap_err();
     assert!(err.contains("not running"), "{err}");
-    assert_eq!(
-        call_t!(fs, FailSafeMsg::GetMode, 1000).unwrap(),
-        TradingMode::Shutdown
-    );
+    assert_eq!(mode_of(&fs).await, TradingMode::Shutdown);
     fs.stop_and_wait(None, None).await.unwrap();
 }
 
@@ -370,9 +343,7 @@ async fn a_trigger_raises_a_critical_alert() {
 
 #[tokio::test]
 async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::with_prefix("fs-resolve-");
-    let persister = spawn_persister(&names, &dir.path().join("state.db")).await;
+    let (_dir, names, persister) = stored("fs-resolve-").await;
     let alert = spawn_alert(&names).await;
     let fs = spawn(&names, FailSafeConfig::default()).await;
     wait_for(&fs, TradingMode::ObserveOnly).await;

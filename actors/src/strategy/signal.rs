@@ -400,42 +400,43 @@ mod tests {
         assert_eq!(s.relation, Some(Relation::Below));
     }
 
+    /// A crossing up enters BUY with the bracket below and above; a crossing down mirrors it.
     #[test]
-    fn crossing_up_enters_buy_with_bracket() {
-        let mut s = MaCross::new(INST, cfg(2, 4)).unwrap();
-        let ds = feed(&mut s, &[100.0, 100.0, 100.0, 99.0, 101.0, 104.0]);
-        assert_eq!(entries(&ds), vec![(5, Side::Buy)]);
-        let Decision::Enter {
-            stop_price,
-            take_profit_price,
-            reason,
-            ..
-        } = &ds[5]
-        else {
-            unreachable!()
-        };
-        assert!((stop_price - 104.0 * 0.995).abs() < 1e-9);
-        assert!((take_profit_price - 104.0 * 1.01).abs() < 1e-9);
-        assert!(reason.contains("crossed above"), "{reason}");
-    }
-
-    #[test]
-    fn crossing_down_enters_sell_mirrored() {
-        let mut s = MaCross::new(INST, cfg(2, 4)).unwrap();
-        let ds = feed(&mut s, &[100.0, 100.0, 100.0, 101.0, 99.0, 96.0]);
-        assert_eq!(entries(&ds), vec![(5, Side::Sell)]);
-        let Decision::Enter {
-            stop_price,
-            take_profit_price,
-            reason,
-            ..
-        } = &ds[5]
-        else {
-            unreachable!()
-        };
-        assert!((stop_price - 96.0 * 1.005).abs() < 1e-9);
-        assert!((take_profit_price - 96.0 * 0.99).abs() < 1e-9);
-        assert!(reason.contains("crossed below"), "{reason}");
+    fn a_crossing_enters_with_its_bracket_up_as_buy_and_down_as_sell() {
+        let cases = [
+            (
+                [99.0, 101.0, 104.0],
+                Side::Buy,
+                (0.995, 1.01),
+                "crossed above",
+            ),
+            (
+                [101.0, 99.0, 96.0],
+                Side::Sell,
+                (1.005, 0.99),
+                "crossed below",
+            ),
+        ];
+        for (tail, side, (stop, take), said) in cases {
+            let mut s = MaCross::new(INST, cfg(2, 4)).unwrap();
+            let mut prices = vec![100.0, 100.0, 100.0];
+            prices.extend(tail);
+            let ds = feed(&mut s, &prices);
+            assert_eq!(entries(&ds), vec![(5, side)]);
+            let Decision::Enter {
+                stop_price,
+                take_profit_price,
+                reason,
+                ..
+            } = &ds[5]
+            else {
+                unreachable!()
+            };
+            let last = tail[2];
+            assert!((stop_price - last * stop).abs() < 1e-9, "{side:?}");
+            assert!((take_profit_price - last * take).abs() < 1e-9, "{side:?}");
+            assert!(reason.contains(said), "{reason}");
+        }
     }
 
     #[test]

@@ -21,6 +21,16 @@ fn store_with(events: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, path, backups)
 }
 
+/// Appends `n` events of kind `x` to the store at `path`.
+fn append(path: &Path, n: usize) {
+    let mut store = Store::open(path).unwrap();
+    for i in 0..n {
+        store
+            .commit(&Change::event("x", json!({ "i": i })))
+            .unwrap();
+    }
+}
+
 fn stored_checkpoint(path: &Path) -> Option<Checkpoint> {
     let conn = Connection::open(path).unwrap();
     read_checkpoint(&conn).unwrap()
@@ -53,13 +63,7 @@ fn an_open_stores_the_verified_head_as_checkpoint_and_the_next_open_walks_only_t
     assert_eq!(report.events, 1, "only run.started after the checkpoint");
     assert_eq!(report.last_seq, 51);
 
-    let mut store = Store::open(&path).unwrap();
-    for i in 0..10 {
-        store
-            .commit(&Change::event("x", json!({ "i": i })))
-            .unwrap();
-    }
-    drop(store);
+    append(&path, 10);
     let report = verify_tail(&path);
     assert!(report.ok, "{report:?}");
     assert_eq!((report.events, report.last_seq), (11, 61));
@@ -92,13 +96,7 @@ fn without_a_checkpoint_the_tail_verification_is_the_full_walk() {
 fn an_edit_after_the_checkpoint_fails_the_start_and_one_before_it_is_found_by_the_full_walks() {
     let (_dir, path, backups) = store_with(30);
     drop(open_verified(&path, &backups).unwrap());
-    let mut store = Store::open(&path).unwrap();
-    for i in 0..5 {
-        store
-            .commit(&Change::event("x", json!({ "i": i })))
-            .unwrap();
-    }
-    drop(store);
+    append(&path, 5);
 
     // After the checkpoint (seq 30): the start-up walk sees it.
     let dir2 = tempfile::tempdir().unwrap();

@@ -149,33 +149,18 @@ impl Actor for AlertActor {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            AlertMsg,
-            "alert",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {
-                AlertMsg::Raise(alert) => {
-                    // The id is made here (it reads the clock), used only if the raise is new.
-                    let alert_id = uuid::Uuid::now_v7().to_string();
-                    state.on(&myself, Event::Raise { alert, alert_id }, None);
-                }
-                AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
-                AlertMsg::Acknowledge { alert_id, reply } => {
-                    state.on(&myself, Event::Acknowledge { alert_id }, Some(reply));
-                }
-                AlertMsg::Resend => state.resend_open(),
-            }
-        );
-        Ok(())
-    }
+    dispatch!(AlertMsg, "alert", |myself, msg, state| match msg {
+        AlertMsg::Raise(alert) => {
+            // The id is made here (it reads the clock), used only if the raise is new.
+            let alert_id = uuid::Uuid::now_v7().to_string();
+            state.on(&myself, Event::Raise { alert, alert_id }, None);
+        }
+        AlertMsg::Resolve { key } => state.on(&myself, Event::Resolve { key }, None),
+        AlertMsg::Acknowledge { alert_id, reply } => {
+            state.on(&myself, Event::Acknowledge { alert_id }, Some(reply));
+        }
+        AlertMsg::Resend => state.resend_open(),
+    });
 }
 
 /// The actor's messages to itself ([`InternalMsg`]).

@@ -413,145 +413,134 @@ impl Actor for BrokerActor {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            BrokerMsg,
-            "broker-connection",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {
-                BrokerMsg::Session { conn, event } => {
-                    if state.current_conn() != Some(conn) {
-                        return Ok(());
-                    }
-                    match event {
-                        SessionEvent::Ticker(ticker) => {
-                            state.last_market_data = Some((Instant::now(), crate::clock::now()));
-                            state.market_data_messages += 1;
-                            state.args.metrics.market_data_messages.inc();
-                            if let Some(strategy) = state.args.names.get::<StrategyMsg>() {
-                                let _ = strategy.send_message(StrategyMsg::Ticker(ticker));
-                            }
-                        }
-                        SessionEvent::Subscription { channel, .. } => {
-                            debug!(channel, "notification without a consumer");
-                        }
-                        SessionEvent::Malformed { reason } => state.on_malformed(&reason),
-                        SessionEvent::Closed { reason } => {
-                            if let Some(s) = state.connected_session() {
-                                state.test_requests_before += s.test_requests_answered();
-                                state.session_lost(&myself, reason);
-                            }
-                            // A session still in its handshake fails through `Established`.
-                        }
-                    }
+    dispatch!(
+        BrokerMsg,
+        "broker-connection",
+        |myself, msg, state| match msg {
+            BrokerMsg::Session { conn, event } => {
+                if state.current_conn() != Some(conn) {
+                    return Ok(());
                 }
-                BrokerMsg::Request {
-                    method,
-                    params,
-                    reply,
-                } => {
-                    if let Err(e) = state.args.config.may_send(&method) {
-                        warn!(actor = "broker-connection", error = %e, "request refused");
-                        let _ = reply.send(Err(e));
-                        return Ok(());
-                    }
-                    if let Link::Connected { cod, .. } = &mut state.link
-                        && (method == "private/enable_cancel_on_disconnect"
-                            || method == "private/disable_cancel_on_disconnect")
-                    {
-                        // Changed behind the broker's back: no longer known to be armed.
-                        cod.state = Cod::Unknown;
-                        cod.change += 1;
-                    }
-                    state.forward(method, params, reply);
-                }
-                BrokerMsg::RequestArmed {
-                    method,
-                    params,
-                    reply,
-                } => match &state.link {
-                    Link::Connected { cod, .. } if cod.state == Cod::Armed => {
-                        state.forward(method, params, reply);
-                    }
-                    Link::Connected { .. } => {
-                        let _ = reply.send(Err(RequestError::NotArmed { method }));
-                    }
-                    _ => {
-                        let _ = reply.send(Err(RequestError::NotConnected));
-                    }
-                },
-                BrokerMsg::CancelOnDisconnect { armed, reply } => {
-                    let Link::Connected { session, cod, .. } = &mut state.link else {
-                        let _ = reply.send(Err(RequestError::NotConnected));
-                        return Ok(());
-                    };
-                    let wanted = if armed { Cod::Armed } else { Cod::Off };
-                    if cod.state == wanted {
-                        let _ = reply.send(Ok(()));
-                        return Ok(());
-                    }
-                    // Neither armed nor off until the exchange answers this change.
-                    cod.state = Cod::Unknown;
-                    cod.change += 1;
-                    let change = cod.change;
-                    let conn = session.id();
-                    let h = session.handle();
-                    let limiter = state.limiter.clone();
-                    let me = myself.clone();
-                    let method = if armed {
-                        "private/enable_cancel_on_disconnect"
-                    } else {
-                        "private/disable_cancel_on_disconnect"
-                    };
-                    tokio::spawn(async move {
-                        limiter.acquire(method_kind(method)).await;
-                        let result = h
-                            .request(method, json!({ "scope": "connection" }))
-                            .await
-                            .map(|_| ());
-                        let done = CodChanged {
-                            conn,
-                            change,
-                            armed,
-                            result,
-                            reply,
-                        };
-                        let _ = me.send_message(InternalMsg::CodChanged(done).into());
-                    });
-                }
-                BrokerMsg::Reauthenticate(reply) => {
-                    let (Some(session), Some(credentials)) =
-                        (state.connected_session(), state.args.credentials.clone())
-                    else {
-                        let _ = reply.send(Err(
-                            "no session, or no credentials configured to authenticate with".into(),
-                        ));
-                        return Ok(());
-                    };
-                    let h = session.handle();
-                    let limiter = state.limiter.clone();
-                    tokio::spawn(async move {
-                        limiter.acquire(method_kind("public/auth")).await;
-                        let outcome = authenticate(&h, &credentials).await;
-                        if let Err(e) = &outcome {
-                            warn!(actor = "broker-connection", error = %e, "re-authentication failed");
-                        } else {
-                            info!(actor = "broker-connection", "session re-authenticated");
+                match event {
+                    SessionEvent::Ticker(ticker) => {
+                        state.last_market_data = Some((Instant::now(), crate::clock::now()));
+                        state.market_data_messages += 1;
+                        state.args.metrics.market_data_messages.inc();
+                        if let Some(strategy) = state.args.names.get::<StrategyMsg>() {
+                            let _ = strategy.send_message(StrategyMsg::Ticker(ticker));
                         }
-                        let _ = reply.send(outcome.map(|_| ()).map_err(|e| e.to_string()));
-                    });
+                    }
+                    SessionEvent::Subscription { channel, .. } => {
+                        debug!(channel, "notification without a consumer");
+                    }
+                    SessionEvent::Malformed { reason } => state.on_malformed(&reason),
+                    SessionEvent::Closed { reason } => {
+                        if let Some(s) = state.connected_session() {
+                            state.test_requests_before += s.test_requests_answered();
+                            state.session_lost(&myself, reason);
+                        }
+                        // A session still in its handshake fails through `Established`.
+                    }
                 }
             }
-        );
-        Ok(())
-    }
+            BrokerMsg::Request {
+                method,
+                params,
+                reply,
+            } => {
+                if let Err(e) = state.args.config.may_send(&method) {
+                    warn!(actor = "broker-connection", error = %e, "request refused");
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                if let Link::Connected { cod, .. } = &mut state.link
+                    && (method == "private/enable_cancel_on_disconnect"
+                        || method == "private/disable_cancel_on_disconnect")
+                {
+                    // Changed behind the broker's back: no longer known to be armed.
+                    cod.state = Cod::Unknown;
+                    cod.change += 1;
+                }
+                state.forward(method, params, reply);
+            }
+            BrokerMsg::RequestArmed {
+                method,
+                params,
+                reply,
+            } => match &state.link {
+                Link::Connected { cod, .. } if cod.state == Cod::Armed => {
+                    state.forward(method, params, reply);
+                }
+                Link::Connected { .. } => {
+                    let _ = reply.send(Err(RequestError::NotArmed { method }));
+                }
+                _ => {
+                    let _ = reply.send(Err(RequestError::NotConnected));
+                }
+            },
+            BrokerMsg::CancelOnDisconnect { armed, reply } => {
+                let Link::Connected { session, cod, .. } = &mut state.link else {
+                    let _ = reply.send(Err(RequestError::NotConnected));
+                    return Ok(());
+                };
+                let wanted = if armed { Cod::Armed } else { Cod::Off };
+                if cod.state == wanted {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                // Neither armed nor off until the exchange answers this change.
+                cod.state = Cod::Unknown;
+                cod.change += 1;
+                let change = cod.change;
+                let conn = session.id();
+                let h = session.handle();
+                let limiter = state.limiter.clone();
+                let me = myself.clone();
+                let method = if armed {
+                    "private/enable_cancel_on_disconnect"
+                } else {
+                    "private/disable_cancel_on_disconnect"
+                };
+                tokio::spawn(async move {
+                    limiter.acquire(method_kind(method)).await;
+                    let result = h
+                        .request(method, json!({ "scope": "connection" }))
+                        .await
+                        .map(|_| ());
+                    let done = CodChanged {
+                        conn,
+                        change,
+                        armed,
+                        result,
+                        reply,
+                    };
+                    let _ = me.send_message(InternalMsg::CodChanged(done).into());
+                });
+            }
+            BrokerMsg::Reauthenticate(reply) => {
+                let (Some(session), Some(credentials)) =
+                    (state.connected_session(), state.args.credentials.clone())
+                else {
+                    let _ = reply.send(Err(
+                        "no session, or no credentials configured to authenticate with".into(),
+                    ));
+                    return Ok(());
+                };
+                let h = session.handle();
+                let limiter = state.limiter.clone();
+                tokio::spawn(async move {
+                    limiter.acquire(method_kind("public/auth")).await;
+                    let outcome = authenticate(&h, &credentials).await;
+                    if let Err(e) = &outcome {
+                        warn!(actor = "broker-connection", error = %e, "re-authentication failed");
+                    } else {
+                        info!(actor = "broker-connection", "session re-authenticated");
+                    }
+                    let _ = reply.send(outcome.map(|_| ()).map_err(|e| e.to_string()));
+                });
+            }
+        }
+    );
 
     async fn post_stop(
         &self,

@@ -420,46 +420,31 @@ impl Actor for FailSafeActor {
         })
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            FailSafeMsg,
-            "fail-safe",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {
-                FailSafeMsg::RecoveryFinished => state.on(&myself, Event::RecoveryFinished, None),
-                FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
-                FailSafeMsg::AllowEntry(reply) => {
-                    let _ = reply.send(state.machine.allow_entry());
-                }
-                FailSafeMsg::GetMode(reply) => {
-                    let _ = reply.send(state.machine.mode());
-                }
-                FailSafeMsg::Trigger {
-                    trigger,
-                    reason,
-                    reply,
-                } => state.on(&myself, Event::Trigger { trigger, reason }, reply),
-                FailSafeMsg::SetMode {
-                    mode,
-                    reason,
-                    reply,
-                } => state.on(&myself, Event::SetMode { mode, reason }, Some(reply)),
-                FailSafeMsg::Restrict {
-                    mode,
-                    reason,
-                    reply,
-                } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
-            }
-        );
-        Ok(())
-    }
+    dispatch!(FailSafeMsg, "fail-safe", |myself, msg, state| match msg {
+        FailSafeMsg::RecoveryFinished => state.on(&myself, Event::RecoveryFinished, None),
+        FailSafeMsg::ChecksReported(report) => state.checks = Some(report),
+        FailSafeMsg::AllowEntry(reply) => {
+            let _ = reply.send(state.machine.allow_entry());
+        }
+        FailSafeMsg::GetMode(reply) => {
+            let _ = reply.send(state.machine.mode());
+        }
+        FailSafeMsg::Trigger {
+            trigger,
+            reason,
+            reply,
+        } => state.on(&myself, Event::Trigger { trigger, reason }, reply),
+        FailSafeMsg::SetMode {
+            mode,
+            reason,
+            reply,
+        } => state.on(&myself, Event::SetMode { mode, reason }, Some(reply)),
+        FailSafeMsg::Restrict {
+            mode,
+            reason,
+            reply,
+        } => state.on(&myself, Event::Restrict { mode, reason }, Some(reply)),
+    });
 }
 
 /// The actor's messages to itself ([`InternalMsg`]).

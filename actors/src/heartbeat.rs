@@ -432,22 +432,7 @@ impl Actor for HeartbeatActor {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            HeartbeatMsg,
-            "heartbeat",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {}
-        );
-        Ok(())
-    }
+    dispatch!(HeartbeatMsg, "heartbeat", |myself, msg, state| match msg {});
 
     async fn post_stop(
         &self,

@@ -550,47 +550,37 @@ impl Actor for PersisterActor {
         })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            PersisterMsg,
-            "state-persister",
-            _myself,
-            |m: InternalMsg| handle_internal(m, state).await,
-            state.status(),
-            match msg {
-                PersisterMsg::Commit { change, reply } => {
-                    if let Some(v) = change
-                        .state
-                        .iter()
-                        .find(|w| w.key == crate::recovery::RECOVERY_KEY)
-                        .and_then(|w| w.value.clone())
-                    {
-                        state.recovery = Some(v);
-                    }
-                    state.submit(Job::Commit(change, reply))
+    dispatch!(
+        PersisterMsg,
+        "state-persister",
+        |myself, msg, state| match msg {
+            PersisterMsg::Commit { change, reply } => {
+                if let Some(v) = change
+                    .state
+                    .iter()
+                    .find(|w| w.key == crate::recovery::RECOVERY_KEY)
+                    .and_then(|w| w.value.clone())
+                {
+                    state.recovery = Some(v);
                 }
-                PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
-                PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
-                PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
-                PersisterMsg::Snapshot {
-                    kind,
-                    payload,
-                    reply,
-                } => state.submit(Job::Snapshot(kind, payload, reply)),
-                PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
+                state.submit(Job::Commit(change, reply))
             }
-        );
-        Ok(())
-    }
+            PersisterMsg::Load(reply) => state.submit(Job::Load(reply)),
+            PersisterMsg::Flush(reply) => state.submit(Job::Flush(reply, Instant::now())),
+            PersisterMsg::MarkClean(reply) => state.submit(Job::MarkClean(reply)),
+            PersisterMsg::Snapshot {
+                kind,
+                payload,
+                reply,
+            } => state.submit(Job::Snapshot(kind, payload, reply)),
+            PersisterMsg::Backup(reply) => state.submit(Job::Backup(Some(reply))),
+        }
+    );
 }
 
 /// The actor's messages to itself ([`InternalMsg`]).
 async fn handle_internal(
+    _myself: ActorRef<PersisterMsg>,
     msg: InternalMsg,
     state: &mut PersisterState,
 ) -> Result<(), ActorProcessingErr> {

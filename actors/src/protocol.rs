@@ -54,50 +54,55 @@ pub struct ForeignInternal {
     pub expected: &'static str,
 }
 
-/// The `match` of every actor's `handle`, with the arms every actor answers alike written once:
-/// `Internal` opened as the actor's private message type and handed to its internal handler
-/// (a foreign one is logged and dropped, see [`ForeignInternal`]), `Status` answered with the
-/// actor's status, `Ping` answered at once (the heartbeat's liveness probe), and, in tests,
-/// `Hook` acted on this actor's cell (the supervisor, named `"supervisor"`, has no `Hook`).
-/// The actor's own arms are the `match` written last; the compiler still checks that the
-/// whole match is exhaustive, and every argument is an expression, so rustfmt formats the
-/// arms as usual. See ADR 0006.
+/// Every actor's `Actor::handle`, written once: the signature, and the `match` with the arms
+/// every actor answers alike: `Internal` opened as the actor's private `InternalMsg` and handed
+/// to its `handle_internal(myself, msg, state)` (a foreign one is logged and dropped, see
+/// [`ForeignInternal`]), `Status` answered with `state.status()`, `Ping` answered at once (the
+/// heartbeat's liveness probe), and, in tests, `Hook` acted on this actor's cell (the
+/// supervisor, named `"supervisor"`, has no `Hook`). The actor's own arms are the `match`
+/// written last; the compiler still checks that the whole match is exhaustive, and the
+/// arguments are expressions, so rustfmt formats the arms as usual. See ADR 0006.
 ///
 /// ```ignore
-/// dispatch!(
-///     AlertMsg,
-///     "alert",
-///     myself,
-///     |m: InternalMsg| handle_internal(myself, m, state).await,
-///     state.status(),
-///     match msg {
+/// impl Actor for AlertActor {
+///     // type Msg, State, Arguments; pre_start, …
+///     dispatch!(AlertMsg, "alert", |myself, msg, state| match msg {
 ///         AlertMsg::Raise(alert) => state.raise(alert),
-///     }
-/// );
+///     });
+/// }
 /// ```
 macro_rules! dispatch {
-    ($Msg:ident, "supervisor", $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
-        $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
-        $crate::protocol::dispatch!(@common $Msg, "supervisor", $m, $Internal, $internal, $status,
-            $msg, { $($arms)* })
+    ($Msg:ident, $name:tt, |$myself:ident, $msg:ident, $state:ident| match $m:ident {
+        $($arms:tt)*
+    } $(,)?) => {
+        async fn handle(
+            &self,
+            $myself: ::ractor::ActorRef<Self::Msg>,
+            $msg: Self::Msg,
+            $state: &mut Self::State,
+        ) -> ::std::result::Result<(), ::ractor::ActorProcessingErr> {
+            $crate::protocol::dispatch!(@arms $Msg, $name, $myself, $state, $m, { $($arms)* });
+            Ok(())
+        }
     };
-    ($Msg:ident, $name:literal, $myself:ident, |$m:ident: $Internal:ty| $internal:expr,
-        $status:expr, match $msg:ident { $($arms:tt)* } $(,)?) => {
-        $crate::protocol::dispatch!(@common $Msg, $name, $m, $Internal, $internal, $status, $msg, {
+    (@arms $Msg:ident, "supervisor", $myself:ident, $state:ident, $m:ident, { $($arms:tt)* }) => {
+        $crate::protocol::dispatch!(@match $Msg, "supervisor", $myself, $state, $m, { $($arms)* })
+    };
+    (@arms $Msg:ident, $name:literal, $myself:ident, $state:ident, $m:ident, { $($arms:tt)* }) => {
+        $crate::protocol::dispatch!(@match $Msg, $name, $myself, $state, $m, {
             #[cfg(any(test, feature = "test-hooks"))]
             $Msg::Hook(hook) => hook.act(&$myself.get_cell()).await?,
             $($arms)*
         })
     };
-    (@common $Msg:ident, $name:literal, $m:ident, $Internal:ty, $internal:expr, $status:expr,
-        $msg:ident, { $($arms:tt)* }) => {
-        match $msg {
-            $Msg::Internal(internal) => match internal.open::<$Internal>() {
-                Ok($m) => return $internal,
+    (@match $Msg:ident, $name:literal, $myself:ident, $state:ident, $m:ident, { $($arms:tt)* }) => {
+        match $m {
+            $Msg::Internal(internal) => match internal.open::<InternalMsg>() {
+                Ok(internal) => return handle_internal($myself, internal, $state).await,
                 Err(e) => ::tracing::error!(actor = $name, "{e}"),
             },
             $Msg::Status(reply) => {
-                let _ = reply.send($status);
+                let _ = reply.send($state.status());
             }
             $Msg::Ping(reply) => {
                 let _ = reply.send(());

@@ -569,59 +569,44 @@ impl Actor for StrategyActor {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            StrategyMsg,
-            "strategy",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {
-                StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
-                StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
-                StrategyMsg::Owned(reply) => {
-                    let _ = reply.send(state.owned());
-                }
-                StrategyMsg::Transition {
-                    id,
-                    to,
-                    reason,
-                    data,
-                    reply,
-                } => {
-                    let result = state.transition(&id, to, reason, data).await;
-                    if result.is_ok() {
-                        state.after_transition(&myself, to);
-                    }
-                    let _ = reply.send(result);
-                }
-                StrategyMsg::CommitEntry {
-                    id,
-                    signal,
-                    reason,
-                    intent,
-                    reply,
-                } => {
-                    let steps = vec![
-                        (Lifecycle::SignalDetected, signal),
-                        (Lifecycle::EnteringPosition, reason),
-                    ];
-                    let data = TransitionData {
-                        position: None,
-                        intents_in_flight: vec![intent],
-                    };
-                    let result = state.transition_path(&id, steps, Some(data)).await;
-                    let _ = reply.send(result);
-                }
+    dispatch!(StrategyMsg, "strategy", |myself, msg, state| match msg {
+        StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
+        StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
+        StrategyMsg::Owned(reply) => {
+            let _ = reply.send(state.owned());
+        }
+        StrategyMsg::Transition {
+            id,
+            to,
+            reason,
+            data,
+            reply,
+        } => {
+            let result = state.transition(&id, to, reason, data).await;
+            if result.is_ok() {
+                state.after_transition(&myself, to);
             }
-        );
-        Ok(())
-    }
+            let _ = reply.send(result);
+        }
+        StrategyMsg::CommitEntry {
+            id,
+            signal,
+            reason,
+            intent,
+            reply,
+        } => {
+            let steps = vec![
+                (Lifecycle::SignalDetected, signal),
+                (Lifecycle::EnteringPosition, reason),
+            ];
+            let data = TransitionData {
+                position: None,
+                intents_in_flight: vec![intent],
+            };
+            let result = state.transition_path(&id, steps, Some(data)).await;
+            let _ = reply.send(result);
+        }
+    });
 }
 
 /// The actor's messages to itself ([`InternalMsg`]).

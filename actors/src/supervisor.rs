@@ -395,70 +395,59 @@ impl Actor for RootSupervisor {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        dispatch!(
-            SupervisorMsg,
-            "supervisor",
-            myself,
-            |m: InternalMsg| handle_internal(myself, m, state).await,
-            state.status(),
-            match msg {
-                SupervisorMsg::StopChildren(which, reply) => {
-                    state.shutting_down = true;
-                    let mut reports = Vec::with_capacity(which.len());
-                    for name in which {
-                        let Some(idx) = state.index(name) else {
-                            continue;
-                        };
-                        let started = Instant::now();
-                        let child = &mut state.children[idx];
-                        child.generation += 1;
-                        child.restart_due = None;
-                        let outcome = match child.cell.take() {
-                            Some(cell) => {
-                                state.by_id.remove(&cell.get_id());
+    dispatch!(
+        SupervisorMsg,
+        "supervisor",
+        |myself, msg, state| match msg {
+            SupervisorMsg::StopChildren(which, reply) => {
+                state.shutting_down = true;
+                let mut reports = Vec::with_capacity(which.len());
+                for name in which {
+                    let Some(idx) = state.index(name) else {
+                        continue;
+                    };
+                    let started = Instant::now();
+                    let child = &mut state.children[idx];
+                    child.generation += 1;
+                    child.restart_due = None;
+                    let outcome = match child.cell.take() {
+                        Some(cell) => {
+                            state.by_id.remove(&cell.get_id());
+                            child.state = ChildState::ShutDown;
+                            let timeout = child.spec.policy.shutdown_timeout;
+                            if stop_child(&cell, timeout).await {
+                                "killed"
+                            } else {
+                                "stopped"
+                            }
+                        }
+                        None => {
+                            if child.state != ChildState::Escalated {
                                 child.state = ChildState::ShutDown;
-                                let timeout = child.spec.policy.shutdown_timeout;
-                                if stop_child(&cell, timeout).await {
-                                    "killed"
-                                } else {
-                                    "stopped"
-                                }
                             }
-                            None => {
-                                if child.state != ChildState::Escalated {
-                                    child.state = ChildState::ShutDown;
-                                }
-                                "not_running"
-                            }
-                        };
-                        let elapsed = started.elapsed();
-                        report(
-                            tracing::Level::INFO,
-                            &state.label,
-                            name,
-                            "shut_down",
-                            outcome,
-                            state.children[idx].restarts,
-                            Duration::ZERO,
-                        );
-                        reports.push(StopReport {
-                            child: name,
-                            outcome,
-                            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                        });
-                    }
-                    let _ = reply.send(reports);
+                            "not_running"
+                        }
+                    };
+                    let elapsed = started.elapsed();
+                    report(
+                        tracing::Level::INFO,
+                        &state.label,
+                        name,
+                        "shut_down",
+                        outcome,
+                        state.children[idx].restarts,
+                        Duration::ZERO,
+                    );
+                    reports.push(StopReport {
+                        child: name,
+                        outcome,
+                        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    });
                 }
+                let _ = reply.send(reports);
             }
-        );
-        Ok(())
-    }
+        }
+    );
 
     async fn handle_supervisor_evt(
         &self,

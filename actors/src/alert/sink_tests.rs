@@ -155,6 +155,17 @@ fn webhook_to(url: &str, delivery: DeliveryConfig) -> AlertConfig {
     config
 }
 
+/// An Alertmanager at `url`, delivered with [`fast_delivery`].
+fn alertmanager_to(url: &str) -> AlertConfig {
+    let mut config = AlertConfig {
+        delivery: fast_delivery(),
+        ..AlertConfig::default()
+    };
+    config.alertmanager.enabled = true;
+    config.alertmanager.url = url.to_owned();
+    config
+}
+
 /// A webhook to `url` that gives a delivery up after `max_attempts`, failing after
 /// `failing_after`: the actor and the sink's status once one raise was given up.
 async fn given_up(
@@ -200,12 +211,7 @@ async fn sink_status(actor: &ActorRef<AlertMsg>, kind: SinkKind) -> SinkStatus {
 #[tokio::test]
 async fn alertmanager_gets_the_documented_alert_and_endsat_on_resolve() {
     let rx = Receiver::start(|_| Some(200)).await;
-    let mut config = AlertConfig {
-        delivery: fast_delivery(),
-        ..AlertConfig::default()
-    };
-    config.alertmanager.enabled = true;
-    config.alertmanager.url = rx.url.clone();
+    let mut config = alertmanager_to(&rx.url);
     config.alertmanager.generator_url = Some("http://127.0.0.1:3000/health".into());
     let actor = spawn("alert-am-", config).await;
 
@@ -264,12 +270,7 @@ async fn until_delivered(actor: &ActorRef<AlertMsg>, kind: SinkKind, n: u64) {
 #[tokio::test]
 async fn alertmanager_re_sends_open_alerts_and_stops_after_the_resolve() {
     let rx = Receiver::start(|_| Some(200)).await;
-    let mut config = AlertConfig {
-        delivery: fast_delivery(),
-        ..AlertConfig::default()
-    };
-    config.alertmanager.enabled = true;
-    config.alertmanager.url = rx.url.clone();
+    let mut config = alertmanager_to(&rx.url);
     config.alertmanager.resend_interval = Duration::from_millis(30);
     let actor = spawn("alert-am-resend-", config).await;
     raise(&actor, "failsafe:a");

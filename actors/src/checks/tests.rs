@@ -12,7 +12,7 @@ use super::*;
 use crate::alert::{AlertMsg, Severity};
 use crate::failsafe::{FailSafeMsg, MODE_KEY};
 use crate::mode::TradingMode;
-use crate::names::{ChildName, Names};
+use crate::names::Names;
 use crate::store::{
     ChainVerifier, Change, EventRow, IntegrityFacts, SnapshotKind, SnapshotRow, Store, chain_hash,
 };
@@ -459,15 +459,14 @@ fn a_missing_store_fails_every_store_check() {
 }
 
 mod actors {
-    use ractor::{Actor, ActorRef, call_t};
+    use ractor::{ActorRef, call_t};
 
     use super::*;
-    use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertStatus};
-    use crate::failsafe::{
-        FailSafeActor, FailSafeArgs, FailSafeConfig, FailSafeStatus, InitialMode,
-    };
-    use crate::metrics::Metrics;
-    use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
+    use crate::alert::AlertStatus;
+    use crate::failsafe::{FailSafeStatus, InitialMode};
+
+    use crate::persister::PersisterMsg;
+    use crate::testkit::MiniTree;
 
     struct Tree {
         names: Names,
@@ -479,40 +478,20 @@ mod actors {
 
     async fn tree(prefix: &str) -> Tree {
         let dir = tempfile::tempdir().unwrap();
-        let names = Names::with_prefix(prefix);
-        let (persister, _) = Actor::spawn(
-            Some(names.of(ChildName::StatePersister)),
-            PersisterActor,
-            PersisterArgs::new(
-                names.clone(),
-                dir.path().join("tradebaas.db"),
-                Metrics::new().unwrap(),
-            ),
+        let store = dir.path().join("tradebaas.db");
+        let initial = InitialMode::explicit(TradingMode::Aggressive);
+        let MiniTree {
+            names,
+            persister,
+            alert,
+            fail_safe,
+        } = MiniTree::start(
+            &Names::with_prefix(prefix),
+            &store,
+            Default::default(),
+            initial,
         )
-        .await
-        .unwrap();
-        let (alert, _) = Actor::spawn(
-            Some(names.of(ChildName::Alert)),
-            AlertActor,
-            AlertArgs {
-                names: names.clone(),
-                config: AlertConfig::default(),
-            },
-        )
-        .await
-        .unwrap();
-        let (fail_safe, _) = Actor::spawn(
-            Some(names.of(ChildName::FailSafe)),
-            FailSafeActor,
-            FailSafeArgs {
-                names: names.clone(),
-                config: FailSafeConfig::default(),
-                initial: InitialMode::explicit(TradingMode::Aggressive),
-                health: Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+        .await;
         Tree {
             names,
             alert,

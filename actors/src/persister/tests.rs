@@ -1,5 +1,5 @@
 use super::*;
-use crate::alert::{AlertActor, AlertArgs, AlertConfig, AlertMsg};
+use crate::alert::AlertMsg;
 use crate::names::ChildName;
 use crate::store::Committed;
 use crate::store::{list_backups, open_verified};
@@ -219,16 +219,7 @@ async fn store_a_failed_backup_raises_a_warning_and_the_persister_keeps_working(
     let not_a_dir = dir.path().join("backups");
     std::fs::write(&not_a_dir, b"a file where the backups directory should be").unwrap();
     let names = Names::with_prefix("persister-backup-fail-");
-    let (alert, _) = Actor::spawn(
-        Some(names.of(ChildName::Alert)),
-        AlertActor,
-        AlertArgs {
-            names: names.clone(),
-            config: AlertConfig::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let alert = crate::testkit::spawn_alert(&names).await;
     let mut args = PersisterArgs::new(names.clone(), path.clone(), Metrics::new().unwrap());
     args.backup_interval = Duration::from_millis(50);
     let p = spawn(&names, args).await;

@@ -267,12 +267,7 @@ fn assert_moved_aside_and_restored(
     assert_eq!(alert.severity, crate::alert::Severity::Critical);
     assert!(alert.message.contains(".corrupt-"), "{}", alert.message);
     // The newest backup had 4 events; open adds run.started.
-    let kinds: Vec<String> = store
-        .events(0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = first_kinds(&store);
     assert_eq!(kinds, ["test", "test", "test", "more", "run.started"]);
     drop(store);
     assert!(verify(path).ok);
@@ -398,12 +393,7 @@ fn the_run_marker_detects_a_crash_and_a_clean_stop() {
     assert!(r.crashed);
     assert!(!r.degraded(), "a crash alone does not degrade");
     assert_eq!(r.alert().unwrap().severity, crate::alert::Severity::Warning);
-    let kinds: Vec<String> = store
-        .events(0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = first_kinds(&store);
     assert_eq!(
         kinds,
         ["run.started", "run.stopped", "run.started", "run.started"]
@@ -563,4 +553,10 @@ fn an_interrupted_first_initialisation_without_backups_is_initialised_not_alerte
         .filter(|n| n.contains(".corrupt-"))
         .count();
     assert_eq!(corrupt, 0);
+}
+
+/// The kinds of the store's first ten events, in order.
+fn first_kinds(store: &Store) -> Vec<String> {
+    let events = store.events(0, 10).unwrap();
+    events.into_iter().map(|e| e.kind).collect()
 }

@@ -1,6 +1,6 @@
 //! The checkpoint, tail and slice verification against edited and damaged stores.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::checkpoint::read_checkpoint;
 use super::*;
@@ -235,6 +235,15 @@ fn an_event_stored_below_seq_1_fails_every_verification() {
 /// Found by the store fuzz: `user_version` 1 on a version-2 store verified, then the
 /// 1 → 2 migration failed on the existing `snapshots` table, so the daemon refused to start
 /// instead of restoring a backup.
+/// The start-up verification of the store at `path` fails saying `why`, and opening it moves
+/// the store aside (to restore a backup) instead of refusing to start.
+fn fails_tail_and_is_moved_aside(path: &Path, backups: &Path, why: &str) {
+    let r = verify_tail(path);
+    assert!(!r.ok && r.summary().contains(why), "{r:?}");
+    let (_, report) = open_verified(path, backups).expect("moved aside, not refused");
+    assert!(report.moved_aside.is_some(), "{report:?}");
+}
+
 #[test]
 fn a_user_version_older_than_the_tables_moves_the_store_aside() {
     let (_dir, path, backups) = store_with(5);
@@ -242,13 +251,7 @@ fn a_user_version_older_than_the_tables_moves_the_store_aside() {
     let conn = Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA user_version = 1").unwrap();
     drop(conn);
-    let r = verify_tail(&path);
-    assert!(
-        !r.ok && r.summary().contains("table snapshots of version 2"),
-        "{r:?}"
-    );
-    let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");
-    assert!(report.moved_aside.is_some(), "{report:?}");
+    fails_tail_and_is_moved_aside(&path, &backups, "table snapshots of version 2");
 }
 
 /// Found by the store fuzz: bytes overwritten in the schema text (page 1) renamed a column
@@ -265,13 +268,7 @@ fn a_damaged_schema_text_fails_verification() {
         .expect("the schema text");
     bytes[at..at + 10].copy_from_slice(b"updated_ax");
     std::fs::write(&path, &bytes).unwrap();
-    let r = verify_tail(&path);
-    assert!(
-        !r.ok && r.summary().contains("lacks column(s) updated_at"),
-        "{r:?}"
-    );
-    let (_, report) = open_verified(&path, &backups).expect("moved aside, not refused");
-    assert!(report.moved_aside.is_some(), "{report:?}");
+    fails_tail_and_is_moved_aside(&path, &backups, "lacks column(s) updated_at");
 }
 
 /// Found by the store fuzz: damage the start-up (tail) verification does not read, here the

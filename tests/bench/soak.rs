@@ -13,8 +13,9 @@
 //! starts on a store with a long history. `--trade 0` turns execution off (the strategy only
 //! analyzes), which separates what trading adds to memory. The data dir is under `TMPDIR` (default `/tmp`).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 // `aged_start.rs` loads `args.rs` too.
@@ -31,6 +32,58 @@ use inproc::{Daemon, Exchange, bench_config, cpu_by_thread, cpu_delta, poll_heal
 #[allow(dead_code)]
 #[path = "aged_start.rs"]
 mod aged_start;
+
+/// The system allocator, counting the bytes it has handed out and not yet been given back: the
+/// live heap, which tells growth of what the program holds from growth of what the allocator
+/// keeps (fragmentation, arenas) and of what is not heap at all (stacks, mapped files).
+struct Counting;
+
+static LIVE_HEAP: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`; the counter is only arithmetic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is passed on as it is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_HEAP.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The live heap in kB.
+fn heap_kb() -> u64 {
+    LIVE_HEAP.load(Ordering::Relaxed) as u64 / 1024
+}
+
+/// What SQLite holds in kB (page caches, statements, schema), process-wide: bundled SQLite
+/// allocates with its own `malloc`, so none of it is in [`heap_kb`].
+fn sqlite_kb() -> u64 {
+    // SAFETY: `sqlite3_memory_used` reads SQLite's own counter; it takes no arguments and is
+    // thread-safe in the bundled (serialized) build.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    used.max(0) as u64 / 1024
+}
 
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
@@ -59,7 +112,9 @@ async fn main() {
     }
     println!("soak: {target} ticks at {rate:.0} ticks/s offered, {history}, /health every 10 ms");
 
+    let heap_before = heap_kb();
     let exchange = Exchange::start(rate, 1).await;
+    let heap_exchange = heap_kb();
     let started = Instant::now();
     let mut config = bench_config();
     // `--trade 0`: the strategies only analyze (no orders), to tell trading's share of growth.
@@ -67,6 +122,7 @@ async fn main() {
     let daemon = Daemon::start(&config, &data, exchange.url()).await;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let rss_start = status_kb("VmRSS");
+    let heap_start = heap_kb();
     let cpu_before = cpu_by_thread();
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_health(
@@ -78,8 +134,8 @@ async fn main() {
 
     let t0 = Instant::now();
     let ticks0 = daemon.ticks().await.unwrap_or(0);
-    // (seconds since t0, ticks processed since t0, RSS kB)
-    let mut samples: Vec<(f64, u64, u64)> = Vec::new();
+    // (seconds since t0, ticks processed since t0, RSS kB, live heap kB)
+    let mut samples: Vec<(f64, u64, u64, u64)> = Vec::new();
     let limit = Duration::from_secs_f64(target as f64 / rate * 3.0 + 120.0);
     let mut next = t0 + Duration::from_secs(1);
     let mut next_report = target / 10;
@@ -90,9 +146,16 @@ async fn main() {
         let rss = status_kb("VmRSS");
         let at = t0.elapsed().as_secs_f64();
         if let Some(ticks) = ticks {
-            samples.push((at, ticks, rss));
+            let heap = heap_kb();
+            samples.push((at, ticks, rss, heap));
             if ticks >= next_report {
-                println!("  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB", mb(rss));
+                println!(
+                    "  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB  live heap {:.1} MB  \
+                     SQLite {:.1} MB",
+                    mb(rss),
+                    mb(heap),
+                    mb(sqlite_kb())
+                );
                 next_report += target / 10;
             }
             if ticks >= target {
@@ -109,7 +172,7 @@ async fn main() {
     let cpu = cpu_delta(&cpu_before, &cpu_by_thread());
     let dropped = exchange.paper.stats().ticks_dropped_lagging - dropped_before;
     let hwm = status_kb("VmHWM");
-    let (end_at, end_ticks, rss_end) = *samples.last().unwrap();
+    let (end_at, end_ticks, rss_end, heap_end) = *samples.last().unwrap();
     let warm = samples
         .iter()
         .find(|s| s.1 >= target / 10)
@@ -159,6 +222,14 @@ async fn main() {
         mb(half.2),
         mb(rss_end)
     );
+    println!(
+        "  live heap: start {:.1} MB, after warm-up {:.1} MB, end {:.1} MB ({:+.2} MB); \
+         the rest of RSS is code, stacks, mapped files and what the allocator keeps",
+        mb(heap_start),
+        mb(warm.3),
+        mb(heap_end),
+        (heap_end as f64 - warm.3 as f64) / 1024.0
+    );
     println!("  /health: {}", health.summary());
     // What grows with the run's age besides the daemon: the exchange's kept orders (at most
     // 10,000) and the store file (the example strategy trades; SQLite caches up to 2 MB of pages
@@ -179,6 +250,20 @@ async fn main() {
     );
     println!("  CPU by thread: {cpu}");
     println!("  RSS includes the paper exchange and the bench, which run in the same process.");
+    // Whose heap it is: what each part gives back when it stops, against what it took to start.
+    drop(health);
+    let heap_running = heap_kb();
     daemon.stop().await;
+    let heap_no_daemon = heap_kb();
     drop(exchange);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let heap_none = heap_kb();
+    println!(
+        "  live heap by owner: daemon {:.2} MB at ready → {:.2} MB at the end, paper exchange \
+         {:.2} → {:.2} MB",
+        mb(heap_start.saturating_sub(heap_exchange)),
+        mb(heap_running.saturating_sub(heap_no_daemon)),
+        mb(heap_exchange.saturating_sub(heap_before)),
+        mb(heap_no_daemon.saturating_sub(heap_none)),
+    );
 }

@@ -82,7 +82,6 @@ struct Order {
     /// False until the first matching attempt: that one is the placement (may take liquidity);
     /// later ones are a resting order being reached by the market.
     resting: bool,
-    trades: Vec<Value>,
     // Linked orders.
     link: Option<LinkKind>,
     oto_order_ids: Vec<String>,

@@ -134,8 +134,8 @@ async fn main() {
 
     let t0 = Instant::now();
     let ticks0 = daemon.ticks().await.unwrap_or(0);
-    // (seconds since t0, ticks processed since t0, RSS kB, live heap kB)
-    let mut samples: Vec<(f64, u64, u64, u64)> = Vec::new();
+    // (seconds since t0, ticks processed since t0, RSS kB, live heap kB, anonymous RSS kB)
+    let mut samples: Vec<(f64, u64, u64, u64, u64)> = Vec::new();
     let limit = Duration::from_secs_f64(target as f64 / rate * 3.0 + 120.0);
     let mut next = t0 + Duration::from_secs(1);
     let mut next_report = target / 10;
@@ -147,7 +147,7 @@ async fn main() {
         let at = t0.elapsed().as_secs_f64();
         if let Some(ticks) = ticks {
             let heap = heap_kb();
-            samples.push((at, ticks, rss, heap));
+            samples.push((at, ticks, rss, heap, status_kb("RssAnon")));
             if ticks >= next_report {
                 println!(
                     "  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB  live heap {:.1} MB  \
@@ -172,7 +172,7 @@ async fn main() {
     let cpu = cpu_delta(&cpu_before, &cpu_by_thread());
     let dropped = exchange.paper.stats().ticks_dropped_lagging - dropped_before;
     let hwm = status_kb("VmHWM");
-    let (end_at, end_ticks, rss_end, heap_end) = *samples.last().unwrap();
+    let (end_at, end_ticks, rss_end, heap_end, anon_end) = *samples.last().unwrap();
     let warm = samples
         .iter()
         .find(|s| s.1 >= target / 10)
@@ -229,6 +229,15 @@ async fn main() {
         mb(warm.3),
         mb(heap_end),
         (heap_end as f64 - warm.3 as f64) / 1024.0
+    );
+    // RSS is anonymous memory (heap, stacks, SQLite's caches) plus file-backed pages (the
+    // binary's code as new paths run for the first time, mapped files): only the first can leak.
+    let anon_growth = anon_end as f64 - warm.4 as f64;
+    println!(
+        "  RSS growth warm-up → end: anonymous {:+.2} MB, file-backed {:+.2} MB (code paths run \
+         for the first time, mapped files)",
+        anon_growth / 1024.0,
+        (rss_end as f64 - warm.2 as f64 - anon_growth) / 1024.0
     );
     println!("  /health: {}", health.summary());
     // What grows with the run's age besides the daemon: the exchange's kept orders (at most

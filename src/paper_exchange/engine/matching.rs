@@ -26,6 +26,7 @@ impl Engine {
             .ok_or(EngineError::UnknownInstrument)?
             .spec;
         validate(spec, &req, "amount")?;
+        let events_before = self.events.len();
         if let Some(link) = &req.link {
             if link.legs.is_empty() || link.legs.len() > 2 {
                 return Err(invalid("otoco_config", "must hold one or two orders"));
@@ -122,7 +123,19 @@ impl Engine {
             .orders
             .get(&primary_seq)
             .ok_or(EngineError::OrderNotFound)?;
-        Ok((self.order_json(order), order.trades.clone()))
+        // The reply's trades are this order's fills during this placement: they are in the
+        // events it produced, so a kept (closed) order does not carry them for its whole life.
+        let trades = self.events[events_before..]
+            .iter()
+            .filter_map(|event| match event {
+                EngineEvent::Trades { trades, .. } => Some(trades),
+                _ => None,
+            })
+            .flatten()
+            .filter(|trade| trade["order_id"].as_str() == Some(order.order_id.as_str()))
+            .cloned()
+            .collect();
+        Ok((self.order_json(order), trades))
     }
 
     fn check_margin(&self, req: &OrderRequest) -> Result<(), EngineError> {
@@ -199,7 +212,6 @@ impl Engine {
             cancel_reason: None,
             created_by: ctx.created_by,
             resting: false,
-            trades: Vec::new(),
             link: None,
             oto_order_ids: Vec::new(),
             fill_condition: None,
@@ -407,7 +419,6 @@ impl Engine {
             "reduce_only": order.reduce_only,
             "label": order.label,
         });
-        order.trades.push(trade.clone());
         self.close_seq(seq);
         self.emit_order(seq);
         self.events.push(EngineEvent::Trades {

@@ -688,16 +688,10 @@ mod tests {
             open: 1,
             open_critical: 1,
             raised_total: 2,
-            deduplicated_total: 0,
             recent: vec![record("a2", "store:backup", Severity::Warning, true)],
             open_alerts: vec![old_open],
-            refused_total: 0,
             history_loaded: true,
-            history_load_error: None,
-            store_failures: 0,
-            last_store_error: None,
-            sinks_failing: 0,
-            sinks: vec![],
+            ..AlertStatus::default()
         };
         let all = alerts_body(&status, &AlertFilter::default());
         assert_eq!(all["count"], 2);

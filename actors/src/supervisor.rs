@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
-use tracing::{error, info, warn};
+use tracing::{Level, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
@@ -115,9 +115,29 @@ pub struct SupervisorState {
     shutting_down: bool,
 }
 
+/// [`report`] of an event that schedules nothing (no next delay).
+fn note(
+    level: Level,
+    supervisor: &str,
+    child: ChildName,
+    restarts: u64,
+    event: &str,
+    reason: &str,
+) {
+    report(
+        level,
+        supervisor,
+        child,
+        event,
+        reason,
+        restarts,
+        Duration::ZERO,
+    );
+}
+
 /// One supervisor report: the six fields every event carries.
 fn report(
-    level: tracing::Level,
+    level: Level,
     supervisor: &str,
     child: ChildName,
     event: &str,
@@ -128,11 +148,11 @@ fn report(
     let next_delay_ms = u64::try_from(next_delay.as_millis()).unwrap_or(u64::MAX);
     let child = child.as_str();
     match level {
-        tracing::Level::ERROR => error!(
+        Level::ERROR => error!(
             supervisor,
             child, event, reason, restart_count, next_delay_ms, "supervisor: {child} {event}"
         ),
-        tracing::Level::WARN => warn!(
+        Level::WARN => warn!(
             supervisor,
             child, event, reason, restart_count, next_delay_ms, "supervisor: {child} {event}"
         ),
@@ -162,26 +182,17 @@ impl SupervisorState {
                 self.by_id.insert(cell.get_id(), idx);
                 child.cell = Some(cell);
                 let event = if restarted { "restarted" } else { "started" };
-                report(
-                    tracing::Level::INFO,
-                    &self.label,
-                    name,
-                    event,
-                    "",
-                    child.restarts,
-                    Duration::ZERO,
-                );
+                note(Level::INFO, &self.label, name, child.restarts, event, "");
             }
             Err(err) => {
                 let reason = format!("start failed: {err}");
-                report(
-                    tracing::Level::ERROR,
+                note(
+                    Level::ERROR,
                     &self.label,
                     name,
+                    self.children[idx].restarts,
                     "start_failed",
                     &reason,
-                    self.children[idx].restarts,
-                    Duration::ZERO,
                 );
                 self.children[idx].cell = None;
                 Box::pin(self.on_exit(idx, ExitKind::Abnormal, reason, myself)).await;
@@ -210,14 +221,13 @@ impl SupervisorState {
         match child.history.decide(&policy, kind, now, fastrand::f64()) {
             Decision::Leave => {
                 child.state = ChildState::Stopped;
-                report(
-                    tracing::Level::INFO,
+                note(
+                    Level::INFO,
                     &self.label,
                     name,
+                    child.restarts,
                     "not_restarted",
                     &format!("restart type {:?} after {kind:?} exit", policy.restart),
-                    child.restarts,
-                    Duration::ZERO,
                 );
             }
             Decision::Escalate { restarts_in_window } => {
@@ -228,14 +238,13 @@ impl SupervisorState {
                     humantime_serde::re::humantime::format_duration(policy.within),
                     policy.max_restarts
                 );
-                report(
-                    tracing::Level::ERROR,
+                note(
+                    Level::ERROR,
                     &self.label,
                     name,
+                    child.restarts,
                     "escalated",
                     &msg,
-                    child.restarts,
-                    Duration::ZERO,
                 );
                 (self.on_escalation)(Escalation {
                     child: name,
@@ -256,7 +265,7 @@ impl SupervisorState {
                     .with_label_values(&[name.as_str()])
                     .inc();
                 report(
-                    tracing::Level::WARN,
+                    Level::WARN,
                     &self.label,
                     name,
                     "restart_scheduled",
@@ -295,14 +304,13 @@ impl SupervisorState {
             let name = child.spec.name;
             let timeout = child.spec.policy.shutdown_timeout;
             stop_child(&cell, timeout).await;
-            report(
-                tracing::Level::WARN,
+            note(
+                Level::WARN,
                 &self.label,
                 name,
+                self.children[j].restarts,
                 "stopped_for_sibling",
                 &format!("rest_for_one: {} failed", self.children[idx].spec.name),
-                self.children[j].restarts,
-                Duration::ZERO,
             );
         }
     }
@@ -429,14 +437,13 @@ impl Actor for RootSupervisor {
                         }
                     };
                     let elapsed = started.elapsed();
-                    report(
-                        tracing::Level::INFO,
+                    note(
+                        Level::INFO,
                         &state.label,
                         name,
+                        state.children[idx].restarts,
                         "shut_down",
                         outcome,
-                        state.children[idx].restarts,
-                        Duration::ZERO,
                     );
                     reports.push(StopReport {
                         child: name,
@@ -474,30 +481,14 @@ impl Actor for RootSupervisor {
         let restarts = child.restarts;
         if state.shutting_down {
             child.state = ChildState::ShutDown;
-            report(
-                tracing::Level::INFO,
-                &state.label,
-                name,
-                "exited",
-                &reason,
-                restarts,
-                Duration::ZERO,
-            );
+            note(Level::INFO, &state.label, name, restarts, "exited", &reason);
             return Ok(());
         }
         let (level, event) = match kind {
-            ExitKind::Normal => (tracing::Level::INFO, "exited"),
-            ExitKind::Abnormal => (tracing::Level::ERROR, "failed"),
+            ExitKind::Normal => (Level::INFO, "exited"),
+            ExitKind::Abnormal => (Level::ERROR, "failed"),
         };
-        report(
-            level,
-            &state.label,
-            name,
-            event,
-            &reason,
-            restarts,
-            Duration::ZERO,
-        );
+        note(level, &state.label, name, restarts, event, &reason);
         state.on_exit(idx, kind, reason, &myself).await;
         Ok(())
     }

@@ -66,19 +66,8 @@ pub(crate) fn healthy_replies() -> Replies {
     Replies {
         supervisor: Reply::Answered(supervisor(|_| ChildState::Running)),
         alert: Reply::Answered(AlertStatus {
-            open: 0,
-            open_critical: 0,
-            raised_total: 0,
-            deduplicated_total: 0,
-            recent: vec![],
-            open_alerts: vec![],
-            refused_total: 0,
             history_loaded: true,
-            history_load_error: None,
-            store_failures: 0,
-            last_store_error: None,
-            sinks_failing: 0,
-            sinks: vec![],
+            ..AlertStatus::default()
         }),
         persister: Reply::Answered(PersisterStatus {
             path: "x.db".into(),

@@ -133,8 +133,8 @@ pub struct AlertRecord {
     pub key: String,
 }
 
-/// The alert actor's answer to `Status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The alert actor's answer to `Status` (`Default`: nothing raised, history not yet loaded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AlertStatus {
     /// Open alerts (one per key).
     pub open: usize,

@@ -241,16 +241,8 @@ impl Engine {
     pub(crate) fn settle(&mut self, instrument: usize, now_ms: i64) {
         // Bounded: each round fills, triggers or cancels at least one order for good.
         for _ in 0..1_000 {
-            let candidates: Vec<u64> = self
-                .active
-                .iter()
-                .copied()
-                .filter(|seq| {
-                    self.orders
-                        .get(seq)
-                        .is_some_and(|o| o.instrument == instrument && !o.awaiting_primary)
-                })
-                .collect();
+            let candidates =
+                self.active_where(|o| o.instrument == instrument && !o.awaiting_primary);
             if candidates.is_empty() {
                 return;
             }
@@ -532,17 +524,7 @@ impl Engine {
 
     /// Cancel-on-disconnect: cancels the active orders created by `connection`.
     pub(crate) fn cancel_created_by(&mut self, connection: ConnId, now_ms: i64) -> usize {
-        let selected: Vec<u64> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|seq| {
-                self.orders
-                    .get(seq)
-                    .is_some_and(|o| o.created_by == Some(connection))
-            })
-            .collect();
-        selected
+        self.active_where(|o| o.created_by == Some(connection))
             .into_iter()
             .filter(|seq| self.cancel_seq(*seq, "cancel_on_disconnect", now_ms))
             .count()

@@ -9,14 +9,15 @@ impl Engine {
     // ----- queries -----
 
     pub(super) fn select_active(&self, filter: &OrderFilter<'_>) -> Vec<u64> {
+        self.active_where(|order| self.filter_matches(order, filter))
+    }
+
+    /// The active orders (by sequence number, oldest first) for which `pred` holds.
+    pub(super) fn active_where(&self, pred: impl Fn(&Order) -> bool) -> Vec<u64> {
         self.active
             .iter()
             .copied()
-            .filter(|seq| {
-                self.orders
-                    .get(seq)
-                    .is_some_and(|order| self.filter_matches(order, filter))
-            })
+            .filter(|seq| self.orders.get(seq).is_some_and(&pred))
             .collect()
     }
 

@@ -277,6 +277,18 @@ fn a_damaged_schema_text_fails_verification() {
 /// damage and the store is moved aside and the backup restored.
 /// The store file's bytes (no WAL beside it) and the byte range of the root page of the schema
 /// object matching `filter` (an `sqlite_master` condition).
+/// The open moves the store at `path` aside and restores `backup`; returns its report.
+fn opens_restored_from(path: &Path, backups: &Path, backup: &Path) -> OpenReport {
+    let (store, report) = open_verified(path, backups).expect("recovered, not refused");
+    drop(store);
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert_eq!(
+        report.restored_from.as_deref(),
+        Some(backup.display().to_string().as_str())
+    );
+    report
+}
+
 fn root_page(path: &Path, filter: &str) -> (Vec<u8>, std::ops::Range<usize>) {
     let conn = Connection::open(path).unwrap();
     let root: i64 = conn
@@ -310,13 +322,7 @@ fn damage_the_tail_check_does_not_read_is_recovered_when_the_open_fails() {
         "the tail check does not read the index"
     );
     assert!(!verify(&path).ok, "the full check does");
-    let (store, report) = open_verified(&path, &backups).expect("recovered, not refused");
-    drop(store);
-    assert!(report.moved_aside.is_some(), "{report:?}");
-    assert_eq!(
-        report.restored_from.as_deref(),
-        Some(backup.display().to_string().as_str())
-    );
+    let report = opens_restored_from(&path, &backups, &backup);
     assert!(
         report
             .reason
@@ -374,12 +380,6 @@ fn a_flipped_divider_key_in_the_events_tree_fails_the_tail_check() {
         report.summary()
     );
     assert!(!verify(&path).ok, "quick_check sees it too");
-    let (store, report) = open_verified(&path, &backups).expect("recovered, not refused");
-    drop(store);
-    assert!(report.moved_aside.is_some(), "{report:?}");
-    assert_eq!(
-        report.restored_from.as_deref(),
-        Some(backup.display().to_string().as_str())
-    );
+    opens_restored_from(&path, &backups, &backup);
     assert!(verify(&path).ok);
 }

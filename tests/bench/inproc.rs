@@ -222,15 +222,22 @@ impl HealthSamples {
 }
 
 /// Polls `GET /health` over one keep-alive connection until `stop` is set, pausing `pause`
-/// between requests (zero: back to back), and returns what it measured.
+/// between requests (zero: back to back), and returns what it measured. Room for `capacity`
+/// latencies is allocated and written once before the first request, so that a run that keeps
+/// fewer does not grow this process's memory while it is measured.
 pub fn poll_health(
     uri: hyper::Uri,
     pause: Duration,
     stop: Arc<AtomicBool>,
+    capacity: usize,
 ) -> tokio::task::JoinHandle<HealthSamples> {
     tokio::spawn(async move {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let mut out = HealthSamples::default();
+        let mut out = HealthSamples {
+            latencies: vec![Duration::ZERO; capacity],
+            ..HealthSamples::default()
+        };
+        out.latencies.clear();
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();
             let code = match client.get(uri.clone()).await {
@@ -253,7 +260,12 @@ pub fn poll_health(
 
 /// A field of `/proc/self/status` in kB (`VmRSS`, `VmHWM`).
 pub fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kb_of("self", field)
+}
+
+/// A field of `/proc/<proc>/status` in kB (`proc`: a pid, or `self`).
+pub fn status_kb_of(proc: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{proc}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| {
@@ -270,11 +282,16 @@ pub fn status_kb(field: &str) -> u64 {
 
 /// CPU seconds (user + system) used so far by this process's threads, summed by thread name.
 pub fn cpu_by_thread() -> BTreeMap<String, f64> {
+    cpu_by_thread_of("self")
+}
+
+/// [`cpu_by_thread`] of process `proc` (a pid, or `self`).
+pub fn cpu_by_thread_of(proc: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     // SAFETY-free: sysconf is not needed, Linux reports clock ticks at 100 Hz on every
     // supported architecture (USER_HZ).
     let hz = 100.0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{proc}/task")) else {
         return out;
     };
     for task in tasks.flatten() {

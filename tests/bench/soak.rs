@@ -11,9 +11,14 @@
 //! `--aged N` first runs the release daemon once on the data dir and appends N chain-correct
 //! heartbeat events to its store (the `aged_start` bench's aging, checkpoint included), so the run
 //! starts on a store with a long history. `--trade 0` turns execution off (the strategy only
-//! analyzes), which separates what trading adds to memory. The data dir is under `TMPDIR` (default `/tmp`).
+//! analyzes), which separates what trading adds to memory. `--process 1` runs the release binary
+//! (`tradebaas run` on `config/default.toml` pointed at the bench's exchange, AGGRESSIVE, the
+//! example strategy named) as its own process and samples its `/proc/<pid>/status` instead: RSS
+//! is then the daemon's alone, without the exchange's kept orders and the bench's samples; ticks
+//! come from its `/health`. The data dir is under `TMPDIR` (default `/tmp`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +31,10 @@ use args::arg;
 
 #[path = "inproc.rs"]
 mod inproc;
-use inproc::{Daemon, Exchange, bench_config, cpu_by_thread, cpu_delta, poll_health, status_kb};
+use inproc::{
+    Daemon, Exchange, bench_config, cpu_by_thread_of, cpu_delta, poll_health, status_kb_of,
+};
+use tradebaas::status::get;
 
 // The aging (`age`) and the first run of the binary (`start_once`) of the aged_start bench.
 #[allow(dead_code)]
@@ -89,11 +97,155 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
+/// The daemon under soak: the tree in this process (with the exchange and the bench, so the
+/// live heap can be counted by owner), or the release binary as its own process (`--process 1`:
+/// its RSS is the daemon's alone, as an operator sees it against a remote exchange).
+enum Target {
+    InProc(Daemon),
+    Binary {
+        child: std::process::Child,
+        base: String,
+        health_uri: hyper::Uri,
+    },
+}
+
+impl Target {
+    /// `tradebaas run` on `data` against the bench's exchange at `url`: `config/default.toml`
+    /// with the raw ticker channel, AGGRESSIVE from the start and the built-in example strategy
+    /// named (against a non-paper URL the daemon would otherwise observe only), execution as
+    /// `trade` says. Waits (up to 60 s) for its listen line.
+    async fn spawn(data: &Path, url: &str, trade: bool) -> Target {
+        const DEFAULT: &str = include_str!("../../config/default.toml");
+        let example = DEFAULT
+            .find("# [[strategies]]")
+            .map(|i| {
+                DEFAULT[i..]
+                    .lines()
+                    .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap();
+        let mut text = DEFAULT
+            .replacen("url = \"paper\"", &format!("url = \"{url}\""), 1)
+            .replacen("ticker.BTC-PERPETUAL.100ms", "ticker.BTC-PERPETUAL.raw", 1)
+            .replacen(
+                "# initial_mode = \"OBSERVE_ONLY\"",
+                "initial_mode = \"AGGRESSIVE\"",
+                1,
+            );
+        if !trade {
+            text = text.replacen(
+                "[execution]\nenabled = true",
+                "[execution]\nenabled = false",
+                1,
+            );
+        }
+        text.push_str(&example);
+        let config = data.with_file_name("soak.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tradebaas"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data)
+            .env_remove("TRADEBAAS_BROKER_URL")
+            .env("DERIBIT_CLIENT_ID", "bench")
+            .env("DERIBIT_CLIENT_SECRET", "bench-secret")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log is drained for as long as the daemon runs (a full pipe would block it); only
+        // the listen line is kept.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("http: serving"))
+                {
+                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let listen = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("the daemon logs its listen address within 60 s");
+        let base = format!("http://{listen}");
+        let health_uri = format!("{base}/health").parse().unwrap();
+        Target::Binary {
+            child,
+            base,
+            health_uri,
+        }
+    }
+
+    fn health_uri(&self) -> hyper::Uri {
+        match self {
+            Target::InProc(d) => d.health_uri.clone(),
+            Target::Binary { health_uri, .. } => health_uri.clone(),
+        }
+    }
+
+    /// Ticks the strategy actor has processed (from `/health` for the binary).
+    async fn ticks(&self) -> Option<u64> {
+        match self {
+            Target::InProc(d) => d.ticks().await,
+            Target::Binary { base, .. } => {
+                let (_, body) = get(base, "/health", Duration::from_secs(2)).await.ok()?;
+                let health: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                health["actors"]["strategy"]["ticks_received"].as_u64()
+            }
+        }
+    }
+
+    /// Whose `/proc` entry to read: `self` or the daemon's pid.
+    fn proc(&self) -> String {
+        match self {
+            Target::InProc(_) => "self".into(),
+            Target::Binary { child, .. } => child.id().to_string(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Target::InProc(d) => d.stop().await,
+            Target::Binary { mut child, .. } => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            }
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let target = arg("--ticks", 10_000_000);
     let rate = arg("--rate", 150_000) as f64;
     let aged = arg("--aged", 0);
+    let process = arg("--process", 0) == 1;
+    // `--trade 0`: the strategies only analyze (no orders), to tell trading's share of growth.
+    let trade = arg("--trade", 1) == 1;
     let dir =
         tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/tmp".into())).unwrap();
     let data = dir.path().join("data");
@@ -116,19 +268,26 @@ async fn main() {
     let exchange = Exchange::start(rate, 1).await;
     let heap_exchange = heap_kb();
     let started = Instant::now();
-    let mut config = bench_config();
-    // `--trade 0`: the strategies only analyze (no orders), to tell trading's share of growth.
-    config.execution.enabled = arg("--trade", 1) == 1;
-    let daemon = Daemon::start(&config, &data, exchange.url()).await;
+    let daemon = if process {
+        Target::spawn(&data, &exchange.url(), trade).await
+    } else {
+        let mut config = bench_config();
+        config.execution.enabled = trade;
+        Target::InProc(Daemon::start(&config, &data, exchange.url()).await)
+    };
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
-    let rss_start = status_kb("VmRSS");
+    let proc = daemon.proc();
+    let rss_start = status_kb_of(&proc, "VmRSS");
     let heap_start = heap_kb();
-    let cpu_before = cpu_by_thread();
+    let cpu_before = cpu_by_thread_of(&proc);
     let stop = Arc::new(AtomicBool::new(false));
+    // A poll every 10 ms (about 100 a second) for at most 1.5x the run's nominal length.
+    let room = (target as f64 / rate * 1.5 * 110.0) as usize + 2_000;
     let poller = poll_health(
-        daemon.health_uri.clone(),
+        daemon.health_uri(),
         Duration::from_millis(10),
         Arc::clone(&stop),
+        room,
     );
     let dropped_before = exchange.paper.stats().ticks_dropped_lagging;
 
@@ -143,18 +302,25 @@ async fn main() {
         tokio::time::sleep_until(next.into()).await;
         next += Duration::from_secs(1);
         let ticks = daemon.ticks().await.map(|t| t - ticks0);
-        let rss = status_kb("VmRSS");
+        let rss = status_kb_of(&proc, "VmRSS");
         let at = t0.elapsed().as_secs_f64();
         if let Some(ticks) = ticks {
             let heap = heap_kb();
-            samples.push((at, ticks, rss, heap, status_kb("RssAnon")));
+            samples.push((at, ticks, rss, heap, status_kb_of(&proc, "RssAnon")));
             if ticks >= next_report {
+                // The heaps are this process's: the daemon's only when it runs in it.
+                let heaps = if process {
+                    String::new()
+                } else {
+                    format!(
+                        "  live heap {:.1} MB  SQLite {:.1} MB",
+                        mb(heap),
+                        mb(sqlite_kb())
+                    )
+                };
                 println!(
-                    "  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB  live heap {:.1} MB  \
-                     SQLite {:.1} MB",
-                    mb(rss),
-                    mb(heap),
-                    mb(sqlite_kb())
+                    "  {at:>6.0} s  {ticks:>10} ticks  RSS {:.1} MB{heaps}",
+                    mb(rss)
                 );
                 next_report += target / 10;
             }
@@ -169,9 +335,9 @@ async fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let mut health = poller.await.unwrap();
-    let cpu = cpu_delta(&cpu_before, &cpu_by_thread());
+    let cpu = cpu_delta(&cpu_before, &cpu_by_thread_of(&proc));
     let dropped = exchange.paper.stats().ticks_dropped_lagging - dropped_before;
-    let hwm = status_kb("VmHWM");
+    let hwm = status_kb_of(&proc, "VmHWM");
     let (end_at, end_ticks, rss_end, heap_end, anon_end) = *samples.last().unwrap();
     let warm = samples
         .iter()
@@ -193,7 +359,11 @@ async fn main() {
     let half = samples.iter().find(|s| s.1 >= target / 2).copied().unwrap();
     let growth_half = (rss_end as f64 - half.2 as f64) / half.2 as f64 * 100.0;
 
-    println!("  ready after {ready_ms:.0} ms");
+    if process {
+        println!("  the release binary, pid {proc}: serving after {ready_ms:.0} ms");
+    } else {
+        println!("  ready after {ready_ms:.0} ms");
+    }
     println!(
         "  processed {end_ticks} ticks in {end_at:.1} s: {:.0} ticks/s through broker → strategy; \
          {dropped} ticks skipped by the exchange because the daemon lagged",
@@ -222,14 +392,16 @@ async fn main() {
         mb(half.2),
         mb(rss_end)
     );
-    println!(
-        "  live heap: start {:.1} MB, after warm-up {:.1} MB, end {:.1} MB ({:+.2} MB); \
-         the rest of RSS is code, stacks, mapped files and what the allocator keeps",
-        mb(heap_start),
-        mb(warm.3),
-        mb(heap_end),
-        (heap_end as f64 - warm.3 as f64) / 1024.0
-    );
+    if !process {
+        println!(
+            "  live heap: start {:.1} MB, after warm-up {:.1} MB, end {:.1} MB ({:+.2} MB); \
+             the rest of RSS is code, stacks, mapped files and what the allocator keeps",
+            mb(heap_start),
+            mb(warm.3),
+            mb(heap_end),
+            (heap_end as f64 - warm.3 as f64) / 1024.0
+        );
+    }
     // RSS is anonymous memory (heap, stacks, SQLite's caches) plus file-backed pages (the
     // binary's code as new paths run for the first time, mapped files): only the first can leak.
     let anon_growth = anon_end as f64 - warm.4 as f64;
@@ -258,6 +430,13 @@ async fn main() {
         health.latencies.len()
     );
     println!("  CPU by thread: {cpu}");
+    if process {
+        println!(
+            "  RSS is the daemon's alone; the exchange and the bench run in the bench process."
+        );
+        daemon.stop().await;
+        return;
+    }
     println!("  RSS includes the paper exchange and the bench, which run in the same process.");
     // Whose heap it is: what each part gives back when it stops, against what it took to start.
     drop(health);

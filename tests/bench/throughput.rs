@@ -94,7 +94,12 @@ async fn throughput(rate: u64, seconds: u64) {
     let daemon = Daemon::start(&bench_config(), dir.path(), exchange.url()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = poll_health(daemon.health_uri.clone(), Duration::ZERO, Arc::clone(&stop));
+    let poller = poll_health(
+        daemon.health_uri.clone(),
+        Duration::ZERO,
+        Arc::clone(&stop),
+        0,
+    );
     let s0 = exchange.paper.stats();
     let cpu0 = cpu_by_thread();
     let ticks0 = daemon.ticks().await.unwrap_or(0);

@@ -123,7 +123,7 @@ async fn session_counts_every_malformed_fuzzed_frame() {
         };
         match event {
             SessionEvent::Malformed { .. } => got_malformed += 1,
-            SessionEvent::Ticker(_) => got_tickers += 1,
+            SessionEvent::Tickers(t) => got_tickers += t.len() as u64,
             SessionEvent::Subscription { .. } => got_subs += 1,
             SessionEvent::Closed { reason } => panic!("seed {seed}: session closed: {reason}"),
         }

@@ -422,12 +422,13 @@ impl Actor for BrokerActor {
                     return Ok(());
                 }
                 match event {
-                    SessionEvent::Ticker(ticker) => {
+                    SessionEvent::Tickers(tickers) => {
+                        let n = tickers.len() as u64;
                         state.last_market_data = Some((Instant::now(), crate::clock::now()));
-                        state.market_data_messages += 1;
-                        state.args.metrics.market_data_messages.inc();
+                        state.market_data_messages += n;
+                        state.args.metrics.market_data_messages.inc_by(n);
                         if let Some(strategy) = state.args.names.get::<StrategyMsg>() {
-                            let _ = strategy.send_message(StrategyMsg::Ticker(ticker));
+                            let _ = strategy.send_message(StrategyMsg::Tickers(tickers));
                         }
                     }
                     SessionEvent::Subscription { channel, .. } => {

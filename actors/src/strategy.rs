@@ -570,7 +570,11 @@ impl Actor for StrategyActor {
     }
 
     dispatch!(StrategyMsg, "strategy", |myself, msg, state| match msg {
-        StrategyMsg::Ticker(ticker) => state.on_tick(&myself, &ticker),
+        StrategyMsg::Tickers(tickers) => {
+            for ticker in &tickers {
+                state.on_tick(&myself, ticker);
+            }
+        }
         StrategyMsg::Connected { conn } => state.on_connected(&myself, conn),
         StrategyMsg::Owned(reply) => {
             let _ = reply.send(state.owned());

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::protocol::{self, Incoming, RpcError};
+use crate::model::Ticker;
 pub use crate::protocol::broker::{RequestError, SessionEvent};
 
 /// Connection and request limits.
@@ -59,6 +60,14 @@ pub enum ConnectError {
 /// ratchets it up to 512 KiB over hours (measured with dhat in the soak bench). 16 KiB is still
 /// dozens of ticker frames per read, and it bounds the buffer near 64 KiB.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// The most ticker frames handed to the owner in one [`SessionEvent::Tickers`].
+const MAX_TICKER_BATCH: usize = 64;
+
+/// Hands the batched tickers (if any) to the owner; false when the owner is gone.
+fn flush(sink: &EventSink, batch: &mut Vec<Ticker>) -> bool {
+    batch.is_empty() || sink(SessionEvent::Tickers(std::mem::take(batch)))
+}
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Box<RawValue>, RpcError>>>>>;
 
@@ -242,70 +251,93 @@ impl Session {
             let writer_tx = writer_tx.clone();
             let next_id = Arc::clone(&next_id);
             tokio::spawn(async move {
+                // Consecutive ticker frames already read are handed over together (at most
+                // `MAX_TICKER_BATCH`), so a backlog costs one message per batch instead of one
+                // per tick; a batch goes as soon as nothing more is buffered, so a lone tick
+                // waits for nothing, and before any other frame is handled, so everything else
+                // keeps its order relative to the ticks.
+                let mut batch: Vec<Ticker> = Vec::new();
                 let reason = loop {
-                    let frame = match read.next().await {
-                        None => break "connection closed by the exchange".to_string(),
-                        Some(Err(e)) => break format!("read error: {e}"),
+                    let next = match read.next().now_or_never() {
+                        Some(next) => next,
+                        // Nothing more is buffered: the tickers read so far go now.
+                        None if !flush(&sink, &mut batch) => break None,
+                        None => read.next().await,
+                    };
+                    let frame = match next {
+                        None => break Some("connection closed by the exchange".to_string()),
+                        Some(Err(e)) => break Some(format!("read error: {e}")),
                         Some(Ok(frame)) => frame,
                     };
                     let nanos = u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     counters.last_frame_nanos.store(nanos, Ordering::Relaxed);
                     counters.frames.fetch_add(1, Ordering::Relaxed);
-                    let event = match frame {
-                        Message::Text(text) => match protocol::decode(&text) {
-                            Ok(Incoming::Response { id, result }) => {
-                                if let Some(tx) = lock(&pending).remove(&id) {
-                                    let _ = tx.send(result);
-                                }
-                                continue;
-                            }
-                            Ok(Incoming::TestRequest) => {
-                                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                                let answer = protocol::encode_request(
-                                    id,
-                                    "public/test",
-                                    &Value::Object(serde_json::Map::new()),
-                                );
-                                if writer_tx.try_send(Message::text(answer)).is_ok() {
-                                    counters.test_requests.fetch_add(1, Ordering::Relaxed);
-                                }
-                                continue;
-                            }
-                            Ok(
-                                Incoming::UnmatchedResponse
-                                | Incoming::Heartbeat
-                                | Incoming::Other { .. },
-                            ) => continue,
-                            Ok(Incoming::Ticker(t)) => SessionEvent::Ticker(t),
-                            Ok(Incoming::Subscription { channel, data }) => {
-                                SessionEvent::Subscription { channel, data }
-                            }
-                            Err(e) => SessionEvent::Malformed {
-                                reason: e.to_string(),
-                            },
-                        },
-                        Message::Binary(b) => SessionEvent::Malformed {
-                            reason: format!("unexpected binary frame of {} bytes", b.len()),
-                        },
+                    let decoded = match frame {
+                        Message::Text(text) => protocol::decode(&text).map_err(|e| e.to_string()),
+                        Message::Binary(b) => {
+                            Err(format!("unexpected binary frame of {} bytes", b.len()))
+                        }
+                        // The tickers before it go with `Closed`, below.
                         Message::Close(frame) => {
-                            break match frame {
+                            break Some(match frame {
                                 Some(f) => {
                                     format!("closed by the exchange: {} {}", f.code, f.reason)
                                 }
                                 None => "closed by the exchange".to_string(),
-                            };
+                            });
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
+                    let event = match decoded {
+                        Ok(Incoming::Ticker(t)) => {
+                            batch.push(t);
+                            if batch.len() >= MAX_TICKER_BATCH && !flush(&sink, &mut batch) {
+                                break None;
+                            }
+                            continue;
+                        }
+                        Ok(
+                            Incoming::UnmatchedResponse
+                            | Incoming::Heartbeat
+                            | Incoming::Other { .. },
+                        ) => continue,
+                        // Any other frame: the tickers read before it go first.
+                        _ if !flush(&sink, &mut batch) => break None,
+                        Ok(Incoming::Response { id, result }) => {
+                            if let Some(tx) = lock(&pending).remove(&id) {
+                                let _ = tx.send(result);
+                            }
+                            continue;
+                        }
+                        Ok(Incoming::TestRequest) => {
+                            let id = next_id.fetch_add(1, Ordering::Relaxed);
+                            let answer = protocol::encode_request(
+                                id,
+                                "public/test",
+                                &Value::Object(serde_json::Map::new()),
+                            );
+                            if writer_tx.try_send(Message::text(answer)).is_ok() {
+                                counters.test_requests.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                        Ok(Incoming::Subscription { channel, data }) => {
+                            SessionEvent::Subscription { channel, data }
+                        }
+                        Err(reason) => SessionEvent::Malformed { reason },
+                    };
                     if !sink(event) {
-                        // The owner is gone: end quietly.
-                        lock(&pending).clear();
-                        return;
+                        break None;
                     }
                 };
                 // Dropping the senders tells every waiting request the session is gone.
                 lock(&pending).clear();
-                sink(SessionEvent::Closed { reason });
+                // `None`: the owner is gone (a hand-over failed), so the session ends quietly.
+                if let Some(reason) = reason
+                    && flush(&sink, &mut batch)
+                {
+                    sink(SessionEvent::Closed { reason });
+                }
             })
         };
 

@@ -127,8 +127,9 @@ pub enum RequestError {
 /// What a session tells its owner.
 #[derive(Debug)]
 pub enum SessionEvent {
-    /// A ticker notification.
-    Ticker(Ticker),
+    /// One or more ticker notifications, in the order they arrived: consecutive ticker frames
+    /// already read are handed over together (never held back waiting for more).
+    Tickers(Vec<Ticker>),
     /// Another subscription notification.
     Subscription {
         channel: String,

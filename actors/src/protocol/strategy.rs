@@ -11,8 +11,8 @@ use crate::model::{Decision, Intent, Lifecycle, PositionData, Ticker, Transition
 
 /// Messages of the strategy actor.
 pub enum StrategyMsg {
-    /// Market data from the broker.
-    Ticker(Ticker),
+    /// Market data from the broker: one or more tickers, in the order they arrived.
+    Tickers(Vec<Ticker>),
     /// An entry's intent: ANALYZING → SIGNAL_DETECTED (`signal`) → ENTERING_POSITION (`reason`)
     /// with `intent` in flight, committed as one transaction (one `lifecycle.transition` event
     /// naming both steps, and the record), so the order waits for one fsync (ADR 0005). Same

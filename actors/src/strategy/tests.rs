@@ -82,7 +82,7 @@ async fn the_example_logic_records_its_decisions_without_acting() {
     e.ma_cross.slow = 3;
     let (a, _) = spawn("strat-ma-", vec![e]).await;
     for price in [100.0, 100.0, 100.0, 90.0, 90.0, 90.0, 120.0, 130.0, 140.0] {
-        a.send_message(StrategyMsg::Ticker(ticker("BTC-PERPETUAL", price)))
+        a.send_message(StrategyMsg::Tickers(vec![ticker("BTC-PERPETUAL", price)]))
             .unwrap();
     }
     let s = call_t!(a, StrategyMsg::Status, 2000).unwrap();
@@ -120,9 +120,12 @@ async fn a_tick_counts_but_leaves_the_lifecycle_alone() {
     assert!(!s.records_loaded);
     assert!(s.load_error.is_some());
 
-    a.send_message(StrategyMsg::Ticker(ticker("BTC-PERPETUAL", 65_000.5)))
-        .unwrap();
-    a.send_message(StrategyMsg::Ticker(ticker("SOL-PERPETUAL", 1.0)))
+    a.send_message(StrategyMsg::Tickers(vec![ticker(
+        "BTC-PERPETUAL",
+        65_000.5,
+    )]))
+    .unwrap();
+    a.send_message(StrategyMsg::Tickers(vec![ticker("SOL-PERPETUAL", 1.0)]))
         .unwrap();
     let s = call_t!(a, StrategyMsg::Status, 1000).unwrap();
     assert_eq!(s.active, 2);
@@ -334,8 +337,11 @@ async fn keeps_up_with_a_burst_of_ticks() {
     let (a, _) = spawn("strat-burst-", vec![entry("a", "BTC-PERPETUAL")]).await;
     let started = std::time::Instant::now();
     for i in 0..20_000 {
-        a.send_message(StrategyMsg::Ticker(ticker("BTC-PERPETUAL", f64::from(i))))
-            .unwrap();
+        a.send_message(StrategyMsg::Tickers(vec![ticker(
+            "BTC-PERPETUAL",
+            f64::from(i),
+        )]))
+        .unwrap();
     }
     let s = call_t!(a, StrategyMsg::Status, 5000).unwrap();
     assert_eq!(s.strategies[0].ticks, 20_000);

@@ -41,6 +41,7 @@ use tradebaas_actors::metrics::Metrics;
 use tradebaas_actors::names::{Child, ChildName, Names};
 use tradebaas_actors::notify::SdNotifier;
 use tradebaas_actors::persister::PersisterMsg;
+use tradebaas_actors::protocol::alert::Alert;
 use tradebaas_actors::recovery::{RECOVERY_KEY, RecoveryConfig, RecoveryReport, recover};
 use tradebaas_actors::secret::Secret;
 use tradebaas_actors::store::{
@@ -417,7 +418,7 @@ pub async fn startup_sequence(s: Startup) {
         metrics,
         notifier,
     } = s;
-    if let Some(alert) = open_report.alert() {
+    if let Some(alert) = Alert::for_store_open(&open_report) {
         // The supervisor starts its children after `start_tree` returns: wait for the
         // alert actor rather than drop the alert.
         let sent = send_when_running(&names, || AlertMsg::Raise(alert.clone())).await;

@@ -141,6 +141,91 @@ fn no_actor_module_imports_another() {
     );
 }
 
+/// The leaves: what every layer above may use, and which use nothing of the crate above them.
+const LEAVES: [&str; 9] = [
+    "names",
+    "mode",
+    "store",
+    "backoff",
+    "clock",
+    "metrics",
+    "secret",
+    "notify",
+    "memory_net",
+];
+
+/// The layers above the leaves: vocabulary, services, actors and the assembly.
+const ABOVE_LEAVES: [&str; 18] = [
+    "protocol",
+    "model",
+    "client",
+    "health",
+    "checks",
+    "recovery",
+    "orders",
+    "task",
+    "alert",
+    "persister",
+    "failsafe",
+    "heartbeat",
+    "broker",
+    "strategy",
+    "supervisor",
+    "tree",
+    "testkit",
+    "hooks",
+];
+
+/// The modules of [`ABOVE_LEAVES`] that `code` names through `crate::`.
+fn names_above_leaves(code: &str) -> Vec<&'static str> {
+    let mut found: Vec<&'static str> = code
+        .split("crate::")
+        .skip(1)
+        .filter_map(|after| {
+            let head: String = after.chars().take_while(|c| is_ident(*c)).collect();
+            ABOVE_LEAVES.iter().find(|m| **m == head).copied()
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// **A leaf imports nothing above it** (`docs/ARCHITECTURE.md`): the store, the clock, the
+/// metrics and the rest are usable from every layer because they know none of them.
+#[test]
+fn leaves_import_no_layer_above_them() {
+    let src = root().join("src");
+    let mut violations = Vec::new();
+    for leaf in LEAVES {
+        let mut files = vec![src.join(format!("{leaf}.rs"))];
+        if src.join(leaf).is_dir() {
+            sources(&src.join(leaf), &mut files);
+        }
+        for path in files.iter().filter(|p| p.exists()) {
+            let name = path.to_string_lossy().replace('\\', "/");
+            if is_test_file(&name) {
+                continue;
+            }
+            let code = production_code(&fs::read_to_string(path).expect("read source"));
+            let above = names_above_leaves(&code);
+            if !above.is_empty() {
+                violations.push(format!("{name} imports {}", above.join(", ")));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "a leaf imports nothing above it (docs/ARCHITECTURE.md):\n  {}",
+        violations.join("\n  ")
+    );
+    assert_eq!(
+        names_above_leaves("use crate::protocol::alert::Alert;\nfn f() { crate::clock::now(); }"),
+        ["protocol"],
+        "the scan sees a leaf naming a layer above it"
+    );
+}
+
 #[test]
 fn children_are_found_by_their_typed_name() {
     let mut files = Vec::new();

@@ -419,7 +419,8 @@ fn judge(
                 "moved aside but not restored from the good backup: {report:?}"
             ));
         }
-        let alert = report.alert().ok_or("degraded without an alert")?;
+        let alert = tradebaas_actors::protocol::alert::Alert::for_store_open(&report)
+            .ok_or("degraded without an alert")?;
         if alert.severity != Severity::Critical || alert.key != "store:recovered" {
             return Err(format!("wrong alert {} {:?}", alert.key, alert.severity));
         }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Internal;
+use crate::store::OpenReport;
 
 /// Messages of the alert actor.
 pub enum AlertMsg {
@@ -105,6 +106,49 @@ pub struct Alert {
     pub root_cause: String,
     pub recommended_action: String,
     pub metadata: Value,
+}
+
+impl Alert {
+    /// The alert an open of the store calls for: CRITICAL `store:recovered` when
+    /// [`OpenReport::degraded`], WARNING `store:unclean_stop` when only the previous run crashed,
+    /// else none.
+    pub fn for_store_open(report: &OpenReport) -> Option<Alert> {
+        let metadata = serde_json::to_value(report).unwrap_or_default();
+        if report.degraded() {
+            let what = match &report.restored_from {
+                Some(b) => format!("restored from backup {b}"),
+                None => "no backup verified; started with an EMPTY store".into(),
+            };
+            let aside = report.moved_aside.clone().unwrap_or_default();
+            Some(Self {
+                key: "store:recovered".into(),
+                severity: Severity::Critical,
+                title: "the store failed verification and was replaced".into(),
+                message: format!("moved aside to {aside}; {what}; trading is OBSERVE_ONLY"),
+                root_cause: report.reason.clone().unwrap_or_default(),
+                recommended_action: format!(
+                    "Keep {aside} for investigation. Events after the restored backup exist only \
+                     there: reconcile positions with the exchange before enabling trading \
+                     (docs/OPERATIONS.md)."
+                ),
+                metadata,
+            })
+        } else if report.crashed {
+            Some(Self {
+                key: "store:unclean_stop".into(),
+                severity: Severity::Warning,
+                title: "the previous run did not stop cleanly".into(),
+                message: "no run.stopped was recorded before this start".into(),
+                root_cause: "crash, kill -9, power loss or a shutdown past its time limit".into(),
+                recommended_action: "Read the previous run's last log lines; check positions \
+                                     against the exchange."
+                    .into(),
+                metadata,
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// One alert as recorded and stored.

@@ -262,7 +262,7 @@ fn assert_moved_aside_and_restored(
     );
     assert!(report.reason.is_some());
     assert!(!report.created);
-    let alert = report.alert().unwrap();
+    let alert = crate::protocol::alert::Alert::for_store_open(&report).unwrap();
     assert_eq!(alert.key, "store:recovered");
     assert_eq!(alert.severity, crate::alert::Severity::Critical);
     assert!(alert.message.contains(".corrupt-"), "{}", alert.message);
@@ -386,13 +386,18 @@ fn the_run_marker_detects_a_crash_and_a_clean_stop() {
     drop(store);
     let (store, r) = open_verified(&path, &backups).unwrap();
     assert!(!r.crashed, "the previous run stopped cleanly");
-    assert!(r.alert().is_none());
+    assert!(crate::protocol::alert::Alert::for_store_open(&r).is_none());
     assert_eq!(store.state().unwrap()[RUN_KEY]["clean"], json!(false));
     drop(store); // no mark_clean: a crash
     let (store, r) = open_verified(&path, &backups).unwrap();
     assert!(r.crashed);
     assert!(!r.degraded(), "a crash alone does not degrade");
-    assert_eq!(r.alert().unwrap().severity, crate::alert::Severity::Warning);
+    assert_eq!(
+        crate::protocol::alert::Alert::for_store_open(&r)
+            .unwrap()
+            .severity,
+        crate::alert::Severity::Warning
+    );
     let kinds = first_kinds(&store);
     assert_eq!(
         kinds,

@@ -31,48 +31,6 @@ impl OpenReport {
     pub fn degraded(&self) -> bool {
         self.moved_aside.is_some() || self.restored_from.is_some()
     }
-
-    /// The alert to raise for this open: CRITICAL `store:recovered` when [`Self::degraded`],
-    /// WARNING `store:unclean_stop` when only the previous run crashed, else none.
-    pub fn alert(&self) -> Option<crate::protocol::alert::Alert> {
-        use crate::protocol::alert::Alert;
-        use crate::protocol::alert::Severity;
-        let metadata = serde_json::to_value(self).unwrap_or_default();
-        if self.degraded() {
-            let what = match &self.restored_from {
-                Some(b) => format!("restored from backup {b}"),
-                None => "no backup verified; started with an EMPTY store".into(),
-            };
-            let aside = self.moved_aside.clone().unwrap_or_default();
-            Some(Alert {
-                key: "store:recovered".into(),
-                severity: Severity::Critical,
-                title: "the store failed verification and was replaced".into(),
-                message: format!("moved aside to {aside}; {what}; trading is OBSERVE_ONLY"),
-                root_cause: self.reason.clone().unwrap_or_default(),
-                recommended_action: format!(
-                    "Keep {aside} for investigation. Events after the restored backup exist only \
-                     there: reconcile positions with the exchange before enabling trading \
-                     (docs/OPERATIONS.md)."
-                ),
-                metadata,
-            })
-        } else if self.crashed {
-            Some(Alert {
-                key: "store:unclean_stop".into(),
-                severity: Severity::Warning,
-                title: "the previous run did not stop cleanly".into(),
-                message: "no run.stopped was recorded before this start".into(),
-                root_cause: "crash, kill -9, power loss or a shutdown past its time limit".into(),
-                recommended_action: "Read the previous run's last log lines; check positions \
-                                     against the exchange."
-                    .into(),
-                metadata,
-            })
-        } else {
-            None
-        }
-    }
 }
 
 pub(super) fn companions(path: &Path) -> [PathBuf; 2] {

@@ -285,15 +285,8 @@ mod tests {
     /// other frame (and every broken ticker, with its precise error) to the general path.
     #[test]
     fn one_pass_ticker_path_agrees_with_the_general_path() {
-        let paper = concat!(
-            r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.BTC-PERPETUAL.raw","#,
-            r#""data":{"timestamp":1764763200000,"stats":{"volume_usd":0.0,"volume":0.0,"price_change":0.0125,"#,
-            r#""low":59990.5,"high":60010.0},"state":"open","settlement_price":60000.0,"open_interest":0.0,"#,
-            r#""min_price":58507.5,"max_price":61507.5,"mark_price":60007.5,"last_price":60007.5,"#,
-            r#""instrument_name":"BTC-PERPETUAL","index_price":60007.5,"funding_8h":0.0,"#,
-            r#""estimated_delivery_price":60007.5,"current_funding":0.0,"best_bid_price":60007.0,"#,
-            r#""best_bid_amount":123450.0,"best_ask_price":60008.0,"best_ask_amount":9870.0}}}"#
-        );
+        // A ticker frame as the paper exchange writes it (also the throughput bench's).
+        let paper = include_str!("../../testdata/paper_ticker.json");
         let frames = [
             TICKER,
             paper,

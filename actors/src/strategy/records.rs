@@ -5,6 +5,21 @@
 
 use super::*;
 
+/// Logs one lifecycle hop of instance `$id` at `$level`, with the one field list every hop log
+/// line has (`tracing`'s level belongs to the call site, so it is a macro, not a function).
+macro_rules! log_hop {
+    ($level:ident, $id:expr, $from:expr, $to:expr, $reason:expr, $msg:literal) => {
+        tracing::$level!(
+            actor = "strategy",
+            id = $id,
+            from = $from.as_str(),
+            to = $to.as_str(),
+            reason = $reason,
+            $msg
+        )
+    };
+}
+
 impl StrategyState {
     /// Applies the stored records; returns how many were restored.
     pub(super) fn restore(&mut self, state: &BTreeMap<String, Value>) -> usize {
@@ -115,11 +130,11 @@ impl StrategyState {
                 to: step,
                 reason,
             }) => {
-                warn!(
-                    actor = "strategy",
+                log_hop!(
+                    warn,
                     id,
-                    from = at.as_str(),
-                    to = step.as_str(),
+                    at,
+                    step,
                     reason,
                     "illegal lifecycle transition refused"
                 );
@@ -139,14 +154,7 @@ impl StrategyState {
             format!("transition {} -> {} not stored: {e}", from.as_str(), to.as_str())
         })?;
         for (at, step, reason) in hops(from, &steps) {
-            info!(
-                actor = "strategy",
-                id,
-                from = at.as_str(),
-                to = step.as_str(),
-                reason,
-                "lifecycle transition"
-            );
+            log_hop!(info, id, at, step, reason, "lifecycle transition");
         }
         instance.record = next;
         instance.stored = true;

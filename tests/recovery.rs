@@ -7,7 +7,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use ractor::cast;
 use tradebaas::paper_exchange::{Direction, OrderSeed};
 use tradebaas_actors::alert::{AlertMsg, AlertStatus, Severity};
@@ -17,9 +16,9 @@ use tradebaas_actors::hooks::TestHook;
 use tradebaas_actors::mode::TradingMode;
 use tradebaas_actors::recovery::{Difference, RecoveryConfig, RecoveryReport, recover};
 use tradebaas_actors::strategy::{
-    Intent, Lifecycle, PositionData, Side, StrategyEntry, StrategyMsg, StrategyStatus,
-    TransitionData,
+    Lifecycle, Side, StrategyEntry, StrategyMsg, StrategyStatus, TransitionData,
 };
+use tradebaas_actors::testkit;
 
 const FAST: Backoff =
     Backoff::fixed_ratio(Duration::from_millis(20), Duration::from_millis(200), 2.0);
@@ -41,20 +40,7 @@ async fn transition(
     data: Option<TransitionData>,
 ) -> Result<(), String> {
     let strategy = h.names.get::<StrategyMsg>().unwrap();
-    strategy
-        .call(
-            |reply| StrategyMsg::Transition {
-                id: id.into(),
-                to,
-                reason: "test".into(),
-                data,
-                reply,
-            },
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap()
-        .unwrap()
+    testkit::transition(&strategy, id, to, data, Duration::from_secs(10)).await
 }
 
 /// Drives `id` from IDLE along the cycle to `target`; `data` goes with the last step.
@@ -168,16 +154,7 @@ async fn run_recovery(h: &common::Harness, c: &RecoveryConfig) -> RecoveryReport
 
 fn position(instrument: &str, direction: Side, size: f64, protective: &[&str]) -> TransitionData {
     TransitionData {
-        position: Some(PositionData {
-            instrument: instrument.into(),
-            direction,
-            size,
-            entry_price: 65_000.0,
-            protective_orders: protective.iter().map(|s| (*s).to_string()).collect(),
-            entry_label: None,
-            stop_price: None,
-            take_profit_price: None,
-        }),
+        position: Some(testkit::position(instrument, direction, size, protective)),
         intents_in_flight: Vec::new(),
     }
 }
@@ -185,17 +162,7 @@ fn position(instrument: &str, direction: Side, size: f64, protective: &[&str]) -
 fn intents(labels: &[&str]) -> TransitionData {
     TransitionData {
         position: None,
-        intents_in_flight: labels
-            .iter()
-            .map(|l| Intent {
-                label: (*l).into(),
-                side: Side::Buy,
-                size: 10.0,
-                sent_at: Utc::now(),
-                stop_price: None,
-                take_profit_price: None,
-            })
-            .collect(),
+        intents_in_flight: labels.iter().map(|l| testkit::buy_intent(l)).collect(),
     }
 }
 

@@ -228,8 +228,9 @@ pub struct EventRow {
 }
 
 impl EventRow {
-    /// A row of `SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events`.
-    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    /// A row of `SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events` (public
+    /// for the tools and tests that read a store file directly).
+    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
             event_id: r.get(1)?,

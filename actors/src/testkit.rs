@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::names::{ChildName, Names};
 use crate::persister::{PersisterActor, PersisterArgs, PersisterMsg};
 use crate::store::{Change, Committed};
+use crate::strategy::{Intent, Lifecycle, PositionData, Side, StrategyMsg, TransitionData};
 
 /// A state persister on the store at `path`, registered under `names`.
 pub async fn spawn_persister(names: &Names, path: &Path) -> ActorRef<PersisterMsg> {
@@ -152,6 +153,59 @@ pub async fn eventually_or<T>(
 /// [`eventually`] for a condition without a value.
 pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     eventually(what, within, async || check().await.then_some(())).await
+}
+
+/// An intent in flight as the tests write it: a buy of 10 contracts under `label`, sent now,
+/// no bracket prices.
+pub fn buy_intent(label: &str) -> Intent {
+    Intent {
+        label: label.into(),
+        side: Side::Buy,
+        size: 10.0,
+        sent_at: chrono::Utc::now(),
+        stop_price: None,
+        take_profit_price: None,
+    }
+}
+
+/// Asks `strategy` to move instance `id` to `to` (reason `test`), with `data`; waits `within`
+/// for the answer (panics past it: test code) and returns the strategy's verdict.
+pub async fn transition(
+    strategy: &ActorRef<StrategyMsg>,
+    id: &str,
+    to: Lifecycle,
+    data: Option<TransitionData>,
+    within: Duration,
+) -> Result<(), String> {
+    strategy
+        .call(
+            |reply| StrategyMsg::Transition {
+                id: id.into(),
+                to,
+                reason: "test".into(),
+                data,
+                reply,
+            },
+            Some(within),
+        )
+        .await
+        .expect("the strategy is running")
+        .expect("the strategy answers in time")
+}
+
+/// An open position as the tests write it: entered at 65,000, protected by the orders labelled
+/// `protective`, no bracket prices or entry label.
+pub fn position(instrument: &str, direction: Side, size: f64, protective: &[&str]) -> PositionData {
+    PositionData {
+        instrument: instrument.into(),
+        direction,
+        size,
+        entry_price: 65_000.0,
+        protective_orders: protective.iter().map(|s| (*s).to_string()).collect(),
+        entry_label: None,
+        stop_price: None,
+        take_profit_price: None,
+    }
 }
 
 #[cfg(test)]

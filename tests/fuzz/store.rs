@@ -52,17 +52,7 @@ fn read_events(conn: &Connection) -> rusqlite::Result<Vec<EventRow>> {
     let mut stmt = conn.prepare(
         "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events ORDER BY seq",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(EventRow {
-            seq: r.get::<_, i64>(0)? as u64,
-            event_id: r.get(1)?,
-            ts: r.get(2)?,
-            kind: r.get(3)?,
-            payload: r.get(4)?,
-            prev_hash: r.get(5)?,
-            hash: r.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map([], EventRow::from_row)?;
     rows.collect()
 }
 
@@ -492,17 +482,7 @@ fn row_at(conn: &Connection, seq: u64) -> Option<EventRow> {
     conn.query_row(
         "SELECT seq, event_id, ts, kind, payload, prev_hash, hash FROM events WHERE seq = ?1",
         [seq as i64],
-        |r| {
-            Ok(EventRow {
-                seq: r.get::<_, i64>(0)? as u64,
-                event_id: r.get(1)?,
-                ts: r.get(2)?,
-                kind: r.get(3)?,
-                payload: r.get(4)?,
-                prev_hash: r.get(5)?,
-                hash: r.get(6)?,
-            })
-        },
+        EventRow::from_row,
     )
     .ok()
 }
@@ -526,17 +506,7 @@ fn post_checkpoint(conn: &Connection, fx: &Fixture) -> Result<Post, String> {
             format!("accepted, but the events after the checkpoint are unreadable: {e}")
         })?;
     let rows = stmt
-        .query_map([fx.checkpoint_seq as i64], |r| {
-            Ok(EventRow {
-                seq: r.get::<_, i64>(0)? as u64,
-                event_id: r.get(1)?,
-                ts: r.get(2)?,
-                kind: r.get(3)?,
-                payload: r.get(4)?,
-                prev_hash: r.get(5)?,
-                hash: r.get(6)?,
-            })
-        })
+        .query_map([fx.checkpoint_seq as i64], EventRow::from_row)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| {
             format!("accepted, but the events after the checkpoint are unreadable: {e}")

@@ -16,7 +16,7 @@ use crate::names::Names;
 use crate::store::{
     ChainVerifier, Change, EventRow, IntegrityFacts, SnapshotKind, SnapshotRow, Store, chain_hash,
 };
-use crate::strategy::{Intent, Lifecycle, PositionData, Side, StrategyRecord};
+use crate::strategy::{Lifecycle, PositionData, Side, StrategyRecord};
 
 fn cfg() -> ChecksConfig {
     ChecksConfig::default()
@@ -387,14 +387,8 @@ fn lifecycle_and_position_must_agree() {
     r.position = Some(p);
     assert!(record_problems(&r)[0].contains("size 0"));
     let mut r = StrategyRecord::idle("a");
-    r.intents_in_flight.push(Intent {
-        label: "tb-a-1".into(),
-        side: Side::Buy,
-        size: 10.0,
-        sent_at: Utc::now(),
-        stop_price: None,
-        take_profit_price: None,
-    });
+    r.intents_in_flight
+        .push(crate::testkit::buy_intent("tb-a-1"));
     assert!(record_problems(&r)[0].contains("IDLE with intents"));
     r.lifecycle = Lifecycle::EnteringPosition;
     assert!(record_problems(&r).is_empty());

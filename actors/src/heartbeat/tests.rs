@@ -14,6 +14,22 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// A `[heartbeat]` with every value given, in milliseconds: the round, the ping timeout, the
+/// event interval; then the unanswered rounds that make a child wedged.
+fn config_ms(
+    interval: u64,
+    ping_timeout: u64,
+    event_interval: u64,
+    rounds: u32,
+) -> HeartbeatConfig {
+    HeartbeatConfig {
+        interval: Duration::from_millis(interval),
+        ping_timeout: Duration::from_millis(ping_timeout),
+        event_interval: Duration::from_millis(event_interval),
+        unanswered_rounds: rounds,
+    }
+}
+
 /// Registered as the strategy, keeps every ping's reply port and never answers.
 struct Silent;
 
@@ -425,12 +441,7 @@ async fn a_wedged_actor_stops_the_watchdog_and_restricts_to_observe_only() {
     .await;
     let mode = || async { call_t!(fail_safe, FailSafeMsg::GetMode, 1000).unwrap() };
 
-    let config = HeartbeatConfig {
-        interval: Duration::from_secs(1),
-        ping_timeout: Duration::from_secs(1),
-        event_interval: Duration::from_secs(3600),
-        unanswered_rounds: 2,
-    };
+    let config = config_ms(1000, 1000, 3_600_000, 2);
     let hb = spawn_with(
         &names,
         HeartbeatArgs {
@@ -507,12 +518,7 @@ async fn heartbeat_events_are_written_to_the_event_log() {
     let names = Names::with_prefix("hb-events-");
     let persister = spawn_persister(&names, &path).await;
     let strategy = spawn_strategy(&names).await;
-    let config = HeartbeatConfig {
-        interval: Duration::from_millis(20),
-        ping_timeout: Duration::from_millis(10),
-        event_interval: Duration::from_millis(100),
-        unanswered_rounds: 1000,
-    };
+    let config = config_ms(20, 10, 100, 1000);
     let hb = spawn_with(
         &names,
         HeartbeatArgs::new(names.clone(), config, Metrics::new().unwrap()),

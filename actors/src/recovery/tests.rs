@@ -1,5 +1,6 @@
 use super::*;
-use crate::strategy::{Intent, Lifecycle, PositionData, Side};
+use crate::strategy::{Lifecycle, Side};
+use crate::testkit;
 
 fn record(
     id: &str,
@@ -15,27 +16,10 @@ fn record(
         } else {
             Lifecycle::EnteringPosition
         },
-        position: position.map(|(instrument, direction, size, protective)| PositionData {
-            instrument: instrument.into(),
-            direction,
-            size,
-            entry_price: 65_000.0,
-            protective_orders: protective.iter().map(|s| (*s).to_string()).collect(),
-            entry_label: None,
-            stop_price: None,
-            take_profit_price: None,
+        position: position.map(|(instrument, direction, size, protective)| {
+            testkit::position(instrument, direction, size, protective)
         }),
-        intents_in_flight: intents
-            .iter()
-            .map(|l| Intent {
-                label: (*l).into(),
-                side: Side::Buy,
-                size: 10.0,
-                sent_at: Utc::now(),
-                stop_price: None,
-                take_profit_price: None,
-            })
-            .collect(),
+        intents_in_flight: intents.iter().map(|l| testkit::buy_intent(l)).collect(),
         next_intent_seq: 0,
         updated_at: Utc::now(),
     }

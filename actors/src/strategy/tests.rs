@@ -1,7 +1,7 @@
 use super::*;
 use crate::names::ChildName;
 use crate::persister::PersisterMsg;
-use crate::testkit::spawn_persister;
+use crate::testkit::{self, spawn_persister};
 use ractor::call_t;
 
 fn ticker(instrument: &str, mark: f64) -> Ticker {
@@ -146,19 +146,7 @@ async fn go(
     to: Lifecycle,
     data: Option<TransitionData>,
 ) -> Result<(), String> {
-    a.call(
-        |reply| StrategyMsg::Transition {
-            id: id.into(),
-            to,
-            reason: "test".into(),
-            data,
-            reply,
-        },
-        Some(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap()
-    .unwrap()
+    testkit::transition(a, id, to, data, Duration::from_secs(5)).await
 }
 
 fn position() -> PositionData {

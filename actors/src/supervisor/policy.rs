@@ -203,17 +203,35 @@ impl RestartHistory {
 }
 
 #[cfg(test)]
+impl ChildPolicy {
+    /// A policy for tests: `max_restarts` in `within`, restarts 100 ms apart doubling up to
+    /// `backoff_cap`, 1 s to stop.
+    pub(crate) fn for_tests(
+        restart: RestartType,
+        max_restarts: u32,
+        within: Duration,
+        backoff_cap: Duration,
+    ) -> Self {
+        Self {
+            restart,
+            max_restarts,
+            within,
+            backoff: Backoff::fixed_ratio(Duration::from_millis(100), backoff_cap, 2.0),
+            shutdown_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The restart-intensity window and the backoff cap of these tests.
+    const WINDOW: Duration = Duration::from_secs(10);
+    const CAP: Duration = Duration::from_secs(1);
+
     fn policy(restart: RestartType, max_restarts: u32) -> ChildPolicy {
-        ChildPolicy {
-            restart,
-            max_restarts,
-            within: Duration::from_secs(10),
-            backoff: Backoff::fixed_ratio(Duration::from_millis(100), Duration::from_secs(1), 2.0),
-            shutdown_timeout: Duration::from_secs(1),
-        }
+        ChildPolicy::for_tests(restart, max_restarts, WINDOW, CAP)
     }
 
     #[test]

@@ -7,7 +7,6 @@ use ractor::{call_t, cast};
 use tokio::time::{advance, sleep};
 
 use super::*;
-use crate::backoff::Backoff;
 use crate::hooks::TestHook;
 use ractor::RpcReplyPort;
 
@@ -100,14 +99,12 @@ struct Harness {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The restart-intensity window and the backoff cap of these tests.
+const WINDOW: Duration = Duration::from_secs(60);
+const CAP: Duration = Duration::from_secs(5);
+
 fn policy(restart: RestartType, max_restarts: u32) -> ChildPolicy {
-    ChildPolicy {
-        restart,
-        max_restarts,
-        within: Duration::from_secs(60),
-        backoff: Backoff::fixed_ratio(Duration::from_millis(100), Duration::from_secs(5), 2.0),
-        shutdown_timeout: Duration::from_secs(1),
-    }
+    ChildPolicy::for_tests(restart, max_restarts, WINDOW, CAP)
 }
 
 async fn harness(strategy: SupervisionStrategy, policies: &[(ChildName, ChildPolicy)]) -> Harness {

@@ -574,7 +574,7 @@ pub fn alerts_body(status: &AlertStatus, filter: &AlertFilter) -> Value {
     let alerts: Vec<Value> = all
         .into_iter()
         .map(current)
-        .filter(|r| filter.severity.is_none_or(|s| r.severity == s))
+        .filter(|r| filter.severity.is_none_or(|s| r.alert.severity == s))
         .filter(|r| {
             filter
                 .open
@@ -605,6 +605,7 @@ pub fn alerts_body(status: &AlertStatus, filter: &AlertFilter) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tradebaas_actors::alert::Alert;
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -617,18 +618,20 @@ mod tests {
         AlertRecord {
             alert_id: id.into(),
             timestamp: format!("2026-01-01T00:00:0{}Z", &id[1..]).parse().unwrap(),
-            severity,
-            title: key.into(),
-            message: String::new(),
-            root_cause: String::new(),
-            recommended_action: String::new(),
-            metadata: json!({}),
+            alert: Alert {
+                key: key.into(),
+                severity,
+                title: key.into(),
+                message: String::new(),
+                root_cause: String::new(),
+                recommended_action: String::new(),
+                metadata: json!({}),
+            },
             acknowledged: false,
             count: 1,
             last_raised_at: None,
             acknowledged_at: None,
             resolved_at: resolved.then(Utc::now),
-            key: key.into(),
         }
     }
 

@@ -268,7 +268,7 @@ async fn alerts_and_acknowledgements_survive_a_restart() {
     let id = status
         .recent
         .iter()
-        .find(|r| r.key == "failsafe:api_restart")
+        .find(|r| r.alert.key == "failsafe:api_restart")
         .unwrap()
         .alert_id
         .clone();

@@ -281,7 +281,8 @@ async fn a_rejected_protective_leg_rolls_the_position_back_with_an_alert() {
     assert!(
         a.recent
             .iter()
-            .any(|r| r.key == "strategy:x:unprotected" && r.severity.as_str() == "CRITICAL"),
+            .any(|r| r.alert.key == "strategy:x:unprotected"
+                && r.alert.severity.as_str() == "CRITICAL"),
         "{a:#?}"
     );
     assert_eq!(h.metrics.trades.get(), 1);

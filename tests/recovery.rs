@@ -131,7 +131,9 @@ async fn recovery_alerts(h: &common::Harness) -> usize {
             .await
             .recent
             .iter()
-            .filter(|r| r.title.starts_with("Recovery:") && r.severity == Severity::Warning)
+            .filter(|r| {
+                r.alert.title.starts_with("Recovery:") && r.alert.severity == Severity::Warning
+            })
             .count();
         if n > 0 || Instant::now() > deadline {
             return n;

@@ -215,7 +215,7 @@ async fn fourteen_simulated_days_rotate_backups_bound_the_store_and_keep_trading
     drop(db);
     let (archives, unanswered) = (archives as u64, unanswered as u64);
     let full = verify_scoped(&tree.store_path, Scope::Full);
-    let alert_keys: BTreeSet<String> = alerts.recent.iter().map(|a| a.key.clone()).collect();
+    let alert_keys: BTreeSet<String> = alerts.recent.iter().map(|a| a.alert.key.clone()).collect();
     let labels: Vec<String> = orders
         .iter()
         .filter_map(|o| o["label"].as_str().map(str::to_owned))

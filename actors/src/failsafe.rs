@@ -326,9 +326,11 @@ impl FailSafeState {
                 return;
             };
             for record in status.open_alerts.iter().cloned() {
-                if crate::protocol::alert::alert_kind(&record.key) == Some("failsafe") {
-                    info!(actor = "fail-safe", key = %record.key, "SHUTDOWN cleared by the operator: resolving its alert");
-                    let _ = alert.send_message(AlertMsg::Resolve { key: record.key });
+                if crate::protocol::alert::alert_kind(&record.alert.key) == Some("failsafe") {
+                    info!(actor = "fail-safe", key = %record.alert.key, "SHUTDOWN cleared by the operator: resolving its alert");
+                    let _ = alert.send_message(AlertMsg::Resolve {
+                        key: record.alert.key,
+                    });
                 }
             }
         });

@@ -124,7 +124,10 @@ async fn acknowledge(names: &Names, alert_id: &str) -> Response {
     .await;
     match answer {
         Reply::Answered(Ok(record)) => Response::ok(
-            format!("alert {} acknowledged: {}", record.alert_id, record.title),
+            format!(
+                "alert {} acknowledged: {}",
+                record.alert_id, record.alert.title
+            ),
             serde_json::to_value(&record).ok(),
         ),
         Reply::Answered(Err(e)) => Response::refused(Refusal::Refused, e.to_string()),

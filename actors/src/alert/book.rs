@@ -188,7 +188,7 @@ impl AlertBook {
             open_critical: self
                 .open
                 .values()
-                .filter(|o| o.record.severity == Severity::Critical)
+                .filter(|o| o.record.alert.severity == Severity::Critical)
                 .count(),
             raised_total: self.raised_total,
             deduplicated_total: self.deduplicated_total,
@@ -257,13 +257,13 @@ impl AlertBook {
                 if let Ok(record) = &result {
                     out.push(Effect::Log(Note::Acknowledged {
                         alert_id: alert_id.clone(),
-                        key: record.key.clone(),
+                        key: record.alert.key.clone(),
                     }));
                     out.push(self.store(Change::event(
                         "alert_acknowledged",
                         json!({
                             "alert_id": alert_id,
-                            "key": record.key,
+                            "key": record.alert.key,
                             "count": record.count,
                             "acknowledged_at": record.acknowledged_at,
                         }),
@@ -317,21 +317,15 @@ impl AlertBook {
         let record = AlertRecord {
             alert_id,
             timestamp: at,
-            severity: alert.severity,
-            title: alert.title,
-            message: alert.message,
-            root_cause: alert.root_cause,
-            recommended_action: alert.recommended_action,
-            metadata: alert.metadata,
+            alert,
             acknowledged: false,
             count: 1,
             last_raised_at: Some(at),
             acknowledged_at: None,
             resolved_at: None,
-            key: alert.key,
         };
         self.open.insert(
-            record.key.clone(),
+            record.alert.key.clone(),
             Open {
                 record: record.clone(),
                 raised_at: now,
@@ -430,7 +424,9 @@ impl AlertBook {
                             .map(|o| &o.record)
                             .find(|r| &r.alert_id == id)
                     })
-                    .map(|r| json!({ "alert_id": r.alert_id, "key": r.key, "count": r.count }))
+                    .map(
+                        |r| json!({ "alert_id": r.alert_id, "key": r.alert.key, "count": r.count }),
+                    )
             })
             .collect();
         out.push(self.store(Change::event(
@@ -491,7 +487,7 @@ impl AlertBook {
         self.trim_recent();
         let (restored_open, mut superseded) = (stored.open.len(), 0usize);
         for record in stored.open {
-            if self.open.contains_key(&record.key) {
+            if self.open.contains_key(&record.alert.key) {
                 superseded += 1;
                 continue;
             }
@@ -499,7 +495,7 @@ impl AlertBook {
             let age = (at - record.timestamp).to_std().unwrap_or_default();
             let raised_at = now.checked_sub(age).unwrap_or(now);
             self.open
-                .insert(record.key.clone(), Open { record, raised_at });
+                .insert(record.alert.key.clone(), Open { record, raised_at });
         }
         out.push(Effect::Log(Note::HistoryLoaded {
             open: self.open.len(),

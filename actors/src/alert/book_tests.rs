@@ -411,3 +411,34 @@ fn a_failing_load_retries_then_starts_empty_with_the_error_shown() {
             .contains("unreadable")
     );
 }
+
+#[test]
+fn a_stored_record_of_the_flat_shape_reads_back_unchanged() {
+    // What a store written before `AlertRecord` held an `Alert` contains: one flat object with
+    // `key` last, and (older still) no `last_raised_at`/`acknowledged_at`.
+    let stored = r#"{"alert_id":"0190-a","timestamp":"2026-01-02T03:04:05Z",
+        "severity":"CRITICAL","title":"t","message":"m","root_cause":"r",
+        "recommended_action":"a","metadata":{"trigger":"heartbeat"},"acknowledged":true,
+        "count":3,"last_raised_at":null,"acknowledged_at":"2026-01-02T04:00:00Z",
+        "resolved_at":null,"key":"failsafe:heartbeat"}"#;
+    let record: AlertRecord = serde_json::from_str(stored).unwrap();
+    assert_eq!(record.alert.key, "failsafe:heartbeat");
+    assert_eq!(record.alert.severity, Severity::Critical);
+    assert_eq!(record.alert.metadata, json!({"trigger": "heartbeat"}));
+    assert_eq!(record.count, 3);
+    assert!(record.acknowledged_at.is_some());
+    // Written again it is the same flat object: the stored format did not change.
+    let again = serde_json::to_value(&record).unwrap();
+    assert_eq!(again, serde_json::from_str::<Value>(stored).unwrap());
+
+    let oldest = r#"{"alert_id":"0190-b","timestamp":"2026-01-02T03:04:05Z",
+        "severity":"INFO","title":"t","message":"m","root_cause":"r",
+        "recommended_action":"a","metadata":null,"acknowledged":false,"count":1,
+        "resolved_at":null,"key":"store:unclean_stop"}"#;
+    let record: AlertRecord = serde_json::from_str(oldest).unwrap();
+    assert_eq!(record.last_raised_at, None);
+    assert_eq!(record.alert.severity, Severity::Info);
+    // A record missing one of the alert's fields is refused, not filled in.
+    let broken = oldest.replace(r#""title":"t","#, "");
+    assert!(serde_json::from_str::<AlertRecord>(&broken).is_err());
+}

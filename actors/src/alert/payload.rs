@@ -29,11 +29,11 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// The identifying labels of an alert.
 pub fn labels(r: &AlertRecord) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("alertname".to_owned(), r.key.clone()),
-        ("key".to_owned(), r.key.clone()),
+        ("alertname".to_owned(), r.alert.key.clone()),
+        ("key".to_owned(), r.alert.key.clone()),
         (
             "severity".to_owned(),
-            r.severity.as_str().to_ascii_lowercase(),
+            r.alert.severity.as_str().to_ascii_lowercase(),
         ),
         ("service".to_owned(), SERVICE.to_owned()),
     ])
@@ -42,18 +42,18 @@ pub fn labels(r: &AlertRecord) -> BTreeMap<String, String> {
 /// The descriptive annotations of an alert.
 pub fn annotations(r: &AlertRecord) -> BTreeMap<String, String> {
     let mut a = BTreeMap::from([
-        ("summary".to_owned(), r.title.clone()),
-        ("description".to_owned(), r.message.clone()),
-        ("root_cause".to_owned(), r.root_cause.clone()),
+        ("summary".to_owned(), r.alert.title.clone()),
+        ("description".to_owned(), r.alert.message.clone()),
+        ("root_cause".to_owned(), r.alert.root_cause.clone()),
         (
             "recommended_action".to_owned(),
-            r.recommended_action.clone(),
+            r.alert.recommended_action.clone(),
         ),
         ("alert_id".to_owned(), r.alert_id.clone()),
         ("count".to_owned(), r.count.to_string()),
     ]);
-    if !r.metadata.is_null() {
-        a.insert("metadata".to_owned(), r.metadata.to_string());
+    if !r.alert.metadata.is_null() {
+        a.insert("metadata".to_owned(), r.alert.metadata.to_string());
     }
     a
 }
@@ -117,10 +117,10 @@ pub fn webhook_v4(r: &AlertRecord, receiver: &str, external_url: &str) -> Value 
     };
     let labels = labels(r);
     let annotations = annotations(r);
-    let group_labels = BTreeMap::from([("alertname".to_owned(), r.key.clone())]);
+    let group_labels = BTreeMap::from([("alertname".to_owned(), r.alert.key.clone())]);
     json!({
         "version": "4",
-        "groupKey": format!("{{}}:{{alertname={:?}}}", r.key),
+        "groupKey": format!("{{}}:{{alertname={:?}}}", r.alert.key),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": receiver,
@@ -145,19 +145,19 @@ pub fn telegram_message(r: &AlertRecord, chat_id: &str) -> Value {
     let text = match r.resolved_at {
         Some(at) => format!(
             "RESOLVED {} [{}]\n{}\nresolved at {}",
-            r.severity.as_str(),
-            r.key,
-            r.title,
+            r.alert.severity.as_str(),
+            r.alert.key,
+            r.alert.title,
             rfc3339(at)
         ),
         None => format!(
             "{} [{}] {}\n{}\nroot cause: {}\naction: {}\nid {}",
-            r.severity.as_str(),
-            r.key,
-            r.title,
-            r.message,
-            r.root_cause,
-            r.recommended_action,
+            r.alert.severity.as_str(),
+            r.alert.key,
+            r.alert.title,
+            r.alert.message,
+            r.alert.root_cause,
+            r.alert.recommended_action,
             r.alert_id
         ),
     };
@@ -167,24 +167,26 @@ pub fn telegram_message(r: &AlertRecord, chat_id: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::Severity;
+    use crate::alert::{Alert, Severity};
 
     fn record() -> AlertRecord {
         AlertRecord {
             alert_id: "0190-id".into(),
             timestamp: "2026-01-02T03:04:05Z".parse().unwrap(),
-            severity: Severity::Critical,
-            title: "Trading stopped".into(),
-            message: "fail-safe entered SHUTDOWN".into(),
-            root_cause: "heartbeat lost".into(),
-            recommended_action: "check the host".into(),
-            metadata: json!({"trigger": "heartbeat"}),
+            alert: Alert {
+                key: "failsafe:heartbeat".into(),
+                severity: Severity::Critical,
+                title: "Trading stopped".into(),
+                message: "fail-safe entered SHUTDOWN".into(),
+                root_cause: "heartbeat lost".into(),
+                recommended_action: "check the host".into(),
+                metadata: json!({"trigger": "heartbeat"}),
+            },
             acknowledged: false,
             count: 3,
             last_raised_at: None,
             acknowledged_at: None,
             resolved_at: None,
-            key: "failsafe:heartbeat".into(),
         }
     }
 

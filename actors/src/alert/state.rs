@@ -134,7 +134,7 @@ impl AlertState {
             } else {
                 "firing"
             },
-            record.key
+            record.alert.key
         );
         for sink in &mut self.sinks {
             let body = match sink.kind() {
@@ -300,7 +300,7 @@ fn log(note: Note) {
 }
 
 pub(super) fn log_raised(r: &AlertRecord) {
-    let severity = r.severity.as_str();
+    let severity = r.alert.severity.as_str();
     // tracing's level is part of the call site, so one call per level, with one field list.
     macro_rules! raised {
         ($level:ident) => {
@@ -308,17 +308,17 @@ pub(super) fn log_raised(r: &AlertRecord) {
                 actor = "alert",
                 alert = true,
                 alert_id = %r.alert_id,
-                key = %r.key,
+                key = %r.alert.key,
                 severity,
-                title = %r.title,
-                root_cause = %r.root_cause,
-                recommended_action = %r.recommended_action,
+                title = %r.alert.title,
+                root_cause = %r.alert.root_cause,
+                recommended_action = %r.alert.recommended_action,
                 "{}",
-                r.message
+                r.alert.message
             )
         };
     }
-    match r.severity {
+    match r.alert.severity {
         Severity::Critical => raised!(error),
         Severity::Warning => raised!(warn),
         Severity::Info => raised!(info),

@@ -64,7 +64,7 @@ async fn repeat_inside_the_window_only_bumps_the_count() {
         assert_eq!(s.deduplicated_total, n - 1);
         assert_eq!(s.recent.len(), 1);
         assert_eq!(s.recent[0].count, n);
-        assert_eq!(s.recent[0].severity, Severity::Critical);
+        assert_eq!(s.recent[0].alert.severity, Severity::Critical);
         assert!(uuid::Uuid::parse_str(&s.recent[0].alert_id).is_ok());
         actor.stop_and_wait(None, None).await.unwrap();
     }
@@ -121,7 +121,7 @@ async fn keeps_at_most_max_recent_records() {
     let s = call_t!(actor, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.raised_total, 10);
     assert_eq!(s.recent.len(), 3);
-    assert_eq!(s.recent[2].key, "failsafe:k9");
+    assert_eq!(s.recent[2].alert.key, "failsafe:k9");
     actor.stop_and_wait(None, None).await.unwrap();
 }
 
@@ -220,7 +220,7 @@ async fn a_routine_event_is_refused_and_counted() {
     assert_eq!(s.raised_total, 1);
     assert_eq!(s.open, 1);
     assert_eq!(s.recent.len(), 1);
-    assert_eq!(s.recent[0].key, "strategy:s1:unprotected");
+    assert_eq!(s.recent[0].alert.key, "strategy:s1:unprotected");
     actor.stop_and_wait(None, None).await.unwrap();
 }
 
@@ -309,11 +309,11 @@ async fn an_acknowledged_alert_survives_a_restart() {
     assert_eq!(r.alert_id, id);
     assert!(r.acknowledged);
     assert!(r.acknowledged_at.is_some());
-    assert_eq!(r.severity, Severity::Critical);
-    assert_eq!(r.title, "failsafe:k happened");
-    assert_eq!(r.root_cause, "a test");
-    assert_eq!(r.recommended_action, "nothing");
-    assert_eq!(r.metadata, json!({ "n": 1 }));
+    assert_eq!(r.alert.severity, Severity::Critical);
+    assert_eq!(r.alert.title, "failsafe:k happened");
+    assert_eq!(r.alert.root_cause, "a test");
+    assert_eq!(r.alert.recommended_action, "nothing");
+    assert_eq!(r.alert.metadata, json!({ "n": 1 }));
     assert!(s.recent[1].resolved_at.is_some(), "{:?}", s.recent);
     // The open alert is the same one: a repeat inside the window bumps its count.
     raise(&actor, "failsafe:k", Severity::Critical);

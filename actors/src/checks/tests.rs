@@ -543,7 +543,7 @@ mod actors {
     fn open(al: &AlertStatus, key: &str) -> bool {
         al.recent
             .iter()
-            .any(|r| r.key == key && r.resolved_at.is_none())
+            .any(|r| r.alert.key == key && r.resolved_at.is_none())
     }
 
     #[tokio::test]
@@ -624,19 +624,19 @@ mod actors {
                     .then(|| {
                         al.recent
                             .iter()
-                            .find(|a| a.key == STARTUP_ALERT_KEY)
+                            .find(|a| a.alert.key == STARTUP_ALERT_KEY)
                             .cloned()
                     })
                     .flatten()
             })
             .await;
-        assert_eq!(alert.severity, Severity::Critical);
+        assert_eq!(alert.alert.severity, Severity::Critical);
         assert!(
-            alert.message.contains("mode, exchange"),
+            alert.alert.message.contains("mode, exchange"),
             "{}",
-            alert.message
+            alert.alert.message
         );
-        assert_eq!(alert.metadata["failed"], json!([MODE, EXCHANGE]));
+        assert_eq!(alert.alert.metadata["failed"], json!([MODE, EXCHANGE]));
         t.stop();
     }
 }

@@ -336,7 +336,7 @@ async fn a_trigger_raises_a_critical_alert() {
     let _ = trigger(&fs, "heartbeat").await;
     let s = call_t!(alert, AlertMsg::Status, 1000).unwrap();
     assert_eq!(s.open_critical, 1);
-    assert_eq!(s.recent[0].key, "failsafe:heartbeat");
+    assert_eq!(s.recent[0].alert.key, "failsafe:heartbeat");
     fs.stop_and_wait(None, None).await.unwrap();
     alert.stop_and_wait(None, None).await.unwrap();
 }
@@ -361,7 +361,7 @@ async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
     assert_eq!(trigger(&fs, "market_data_stalled").await, Ok(()));
     assert_eq!(trigger(&fs, "error_rate").await, Ok(()));
     let open = |s: &crate::alert::AlertStatus| {
-        let mut keys: Vec<String> = s.open_alerts.iter().map(|r| r.key.clone()).collect();
+        let mut keys: Vec<String> = s.open_alerts.iter().map(|r| r.alert.key.clone()).collect();
         keys.sort();
         keys
     };
@@ -388,7 +388,7 @@ async fn clearing_shutdown_resolves_the_fail_safe_alerts_only() {
     let resolved = s
         .recent
         .iter()
-        .find(|r| r.key == "failsafe:market_data_stalled")
+        .find(|r| r.alert.key == "failsafe:market_data_stalled")
         .unwrap();
     assert!(resolved.resolved_at.is_some(), "{resolved:?}");
     fs.stop_and_wait(None, None).await.unwrap();

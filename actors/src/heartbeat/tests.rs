@@ -187,7 +187,7 @@ async fn open_alert(alert: &ActorRef<AlertMsg>, key: &str) -> Option<bool> {
     s.recent
         .iter()
         .rev()
-        .find(|r| r.key == key)
+        .find(|r| r.alert.key == key)
         .map(|r| r.resolved_at.is_none())
 }
 

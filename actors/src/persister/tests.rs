@@ -226,8 +226,8 @@ async fn store_a_failed_backup_raises_a_warning_and_the_persister_keeps_working(
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let a = call_t!(alert, AlertMsg::Status, 1000).unwrap();
-        if let Some(r) = a.recent.iter().find(|r| r.key == BACKUP_ALERT_KEY) {
-            assert_eq!(r.severity, Severity::Warning);
+        if let Some(r) = a.recent.iter().find(|r| r.alert.key == BACKUP_ALERT_KEY) {
+            assert_eq!(r.alert.severity, Severity::Warning);
             break;
         }
         assert!(Instant::now() < deadline, "no backup alert");

@@ -95,7 +95,7 @@ pub fn alert_kind(key: &str) -> Option<&'static str> {
 }
 
 /// What a caller raises.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Dedup key, e.g. `failsafe:heartbeat`; its prefix must be an allowed kind
     /// ([`alert_kind`]).
@@ -151,19 +151,20 @@ impl Alert {
     }
 }
 
-/// One alert as recorded and stored.
+/// One alert as recorded and stored: the [`Alert`] as first raised (repeats inside the dedup
+/// window only count) and what the alert actor adds.
+///
+/// The alert's fields are flattened, so the stored and served JSON is one flat object
+/// (`alert_id`, `timestamp`, `key`, `severity`, `title`, …), the shape stored before the
+/// record held an `Alert` (pinned by `a_stored_record_of_the_flat_shape_reads_back_unchanged`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
     /// UUID v7.
     pub alert_id: String,
     /// When it was first raised.
     pub timestamp: DateTime<Utc>,
-    pub severity: Severity,
-    pub title: String,
-    pub message: String,
-    pub root_cause: String,
-    pub recommended_action: String,
-    pub metadata: Value,
+    #[serde(flatten)]
+    pub alert: Alert,
     pub acknowledged: bool,
     /// Raises folded into this record (1 + repeats inside the dedup window).
     pub count: u64,
@@ -174,7 +175,6 @@ pub struct AlertRecord {
     #[serde(default)]
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
-    pub key: String,
 }
 
 /// The alert actor's answer to `Status` (`Default`: nothing raised, history not yet loaded).

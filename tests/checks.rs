@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tradebaas::status::get;
 use tradebaas_actors::store::{Change, SnapshotKind, Store, chain_hash};
 use tradebaas_actors::strategy::{Lifecycle, StrategyRecord};
+use tradebaas_actors::testkit;
 
 /// Generous: one daemon per crafted fault starts at once on two shared cores.
 const WAIT: Duration = Duration::from_secs(40);
@@ -60,14 +61,6 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn capital(equity: f64) -> Value {
-    json!({ "BTC": {
-        "currency": "BTC", "balance": equity, "equity": equity, "margin_balance": equity,
-        "available_funds": equity, "initial_margin": 0.0, "maintenance_margin": 0.0,
-        "session_upl": 0.0, "session_rpl": 0.0, "total_pl": 0.0,
-    }})
-}
-
 /// A store whose only fault is the one `craft` makes.
 fn crafted_store(data: &Path, craft: impl FnOnce(&mut Store, &Path)) {
     std::fs::create_dir_all(data).unwrap();
@@ -107,7 +100,8 @@ async fn each_failed_startup_check_starts_observe_only_with_an_alert_naming_it()
             "snapshots",
             Box::new(|_, p| {
                 let conn = rusqlite::Connection::open(p).unwrap();
-                let payload = json!({ "capital": capital(10.0), "positions": [] }).to_string();
+                let payload =
+                    json!({ "capital": testkit::btc_capital(10.0), "positions": [] }).to_string();
                 conn.execute(
                     "INSERT INTO snapshots (taken_at, kind, payload, event_seq)
                      VALUES ('2099-01-01T00:00:00.000000Z', 'daily', ?1, 1)",
@@ -122,7 +116,7 @@ async fn each_failed_startup_check_starts_observe_only_with_an_alert_naming_it()
             Box::new(|s, _| {
                 s.snapshot(
                     SnapshotKind::Daily,
-                    &json!({ "capital": capital(5.0), "positions": [] }),
+                    &json!({ "capital": testkit::btc_capital(5.0), "positions": [] }),
                 )
                 .unwrap();
             }),
@@ -307,7 +301,7 @@ async fn the_periodic_run_catches_a_violation_introduced_while_running() {
         .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
         .unwrap();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let payload = json!({ "capital": capital(5.0), "positions": [] }).to_string();
+    let payload = json!({ "capital": testkit::btc_capital(5.0), "positions": [] }).to_string();
     conn.execute(
         "INSERT INTO snapshots (taken_at, kind, payload, event_seq) VALUES (?1, 'daily', ?2, ?3)",
         rusqlite::params![now, payload, last_seq],
@@ -334,7 +328,7 @@ fn check_exits_by_the_verdict() {
     crafted_store(&data, |s, _| {
         s.snapshot(
             SnapshotKind::Daily,
-            &json!({ "capital": capital(10.0), "positions": [] }),
+            &json!({ "capital": testkit::btc_capital(10.0), "positions": [] }),
         )
         .unwrap();
     });
@@ -343,7 +337,7 @@ fn check_exits_by_the_verdict() {
     assert!(out.contains("PASS  capital"), "{out}");
 
     // An inconsistent snapshot: equity ≠ balance + session_upl.
-    let mut bad = capital(10.0);
+    let mut bad = testkit::btc_capital(10.0);
     bad["BTC"]["balance"] = json!(7.0);
     let mut store = Store::open(&data.join("tradebaas.db")).unwrap();
     store

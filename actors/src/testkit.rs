@@ -208,6 +208,16 @@ pub fn position(instrument: &str, direction: Side, size: f64, protective: &[&str
     }
 }
 
+/// The `capital` a snapshot stores, as the tests write it: one BTC account whose balance,
+/// equity, margin balance and available funds are all `equity`, with no margin or P&L.
+pub fn btc_capital(equity: f64) -> serde_json::Value {
+    serde_json::json!({ "BTC": {
+        "currency": "BTC", "balance": equity, "equity": equity, "margin_balance": equity,
+        "available_funds": equity, "initial_margin": 0.0, "maintenance_margin": 0.0,
+        "session_upl": 0.0, "session_rpl": 0.0, "total_pl": 0.0,
+    }})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

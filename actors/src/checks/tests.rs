@@ -17,6 +17,7 @@ use crate::store::{
     ChainVerifier, Change, EventRow, IntegrityFacts, SnapshotKind, SnapshotRow, Store, chain_hash,
 };
 use crate::strategy::{Lifecycle, PositionData, Side, StrategyRecord};
+use crate::testkit::btc_capital;
 
 fn cfg() -> ChecksConfig {
     ChecksConfig::default()
@@ -48,14 +49,6 @@ fn store_with(dir: &Path, capital: Value) -> PathBuf {
     path
 }
 
-fn btc(equity: f64) -> Value {
-    json!({ "BTC": {
-        "currency": "BTC", "balance": equity, "equity": equity, "margin_balance": equity,
-        "available_funds": equity, "initial_margin": 0.0, "maintenance_margin": 0.0,
-        "session_upl": 0.0, "session_rpl": 0.0, "total_pl": 0.0,
-    }})
-}
-
 fn exec(path: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(sql).unwrap();
@@ -68,7 +61,7 @@ fn offline(path: &Path) -> ChecksReport {
 #[test]
 fn a_good_store_passes_every_offline_check() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     let r = offline(&path);
     assert!(r.passed, "{}", r.render_text());
     assert_eq!(
@@ -81,7 +74,7 @@ fn a_good_store_passes_every_offline_check() {
 #[test]
 fn an_edited_event_fails_event_log() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     exec(
         &path,
         "UPDATE events SET payload = '{\"x\":1}' WHERE seq = 2",
@@ -148,7 +141,7 @@ fn a_future_timestamp_fails_event_log_beyond_the_skew_only() {
 #[test]
 fn a_backwards_timestamp_fails_event_log() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     // Rewrite event 3 with an earlier time, hash chain recomputed: only time is wrong.
     let store = Store::open_read_only(&path).unwrap();
     let events = store.events(0, 100).unwrap();
@@ -224,7 +217,7 @@ fn snapshots_out_of_order_or_duplicate_fail() {
 #[test]
 fn a_crafted_snapshot_row_fails_snapshots_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     exec(
         &path,
         "INSERT INTO snapshots (taken_at, kind, payload, event_seq)
@@ -236,32 +229,32 @@ fn a_crafted_snapshot_row_fails_snapshots_in_the_store() {
 
 #[test]
 fn capital_local_consistency() {
-    assert!(local_capital(&json!({"capital": btc(10.0)})).is_ok());
-    let mut bad = btc(10.0);
+    assert!(local_capital(&json!({"capital": btc_capital(10.0)})).is_ok());
+    let mut bad = btc_capital(10.0);
     bad["BTC"]["equity"] = json!(12.0);
     let e = local_capital(&json!({"capital": bad}))
         .unwrap_err()
         .join(";");
     assert!(e.contains("≠ balance"), "{e}");
-    let mut neg = btc(-1.0);
+    let mut neg = btc_capital(-1.0);
     neg["BTC"]["available_funds"] = json!(-1.0);
     let e = local_capital(&json!({"capital": neg}))
         .unwrap_err()
         .join(";");
     assert!(e.contains("equity -1 is negative"), "{e}");
-    let mut nan = btc(1.0);
+    let mut nan = btc_capital(1.0);
     nan["BTC"]["equity"] = json!("NaN");
     let e = local_capital(&json!({"capital": nan}))
         .unwrap_err()
         .join(";");
     assert!(e.contains("equity is not a finite number"), "{e}");
-    let mut funds = btc(1.0);
+    let mut funds = btc_capital(1.0);
     funds["BTC"]["available_funds"] = json!(0.5);
     let e = local_capital(&json!({"capital": funds}))
         .unwrap_err()
         .join(";");
     assert!(e.contains("available_funds"), "{e}");
-    let mut other = btc(1.0);
+    let mut other = btc_capital(1.0);
     other["BTC"]["currency"] = json!("ETH");
     assert!(local_capital(&json!({"capital": other})).is_err());
     assert!(local_capital(&json!({"positions": []})).is_err());
@@ -272,7 +265,7 @@ fn capital_local_consistency() {
 #[test]
 fn capital_fails_on_an_inconsistent_stored_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut capital = btc(10.0);
+    let mut capital = btc_capital(10.0);
     capital["BTC"]["balance"] = json!(3.0);
     let path = store_with(dir.path(), capital);
     let r = offline(&path);
@@ -285,7 +278,7 @@ fn capital_online_compares_within_the_tolerance() {
         1,
         "2026-01-01T00:00:00Z",
         1,
-        &json!({"capital": btc(10.0)}).to_string(),
+        &json!({"capital": btc_capital(10.0)}).to_string(),
     );
     let fresh =
         |eq: f64| BTreeMap::from([("BTC".to_string(), Ok::<_, String>(json!({"equity": eq})))]);
@@ -307,17 +300,17 @@ fn a_snapshot_with_an_error_instead_of_capital_is_looked_past_never_passed_on() 
         capital_missing(&serde_json::from_str(&failed).unwrap()).as_deref(),
         Some("BTC: not connected")
     );
-    assert!(capital_missing(&json!({"capital": btc(1.0)})).is_none());
+    assert!(capital_missing(&json!({"capital": btc_capital(1.0)})).is_none());
     assert!(capital_missing(&json!({"capital": {}})).is_some());
     assert!(capital_missing(&json!({"positions": []})).is_some());
     // One currency answered, one did not: still a failed snapshot.
-    let mut partial = btc(1.0);
+    let mut partial = btc_capital(1.0);
     partial["ETH"] = json!({"error": "timeout"});
     assert!(capital_missing(&json!({ "capital": partial })).is_some());
 
     // An inconsistent snapshot followed by a failed one: the check still sees the
     // inconsistent one and fails.
-    let mut bad = btc(10.0);
+    let mut bad = btc_capital(10.0);
     bad["BTC"]["balance"] = json!(3.0);
     let rows = [
         snap(
@@ -337,7 +330,7 @@ fn a_snapshot_with_an_error_instead_of_capital_is_looked_past_never_passed_on() 
             1,
             "2026-01-01T00:00:00Z",
             1,
-            &json!({"capital": btc(10.0)}).to_string(),
+            &json!({"capital": btc_capital(10.0)}).to_string(),
         ),
         snap(2, "2026-01-02T00:00:00Z", 2, &failed),
     ];
@@ -397,7 +390,7 @@ fn lifecycle_and_position_must_agree() {
 #[test]
 fn unreadable_or_invalid_strategy_records_fail_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     let mut open = StrategyRecord::idle("b");
     open.lifecycle = Lifecycle::PositionOpen;
     let mut store = Store::open(&path).unwrap();
@@ -419,7 +412,7 @@ fn unreadable_or_invalid_strategy_records_fail_in_the_store() {
 #[test]
 fn an_invalid_stored_mode_fails_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), btc(10.0));
+    let path = store_with(dir.path(), btc_capital(10.0));
     exec(
         &path,
         "UPDATE state SET value = '{\"mode\": \"YOLO\"}' WHERE key = 'mode'",

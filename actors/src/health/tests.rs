@@ -658,14 +658,7 @@ fn the_health_json_view_follows_the_draft() {
     assert_eq!(body["releaseId"], report.version);
     assert!(body.get("output").is_none(), "{body}");
     let checks = body["checks"].as_object().unwrap();
-    for actor in [
-        "alert",
-        "state-persister",
-        "fail-safe",
-        "heartbeat",
-        "broker-connection",
-        "strategy",
-    ] {
+    for actor in ChildName::START_ORDER.map(ChildName::as_str) {
         let c = &checks[&format!("{actor}:status")][0];
         assert_eq!(c["status"], "pass", "{actor}: {c}");
         assert_eq!(c["observedValue"], "running");
